@@ -64,6 +64,8 @@ def install_guards() -> list[str]:
 
 
 if __name__ == "__main__":
+    # Run as a script: make the checkout importable even before `pip install -e .`.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     install_guards()
     from gateway.cli import main
 

@@ -1,0 +1,166 @@
+"""The ONE module that touches aiortc's and aioice's private names.
+
+whipgate uses aiortc 1.16.0 / aioice 0.13.0 (pinned exactly in pyproject.toml) for SDP parsing, ICE, DTLS and
+SRTP only; media never goes through aiortc's RTCRtpSender/Receiver (they decode, re-packetise and poll).
+Every private attribute or function used is listed in PRIVATE_NAMES; tests/test_aiortc_adapter.py fails
+loudly if an upgrade moves or renames any of them.
+
+What is private and why:
+- RTCDtlsTransport._handle_rtp_data / _handle_rtcp_data: the hooks where decrypted packets arrive. We replace
+  them per transport instance to get raw bytes (the pattern aiortc's author uses in his own demos).
+- RTCDtlsTransport._tx_srtp: the SRTP session; we protect packets with it and send them on the nominated
+  candidate pair's datagram transport directly (no coroutine per packet).
+- RTCDtlsTransport._set_role: the DTLS role comes from the SDP a=setup negotiation (RFC 8842 §5.1).
+- RTCIceGatherer._connection, aioice Connection._local_candidates(_start/_end), _nominated: we gather host
+  candidates only on configured addresses, and read the nominated pair to send on it.
+- aioice.ice.CONSENT_INTERVAL / CONSENT_FAILURES: RFC 7675 consent freshness timing, from config.
+- aioice Connection.request_received: a shim that tolerates STUN binding requests without PRIORITY
+  (FFmpeg 8.0 sends them; aioice 0.13 raises KeyError while learning the peer-reflexive candidate).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+import aioice.ice
+from aioice.candidate import candidate_priority
+from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters
+from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
+from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RTCCertificate",
+    "RTCDtlsFingerprint",
+    "RTCDtlsParameters",
+    "RTCDtlsTransport",
+    "RTCIceCandidate",
+    "RTCIceGatherer",
+    "RTCIceParameters",
+    "RTCIceTransport",
+    "SessionDescription",
+    "candidate_from_sdp",
+    "candidate_to_sdp",
+    "PRIVATE_NAMES",
+    "configure_consent",
+    "gather_host_candidates",
+    "hook_packets",
+    "install_shims",
+    "PacketSender",
+    "set_dtls_role",
+]
+
+# (owner, attribute name, what it must be): checked by tests/test_aiortc_adapter.py.
+PRIVATE_NAMES: list[tuple[str, str, str]] = [
+    ("aiortc.RTCDtlsTransport", "_handle_rtp_data", "coroutine function (self, data, arrival_time_ms)"),
+    ("aiortc.RTCDtlsTransport", "_handle_rtcp_data", "coroutine function (self, data)"),
+    ("aiortc.RTCDtlsTransport", "_set_role", "function (self, role)"),
+    ("aiortc.RTCDtlsTransport instance", "_tx_srtp", "pylibsrtp.Session after DTLS connects"),
+    ("aiortc.RTCIceGatherer instance", "_connection", "aioice.Connection"),
+    ("aioice.Connection instance", "_local_candidates", "list"),
+    ("aioice.Connection instance", "_local_candidates_start", "bool"),
+    ("aioice.Connection instance", "_local_candidates_end", "bool"),
+    ("aioice.Connection instance", "_nominated", "dict[int, CandidatePair]"),
+    ("aioice.Connection", "request_received", "function (self, message, addr, protocol)"),
+    ("aioice.ice", "CONSENT_INTERVAL", "number"),
+    ("aioice.ice", "CONSENT_FAILURES", "int"),
+    ("aioice.ice.CandidatePair instance", "protocol.transport", "asyncio.DatagramTransport"),
+]
+
+_shims_installed = False
+
+
+def install_shims() -> None:
+    """Process-wide fixes to aioice, installed once at start-up."""
+    global _shims_installed
+    if _shims_installed:
+        return
+    original = aioice.ice.Connection.request_received
+
+    def request_received(self: Any, message: Any, addr: Any, protocol: Any) -> None:
+        # RFC 8445 §7.1.1 makes PRIORITY mandatory, but FFmpeg 8.0 omits it; assume a peer-reflexive
+        # priority (what the peer would have sent) instead of crashing aioice's check handling.
+        if "PRIORITY" not in message.attributes and "USERNAME" in message.attributes:
+            component = getattr(getattr(protocol, "local_candidate", None), "component", 1)
+            message.attributes["PRIORITY"] = candidate_priority(component, "prflx")
+        original(self, message, addr, protocol)
+
+    aioice.ice.Connection.request_received = request_received  # type: ignore[method-assign]
+    _shims_installed = True
+
+
+def configure_consent(interval: float, failures: int) -> None:
+    """RFC 7675 §5.1: consent expires after `failures` unanswered checks sent every `interval` seconds."""
+    aioice.ice.CONSENT_INTERVAL = interval
+    aioice.ice.CONSENT_FAILURES = failures
+
+
+async def gather_host_candidates(gatherer: RTCIceGatherer, addresses: list[str]) -> None:
+    """Gather host candidates on exactly these addresses (no STUN, no interface discovery)."""
+    connection = gatherer._connection
+    connection._local_candidates_start = True
+    connection._local_candidates += await connection.get_component_candidates(component=1, addresses=addresses)
+    connection._local_candidates_end = True
+
+
+def set_dtls_role(dtls: RTCDtlsTransport, role: str) -> None:
+    """role is "server" (we answered a=setup:passive) or "client" (a=setup:active)."""
+    dtls._set_role(role)
+
+
+def hook_packets(
+    dtls: RTCDtlsTransport,
+    on_rtp: Callable[[bytes, int], None],
+    on_rtcp: Callable[[bytes], None],
+) -> None:
+    """Route decrypted RTP/RTCP of this transport to synchronous handlers instead of aiortc's router."""
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        on_rtp(data, arrival_time_ms)
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        on_rtcp(data)
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+class PacketSender:
+    """Synchronous SRTP protect + send on the nominated ICE candidate pair: no coroutine per packet."""
+
+    __slots__ = ("_connection", "_protect", "_protect_rtcp")
+
+    def __init__(self, ice: RTCIceTransport, dtls: RTCDtlsTransport) -> None:
+        self._connection = ice._connection
+        srtp = dtls._tx_srtp
+        self._protect = srtp.protect
+        self._protect_rtcp = srtp.protect_rtcp
+
+    def _route(self) -> Optional[tuple[Any, Any]]:
+        pair = self._connection._nominated.get(1)
+        if pair is None:
+            return None
+        transport = pair.protocol.transport
+        if transport is None or transport.is_closing():
+            return None
+        return transport, pair.remote_addr
+
+    def send_rtp(self, packet: bytes) -> int:
+        """Protect and send one RTP packet; return the bytes put on the wire (0 if not connected)."""
+        route = self._route()
+        if route is None:
+            return 0
+        data = self._protect(packet)
+        route[0].sendto(data, route[1])
+        return len(data)
+
+    def send_rtcp(self, packet: bytes) -> int:
+        route = self._route()
+        if route is None:
+            return 0
+        data = self._protect_rtcp(packet)
+        route[0].sendto(data, route[1])
+        return len(data)

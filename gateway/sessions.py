@@ -1,0 +1,122 @@
+"""Every live session and stream of this gateway process, and the one place sessions end.
+
+Whatever ends a session (DELETE, ICE/DTLS failure, consent expiry, connect timeout, shutdown) goes through
+SessionManager.end, so sockets, tasks and fan-out entries are released exactly once. A publisher's end
+ends its viewers too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Optional, Union
+
+from gateway import metrics
+from gateway.config import Config
+from gateway.peer_session import PeerSession
+from gateway.sdp import parse_offer
+from gateway.sfu.stream import Stream
+from whep.session import ViewerSession
+from whip.offer_answer import negotiate_publish
+from whip.session import PublisherSession
+
+log = logging.getLogger(__name__)
+
+
+class StreamBusy(Exception):
+    """WHIP: the stream already has a publisher (409)."""
+
+
+class StreamNotLive(Exception):
+    """WHEP: the stream has no publisher (409 + Retry-After)."""
+
+
+class SessionManager:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.streams: dict[str, Stream] = {}
+        self.sessions: dict[str, PeerSession] = {}
+        self._tasks: set[asyncio.Task] = set()
+        metrics.track_sessions("publisher", lambda: self.count("publisher"))
+        metrics.track_sessions("viewer", lambda: self.count("viewer"))
+
+    def count(self, kind: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.kind == kind)
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def has_publisher(self, stream_name: str) -> bool:
+        stream = self.streams.get(stream_name)
+        return stream is not None and stream.publisher is not None
+
+    async def publish(self, stream_name: str, sdp: str) -> PublisherSession:
+        offer = parse_offer(sdp)
+        plan = negotiate_publish(offer)
+        if self.has_publisher(stream_name):
+            raise StreamBusy(stream_name)
+        session = PublisherSession(self, stream_name, offer, plan, self.config)
+        stream = self.streams.setdefault(stream_name, Stream(stream_name))
+        stream.publisher = session  # claimed before the first await: a concurrent POST gets 409
+        self.sessions[session.id] = session
+        await self._start(session)
+        log.info("publisher %s on stream %s (%s)", session.id, stream_name, ", ".join(
+            f"{t.kind} {t.codec.name}" for t in session.tracks.values()))
+        return session
+
+    async def play(self, stream_name: str, sdp: str) -> ViewerSession:
+        offer = parse_offer(sdp)
+        stream = self.streams.get(stream_name)
+        if stream is None or stream.publisher is None:
+            raise StreamNotLive(stream_name)
+        session = ViewerSession(self, stream, offer, self.config)
+        stream.viewers.add(session)
+        self.sessions[session.id] = session
+        await self._start(session)
+        log.info("viewer %s on stream %s", session.id, stream_name)
+        return session
+
+    async def _start(self, session: PeerSession) -> None:
+        try:
+            await session.prepare()
+        except BaseException:
+            await self.end(session, "could not gather ICE candidates")
+            raise
+        session.start_transport()
+
+    def find(self, kind: str, stream_name: str, session_id: str) -> Optional[PeerSession]:
+        session = self.sessions.get(session_id)
+        if session is None or session.kind != kind or session.stream_name != stream_name:
+            return None
+        return session
+
+    async def end(self, session: PeerSession, reason: str) -> None:
+        if self.sessions.get(session.id) is not session:
+            return
+        del self.sessions[session.id]
+        log.info("%s %s of %s ended: %s", session.kind, session.id, session.stream_name, reason)
+        stream = self.streams.get(session.stream_name)
+        if isinstance(session, PublisherSession):
+            if stream is not None and stream.publisher is session:
+                stream.publisher = None
+                del self.streams[session.stream_name]
+                for viewer in list(stream.viewers):
+                    await self.end(viewer, "the publisher left")
+        elif stream is not None and isinstance(session, ViewerSession):
+            stream.viewers.discard(session)
+        await session.close(reason)
+
+    async def close_all(self) -> None:
+        for session in list(self.sessions.values()):
+            await self.end(session, "gateway shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+
+    def stream_list(self) -> list[dict]:
+        return [s.info() for s in self.streams.values() if s.publisher is not None]
+
+    def session_info(self, session_id: str) -> Union[dict, None]:
+        session = self.sessions.get(session_id)
+        return session.info() if session else None

@@ -1,0 +1,235 @@
+"""One peer's ICE + DTLS + SRTP transport (aiortc objects, driven through gateway.aiortc_adapter).
+
+A PeerTransport is created on the HTTP POST: it gathers host candidates on the configured addresses, gives
+the answer its ICE credentials, candidates and DTLS fingerprint, then connects in the background. Decrypted
+RTP/RTCP reach the owner's synchronous `on_rtp` / `on_rtcp`; `send_rtp` / `send_rtcp` protect and send at
+once. When ICE or DTLS fails, consent expires (RFC 7675) or connecting takes longer than `ice_timeout`,
+the transport closes itself and calls `on_closed` once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import aioice.ice
+
+from gateway import aiortc_adapter as rtc
+
+log = logging.getLogger(__name__)
+
+_certificate: Optional[rtc.RTCCertificate] = None
+
+
+def certificate() -> rtc.RTCCertificate:
+    """One DTLS certificate per process (RFC 8827 §6.5 allows reuse; peers pin it by fingerprint)."""
+    global _certificate
+    if _certificate is None:
+        _certificate = rtc.RTCCertificate.generateCertificate()
+    return _certificate
+
+
+def host_addresses(configured: tuple[str, ...]) -> list[str]:
+    """The addresses host candidates are gathered on: the configured ones, else every non-loopback IPv4."""
+    if configured:
+        return list(configured)
+    found = [a for a in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) if not ipaddress.ip_address(a).is_loopback]
+    return found or ["127.0.0.1"]
+
+
+@dataclass(frozen=True)
+class LocalCandidate:
+    foundation: str
+    priority: int
+    ip: str
+    port: int
+
+    def sdp(self) -> str:
+        # RFC 8839 §5.1 candidate-attribute
+        return f"candidate:{self.foundation} 1 udp {self.priority} {self.ip} {self.port} typ host"
+
+
+class PeerTransport:
+    def __init__(
+        self,
+        *,
+        addresses: list[str],
+        announced_ip: Optional[str],
+        on_rtp: Callable[[bytes, int], None],
+        on_rtcp: Callable[[bytes], None],
+        on_connected: Callable[[], None],
+        on_closed: Callable[[str], None],
+    ) -> None:
+        self._addresses = addresses
+        self._announced_ip = announced_ip
+        self._on_connected = on_connected
+        self._on_closed = on_closed
+        self._gatherer = rtc.RTCIceGatherer(iceServers=[])  # never a default STUN server
+        self._ice = rtc.RTCIceTransport(self._gatherer)
+        self._dtls = rtc.RTCDtlsTransport(self._ice, [certificate()])
+        rtc.hook_packets(self._dtls, on_rtp, on_rtcp)
+        self._sender: Optional[rtc.PacketSender] = None
+        self._connect_task: Optional[asyncio.Task[None]] = None
+        self._closing = False
+        self.closed = asyncio.Event()
+        self.connected = False
+        self.remote_ufrag: Optional[str] = None
+        self.bytes_sent = 0
+
+    # ---- local description -------------------------------------------------------------------------
+    async def gather(self) -> None:
+        await rtc.gather_host_candidates(self._gatherer, self._addresses)
+        if not self._gatherer.getLocalCandidates():
+            raise OSError(f"could not bind a UDP socket on any of {self._addresses}")
+
+    @property
+    def ice_ufrag(self) -> str:
+        return self._gatherer.getLocalParameters().usernameFragment  # type: ignore[return-value]
+
+    @property
+    def ice_pwd(self) -> str:
+        return self._gatherer.getLocalParameters().password  # type: ignore[return-value]
+
+    @property
+    def fingerprint(self) -> str:
+        fp = next(f for f in self._dtls.getLocalParameters().fingerprints if f.algorithm == "sha-256")
+        return f"{fp.algorithm} {fp.value}"
+
+    def local_candidates(self) -> list[LocalCandidate]:
+        """Host candidates; with an announced IP (1:1 NAT) it comes first, on the same ports."""
+        gathered = [
+            LocalCandidate(c.foundation, c.priority, c.ip, c.port) for c in self._gatherer.getLocalCandidates()
+        ]
+        if not self._announced_ip:
+            return gathered
+        announced = [
+            LocalCandidate(secrets.token_hex(4), c.priority + 1, self._announced_ip, c.port) for c in gathered
+        ]
+        return announced + gathered
+
+    # ---- connecting --------------------------------------------------------------------------------
+    def start(
+        self,
+        *,
+        remote_ufrag: str,
+        remote_pwd: str,
+        fingerprints: list[tuple[str, str]],
+        dtls_role: str,
+        candidates: list[str],
+        end_of_candidates: bool,
+        timeout: float,
+    ) -> None:
+        """Begin ICE and DTLS in the background. dtls_role: "server" or "client"."""
+        self.remote_ufrag = remote_ufrag
+        rtc.set_dtls_role(self._dtls, dtls_role)
+        remote_ice = rtc.RTCIceParameters(usernameFragment=remote_ufrag, password=remote_pwd)
+        remote_dtls = rtc.RTCDtlsParameters(
+            fingerprints=[rtc.RTCDtlsFingerprint(algorithm=a, value=v) for a, v in fingerprints]
+        )
+        self._ice.on("statechange", self._ice_state_changed)
+        self._dtls.on("statechange", self._dtls_state_changed)
+        self._connect_task = asyncio.create_task(
+            self._connect(remote_ice, remote_dtls, candidates, end_of_candidates, timeout)
+        )
+
+    async def _connect(
+        self,
+        remote_ice: rtc.RTCIceParameters,
+        remote_dtls: rtc.RTCDtlsParameters,
+        candidates: list[str],
+        end_of_candidates: bool,
+        timeout: float,
+    ) -> None:
+        try:
+            for line in candidates:
+                await self.add_remote_candidate(line)
+            if end_of_candidates:
+                await self._ice.addRemoteCandidate(None)
+            async with asyncio.timeout(timeout):
+                await self._ice.start(remote_ice)
+                if self._ice.state != "completed":
+                    raise ConnectionError(f"ICE {self._ice.state}")
+                await self._dtls.start(remote_dtls)
+                if self._dtls.state != "connected":
+                    raise ConnectionError(f"DTLS {self._dtls.state}")
+        except TimeoutError:
+            await self.close(f"ICE/DTLS not connected within {timeout:g} s")
+            return
+        except (ConnectionError, OSError, ValueError) as exc:
+            await self.close(f"connect failed: {exc}")
+            return
+        self._sender = rtc.PacketSender(self._ice, self._dtls)
+        self.connected = True
+        self._on_connected()
+
+    async def add_remote_candidate(self, line: str) -> bool:
+        """Add one `candidate:...` attribute value; False for ones we cannot use (TCP, mDNS names)."""
+        value = line[len("a=") :] if line.startswith("a=") else line
+        value = value[len("candidate:") :] if value.startswith("candidate:") else value
+        candidate = rtc.candidate_from_sdp(value)  # raises ValueError/IndexError on garbage
+        if candidate.protocol.lower() != "udp":
+            return False  # aioice has no ICE-TCP
+        try:
+            ipaddress.ip_address(candidate.ip)
+        except ValueError:
+            # An mDNS name (RFC 8838 obfuscation): resolving it means multicast on the operator's LAN;
+            # the peer's own checks teach us its address as peer-reflexive anyway (RFC 8445 §7.3.1.3).
+            return False
+        candidate.sdpMid = None
+        await self._ice.addRemoteCandidate(candidate)
+        return True
+
+    async def end_of_candidates(self) -> None:
+        await self._ice.addRemoteCandidate(None)
+
+    def _ice_state_changed(self) -> None:
+        if self._ice.state in ("failed", "closed") and not self._closing:
+            asyncio.ensure_future(self.close(f"ICE {self._ice.state} (consent expired or peer gone)"))
+
+    def _dtls_state_changed(self) -> None:
+        if self._dtls.state in ("failed", "closed") and not self._closing:
+            asyncio.ensure_future(self.close(f"DTLS {self._dtls.state}"))
+
+    # ---- sending -----------------------------------------------------------------------------------
+    def send_rtp(self, packet: bytes) -> int:
+        sender = self._sender
+        if sender is None:
+            return 0
+        n = sender.send_rtp(packet)
+        self.bytes_sent += n
+        return n
+
+    def send_rtcp(self, packet: bytes) -> int:
+        sender = self._sender
+        if sender is None:
+            return 0
+        return sender.send_rtcp(packet)
+
+    # ---- closing -----------------------------------------------------------------------------------
+    async def close(self, reason: str = "closed") -> None:
+        """Stop ICE (which revokes consent: we stop answering checks, RFC 7675 §5.2) and DTLS. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._sender = None
+        self.connected = False
+        task = self._connect_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        try:
+            await self._dtls.stop()
+        except Exception:  # pragma: no cover - teardown must go on whatever aiortc raises
+            log.debug("DTLS stop failed", exc_info=True)
+        try:
+            await self._ice.stop()
+        except Exception:  # pragma: no cover
+            log.debug("ICE stop failed", exc_info=True)
+        self.closed.set()
+        try:
+            self._on_closed(reason)
+        except Exception:  # pragma: no cover
+            log.exception("on_closed handler failed")

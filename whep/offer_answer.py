@@ -1,0 +1,111 @@
+"""WHEP offer/answer: give a viewer the stream's tracks in a codec it offered (no transcoding).
+
+The answer is sendonly per media section the stream can fill, with our own SSRCs (a=ssrc, RFC 5576) and an
+RTX stream when the viewer offered RTX for the codec (RFC 4588 §8), so NACKed packets come back on it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+from gateway.sdp import (
+    EXT_MID,
+    PASSTHROUGH_EXTENSIONS,
+    AnsweredMedia,
+    Codec,
+    Offer,
+    OfferRejected,
+    answer_feedback,
+    require_bundle,
+    require_one_track_per_kind,
+    same_codec,
+)
+from gateway.sfu.egress import EgressProfile
+from gateway.sfu.stream import Stream
+from gateway.sfu.published_track import PublishedTrack
+
+VIEWER_FEEDBACK = ("nack", "nack pli", "ccm fir")
+
+
+@dataclass
+class DownTrackPlan:
+    source: PublishedTrack
+    profile: EgressProfile
+    ssrc: int
+    rtx_ssrc: Optional[int]
+
+
+@dataclass
+class PlayPlan:
+    answer_media: list[AnsweredMedia]
+    down_tracks: list[DownTrackPlan]
+
+
+def _ssrc() -> int:
+    return random.getrandbits(32) or 1
+
+
+def negotiate_play(offer: Offer, stream: Stream, cname: str) -> PlayPlan:
+    require_bundle(offer)
+    require_one_track_per_kind(offer)
+    answer: list[AnsweredMedia] = []
+    plans: list[DownTrackPlan] = []
+    msid_stream = f"whipgate-{stream.name}"
+    for media in offer.media:
+        source = stream.track(media.kind) if media.kind in ("audio", "video") else None
+        if source is None or media.direction in ("sendonly", "inactive"):
+            answer.append(AnsweredMedia(media, "inactive"))
+            continue
+        offered = next((c for c in media.codecs if same_codec(source.codec, c)), None)
+        if offered is None:
+            names = sorted({c.name for c in media.codecs if c.name not in ("RTX", "RED", "ULPFEC")})
+            detail = source.codec.name
+            if source.codec.name == "H264":
+                detail += f" (profile-level-id {source.codec.fmtp.get('profile-level-id', '42001f')}, packetization-mode {source.codec.fmtp.get('packetization-mode', '0')})"
+            raise OfferRejected(
+                f"no common {media.kind} codec: the stream sends {detail}, the offer accepts {', '.join(names) or 'none'}"
+            )
+        feedback = answer_feedback(offered, VIEWER_FEEDBACK) if media.kind == "video" else []
+        # The sender's format parameters describe what the viewer will receive (e.g. H.264 profile-level-id).
+        codecs = [Codec(offered.payload_type, source.codec.name, source.codec.clock_rate, source.codec.channels, dict(source.codec.fmtp), feedback)]
+        rtx = media.rtx_for(offered.payload_type) if "nack" in feedback else None
+        if rtx is not None:
+            codecs.append(Codec(rtx.payload_type, "RTX", rtx.clock_rate, None, {"apt": str(offered.payload_type)}, []))
+        mid_id = media.extensions.get(EXT_MID)
+        passed = [uri for uri in PASSTHROUGH_EXTENSIONS if uri in source.extensions and uri in media.extensions]
+        ext_map = tuple((source.extensions[uri], media.extensions[uri]) for uri in passed)
+        extensions = [(media.extensions[uri], uri) for uri in passed]
+        if mid_id is not None:
+            extensions.append((mid_id, EXT_MID))
+        ssrc = _ssrc()
+        rtx_ssrc = _ssrc() if rtx is not None else None
+        track_id = f"{media.kind}-{stream.name}"
+        ssrc_lines = []
+        if rtx_ssrc is not None:
+            ssrc_lines.append(f"a=ssrc-group:FID {ssrc} {rtx_ssrc}")
+        for s in (ssrc, rtx_ssrc):
+            if s is not None:
+                ssrc_lines += [f"a=ssrc:{s} cname:{cname}", f"a=ssrc:{s} msid:{msid_stream} {track_id}"]
+        answer.append(
+            AnsweredMedia(
+                media,
+                "sendonly",
+                codecs=codecs,
+                extensions=sorted(extensions),
+                ssrc_lines=ssrc_lines,
+                extra_lines=[f"a=msid:{msid_stream} {track_id}"],
+            )
+        )
+        profile = EgressProfile(
+            payload_type=offered.payload_type,
+            rtx_payload_type=rtx.payload_type if rtx is not None else None,
+            mid_id=mid_id,
+            mid_value=media.mid,
+            extension_map=ext_map,
+        )
+        plans.append(DownTrackPlan(source, profile, ssrc, rtx_ssrc))
+    if not plans:
+        raise OfferRejected("nothing in the offer can receive this stream: it needs a recvonly audio or video section")
+    return PlayPlan(answer, plans)
