@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 FIXED_HEADER = struct.Struct("!BBHII")
-SEQ_TS_SSRC = struct.Struct("!HII")  # at offset 2 of every RTP header
+FIRST_WORD_SEQ_TS_SSRC = struct.Struct("!HHII")  # the 12-byte fixed header as (V/P/X/CC/M/PT, seq, ts, ssrc)
 EXTENSION_HEADER = struct.Struct("!HH")
 
 ONE_BYTE_PROFILE = 0xBEDE  # RFC 8285 §4.2

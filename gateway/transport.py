@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import aioice.ice
 
 from gateway import aiortc_adapter as rtc
+from gateway import metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class PeerTransport:
         self._gatherer = rtc.RTCIceGatherer(iceServers=[])  # never a default STUN server
         self._ice = rtc.RTCIceTransport(self._gatherer)
         self._dtls = rtc.RTCDtlsTransport(self._ice, [certificate()])
-        rtc.hook_packets(self._dtls, on_rtp, on_rtcp)
+        rtc.hook_packets(self._dtls, self._guard(on_rtp), self._guard(on_rtcp))
         self._sender: Optional[rtc.PacketSender] = None
         self._connect_task: Optional[asyncio.Task[None]] = None
         self._closing = False
@@ -79,6 +80,22 @@ class PeerTransport:
         self.connected = False
         self.remote_ufrag: Optional[str] = None
         self.bytes_sent = 0
+
+    def _guard(self, handler: Callable[..., None]) -> Callable[..., None]:
+        """No packet may stop this transport's receive loop: a handler error is counted, logged once, dropped."""
+        logged = False
+
+        def guarded(*args: object) -> None:
+            nonlocal logged
+            try:
+                handler(*args)
+            except Exception:
+                metrics.count_drop("handler_error")
+                if not logged:
+                    logged = True
+                    log.exception("packet handler failed; further failures of this transport are only counted")
+
+        return guarded
 
     # ---- local description -------------------------------------------------------------------------
     async def gather(self) -> None:

@@ -1,26 +1,23 @@
 """One published track as one viewer receives it.
 
-Per packet (synchronous, no coroutine): copy the profile's header+payload, patch sequence number, timestamp
-and SSRC in place, protect, send. Sequence numbers and timestamps are the publisher's plus per-viewer offsets,
+Per packet (synchronous, no coroutine): pack this viewer's sequence number, timestamp and SSRC in front of the
+profile's shared header tail and payload, protect, send. Sequence numbers and timestamps are the publisher's plus per-viewer offsets,
 so gaps stay gaps and the viewer's NACKs map back to the original packets. Video starts at a keyframe.
 """
 
 from __future__ import annotations
 
 import random
-import struct
 import time
 from typing import TYPE_CHECKING, Callable
 
 from gateway import metrics
 from gateway.rtcp import build_sdes_cname, build_sender_report
-from gateway.rtp import SEQ_TS_SSRC, RtpPacket
-from gateway.sfu.egress import EgressProfile
+from gateway.rtp import RtpPacket
+from gateway.sfu.egress import EgressProfile, Template, assemble
 
 if TYPE_CHECKING:
     from gateway.sfu.published_track import PublishedTrack
-
-_OSN = struct.Struct("!H")
 
 
 class DownTrack:
@@ -87,20 +84,18 @@ class DownTrack:
         self.source.detach(self)
 
     # ---- the forwarding path -----------------------------------------------------------------------
-    def forward(self, template: bytearray, packet: RtpPacket, keyframe: bool) -> int:
+    def forward(self, template: Template, packet: RtpPacket, keyframe: bool) -> int:
         if self.waiting_keyframe:
             if not keyframe:
                 return 0
             self.waiting_keyframe = False
-        buf = bytearray(template)
-        SEQ_TS_SSRC.pack_into(
-            buf,
-            2,
+        data = assemble(
+            template,
             (packet.sequence_number + self.seq_offset) & 0xFFFF,
             (packet.timestamp + self.ts_offset) & 0xFFFFFFFF,
             self.ssrc,
         )
-        if not self._send_rtp(buf):
+        if not self._send_rtp(data):
             return 0
         self.packets_sent += 1
         self.octets_sent += packet.payload_end - packet.payload_offset
@@ -114,18 +109,13 @@ class DownTrack:
             if packet is None:
                 metrics.count_drop("nack_not_in_history")
                 continue
-            buf = self.profile.build(packet)
             out_ts = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
-            rtx_pt = self.profile.rtx_payload_type
-            if rtx_pt is not None and self.rtx_ssrc is not None:
-                header_len = len(buf) - (packet.payload_end - packet.payload_offset)
-                buf[header_len:header_len] = _OSN.pack(out_seq)
-                buf[1] = (buf[1] & 0x80) | rtx_pt
+            if self.profile.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-                SEQ_TS_SSRC.pack_into(buf, 2, self._rtx_seq, out_ts, self.rtx_ssrc)
+                data = assemble(self.profile.build_rtx(packet, out_seq), self._rtx_seq, out_ts, self.rtx_ssrc)
             else:
-                SEQ_TS_SSRC.pack_into(buf, 2, out_seq, out_ts, self.ssrc)
-            if self._send_rtp(buf):
+                data = assemble(self.profile.build(packet), out_seq, out_ts, self.ssrc)
+            if self._send_rtp(data):
                 self.retransmissions += 1
                 metrics.RETRANSMISSIONS.inc()
 

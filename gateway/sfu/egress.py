@@ -1,13 +1,20 @@
 """What one viewer's RTP headers look like: payload types, extension ids and its mid value.
 
 Viewers negotiate their own payload types and extension ids (RFC 8285 §5: the answer reuses the offer's ids),
-so a publisher's packet is re-headed once per distinct EgressProfile and per incoming packet; each viewer then
-only patches sequence number, timestamp and SSRC into its copy (see DownTrack.forward).
+so a publisher's packet is re-headed once per distinct EgressProfile and per incoming packet, as a Template:
+the fixed header's first 16 bits plus everything after the 12-byte fixed header. Each viewer then packs its own
+sequence number, timestamp and SSRC in front of the shared tail: one allocation per viewer (see DownTrack.forward).
 """
 
 from __future__ import annotations
 
-from gateway.rtp import RtpPacket, build_header
+from gateway.rtp import FIRST_WORD_SEQ_TS_SSRC, RtpPacket, build_header
+
+Template = tuple[int, bytes]  # (first 16 bits of the header, bytes after the fixed header incl. payload)
+
+
+def assemble(template: Template, seq: int, timestamp: int, ssrc: int) -> bytes:
+    return FIRST_WORD_SEQ_TS_SSRC.pack(template[0], seq, timestamp, ssrc) + template[1]
 
 
 class EgressProfile:
@@ -39,8 +46,14 @@ class EgressProfile:
                 out.append((out_id, value))
         return out
 
-    def build(self, packet: RtpPacket) -> bytearray:
-        """Header + payload for this profile, with sequence number, timestamp and SSRC left zero."""
-        data = build_header(packet.marker, self.payload_type, 0, 0, 0, self.extensions(packet))
-        data += packet.data[packet.payload_offset : packet.payload_end]
-        return data
+    def build(self, packet: RtpPacket) -> Template:
+        """This profile's header and the payload, less sequence number, timestamp and SSRC."""
+        header = build_header(packet.marker, self.payload_type, 0, 0, 0, self.extensions(packet))
+        return (header[0] << 8) | header[1], bytes(header[12:]) + packet.data[packet.payload_offset : packet.payload_end]
+
+    def build_rtx(self, packet: RtpPacket, original_seq: int) -> Template:
+        """RFC 4588 §4: an RTX packet's payload is the original sequence number, then the original payload."""
+        assert self.rtx_payload_type is not None
+        header = build_header(packet.marker, self.rtx_payload_type, 0, 0, 0, self.extensions(packet))
+        payload = packet.data[packet.payload_offset : packet.payload_end]
+        return (header[0] << 8) | header[1], bytes(header[12:]) + original_seq.to_bytes(2, "big") + payload

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from gateway import metrics
 from gateway.rtcp import build_fir, build_generic_nack, build_pli
 from gateway.rtp import RtpPacket, seq_newer
-from gateway.sfu.egress import EgressProfile
+from gateway.sfu.egress import EgressProfile, Template
 from gateway.sfu.receive_stats import ReceiveStats
 from simulcast.keyframe import is_keyframe_start
 
@@ -126,14 +126,18 @@ class PublishedTrack:
         downs = self.down_tracks
         if not downs:
             return
-        headers: dict[EgressProfile, bytearray] = {}
+        templates: dict[EgressProfile, Template] = {}
         sent = 0
         for down in downs:
             profile = down.profile
-            template = headers.get(profile)
+            template = templates.get(profile)
             if template is None:
-                template = headers[profile] = profile.build(packet)
-            sent += down.forward(template, packet, keyframe)
+                template = templates[profile] = profile.build(packet)
+            try:
+                sent += down.forward(template, packet, keyframe)
+            except Exception:  # one viewer's failure (e.g. an SRTP error) must not cost the others the packet
+                metrics.count_drop("forward_error")
+                log.exception("forwarding to a viewer failed")
         metrics.forwarded_packets[self.kind] += sent
 
     def _detect_loss(self, seq: int, now: float) -> None:

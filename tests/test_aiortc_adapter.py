@@ -1,0 +1,148 @@
+"""Fails loudly when an aiortc/aioice upgrade moves a private name gateway/aiortc_adapter.py relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import inspect
+
+import aioice.ice
+import pytest
+from aiortc import RTCDtlsTransport
+
+from gateway import aiortc_adapter as adapter
+
+
+def test_pinned_versions_are_installed() -> None:
+    assert importlib.metadata.version("aiortc") == "1.16.0"
+    assert importlib.metadata.version("aioice") == "0.13.0"
+
+
+def test_private_methods_exist_with_expected_signatures() -> None:
+    rtp = RTCDtlsTransport._handle_rtp_data
+    rtcp = RTCDtlsTransport._handle_rtcp_data
+    assert inspect.iscoroutinefunction(rtp) and list(inspect.signature(rtp).parameters) == ["self", "data", "arrival_time_ms"]
+    assert inspect.iscoroutinefunction(rtcp) and list(inspect.signature(rtcp).parameters) == ["self", "data"]
+    assert list(inspect.signature(RTCDtlsTransport._set_role).parameters) == ["self", "role"]
+    assert list(inspect.signature(aioice.ice.Connection.request_received).parameters)[:4] == [
+        "self",
+        "message",
+        "addr",
+        "protocol",
+    ]
+    assert isinstance(aioice.ice.CONSENT_INTERVAL, (int, float))
+    assert isinstance(aioice.ice.CONSENT_FAILURES, int)
+    # The receive loop must still call the hooks we replace.
+    source = inspect.getsource(RTCDtlsTransport._recv_next)
+    assert "self._handle_rtp_data(" in source and "self._handle_rtcp_data(" in source
+    assert "get_component_candidates" in dir(aioice.ice.Connection)
+
+
+async def test_private_attributes_exist_on_live_objects() -> None:
+    """Build the objects the adapter touches and check every instance attribute it reads or writes."""
+    gatherer = adapter.RTCIceGatherer(iceServers=[])
+    connection = gatherer._connection
+    for name in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated"):
+        assert hasattr(connection, name), f"aioice.Connection lost {name}"
+    await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
+    candidates = gatherer.getLocalCandidates()
+    assert [c.ip for c in candidates] == ["127.0.0.1"]
+    ice = adapter.RTCIceTransport(gatherer)
+    dtls = adapter.RTCDtlsTransport(ice, [adapter.RTCCertificate.generateCertificate()])
+    assert hasattr(dtls, "_tx_srtp") and hasattr(dtls, "_rx_srtp")
+    adapter.set_dtls_role(dtls, "server")
+    assert dtls._role == "server"
+    await ice.stop()
+
+
+async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() -> None:
+    """End to end over loopback: gather, ICE, DTLS, then PacketSender -> hook_packets delivers RTP and RTCP."""
+    adapter.install_shims()
+
+    async def side():
+        gatherer = adapter.RTCIceGatherer(iceServers=[])
+        await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
+        ice = adapter.RTCIceTransport(gatherer)
+        dtls = adapter.RTCDtlsTransport(ice, [adapter.RTCCertificate.generateCertificate()])
+        return gatherer, ice, dtls
+
+    (ga, ia, da), (gb, ib, db) = await side(), await side()
+    ia._connection.ice_controlling = True
+    adapter.set_dtls_role(da, "client")
+    adapter.set_dtls_role(db, "server")
+    got_rtp: list[bytes] = []
+    got_rtcp: list[bytes] = []
+    adapter.hook_packets(db, lambda data, t: got_rtp.append(data), got_rtcp.append)
+    for c in gb.getLocalCandidates():
+        await ia.addRemoteCandidate(c)
+    await ia.addRemoteCandidate(None)
+    await asyncio.wait_for(
+        asyncio.gather(
+            ia.start(gb.getLocalParameters()),
+            ib.start(ga.getLocalParameters()),
+        ),
+        10,
+    )
+    await asyncio.wait_for(asyncio.gather(da.start(db.getLocalParameters()), db.start(da.getLocalParameters())), 10)
+    assert da.state == db.state == "connected"
+    sender = adapter.PacketSender(ia, da)
+    rtp = bytes([0x80, 96, 0, 1, 0, 0, 0, 9, 0, 0, 0, 7]) + b"payload"
+    rtcp = bytes([0x80, 201, 0, 1, 0, 0, 0, 7])  # empty receiver report
+    assert sender.send_rtp(rtp) > len(rtp)  # SRTP adds its authentication tag
+    assert sender.send_rtcp(rtcp) > len(rtcp)
+    for _ in range(100):
+        if got_rtp and got_rtcp:
+            break
+        await asyncio.sleep(0.02)
+    assert got_rtp == [rtp]
+    assert got_rtcp == [rtcp]
+    for t in (da, db):
+        await t.stop()
+    for t in (ia, ib):
+        await t.stop()
+
+
+async def test_priority_shim_answers_checks_without_priority() -> None:
+    """FFmpeg 8.0 omits STUN PRIORITY; with the shim aioice answers and learns the peer-reflexive candidate.
+
+    A raw UDP socket on loopback plays the client: it sends a binding request with USERNAME and
+    MESSAGE-INTEGRITY but no PRIORITY, and must get a success response.
+    """
+    import socket
+
+    from aioice import stun
+
+    adapter.install_shims()
+    gatherer = adapter.RTCIceGatherer(iceServers=[])
+    await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
+    connection = gatherer._connection
+    connection.remote_username = "peer"
+    connection.remote_password = "peerpasswordpeerpassword"
+    connection._early_checks_done = True  # as after connect(): handle checks at once
+    local = gatherer.getLocalCandidates()[0]
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    try:
+        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+        request.attributes["USERNAME"] = f"{connection.local_username}:peer"
+        request.attributes["ICE-CONTROLLING"] = 1
+        request.add_message_integrity(connection.local_password.encode())
+        assert "PRIORITY" not in request.attributes
+        client.sendto(bytes(request), (local.ip, local.port))
+        loop = asyncio.get_running_loop()
+        data = await asyncio.wait_for(loop.sock_recv(client, 2048), 5)
+        response = stun.parse_message(data)
+        assert response.message_class == stun.Class.RESPONSE
+        assert response.transaction_id == request.transaction_id
+        assert [c.type for c in connection.remote_candidates] == ["prflx"]
+    finally:
+        client.close()
+        await connection.close()
+
+
+@pytest.mark.parametrize("entry", adapter.PRIVATE_NAMES, ids=lambda e: f"{e[0]}.{e[1]}")
+def test_every_private_name_is_documented_and_referenced(entry: tuple[str, str, str]) -> None:
+    owner, name, _ = entry
+    source = inspect.getsource(adapter)
+    assert name.split(".")[0] in source, f"{owner}.{name} is listed but not used by the adapter"
