@@ -306,8 +306,9 @@ def write_answer(
     if offer.extmap_allow_mixed:
         lines.append("a=extmap-allow-mixed")
     lines.append("a=msid-semantic: WMS *")
-    # ICE and DTLS parameters at session level apply to every bundled section (RFC 8839 §5.4, RFC 8122 §5).
-    lines += [
+    # ICE and DTLS parameters are repeated in every bundled section, as browsers write them: RFC 8839 §5.4 and
+    # RFC 4145 §4 also allow session level, but simple client parsers (FFmpeg, libdatachannel) look per section.
+    transport_lines = [
         f"a=ice-ufrag:{ice_ufrag}",
         f"a=ice-pwd:{ice_pwd}",
         "a=ice-options:trickle",
@@ -326,6 +327,7 @@ def write_answer(
             f"c=IN IP4 {address}",
             f"a=mid:{o.mid}",
         ]
+        lines += transport_lines
         if not tagged_written:
             # RFC 8843 §7.3.1: candidates go in the answerer's BUNDLE-tagged section (the first accepted one).
             lines += [f"a={c}" for c in candidates]
