@@ -69,11 +69,11 @@ async function attempt(run) {
     if (err instanceof SessionClosed || run !== current) return;
     await session.close();
     if (err instanceof HttpError && err.status === 409) {
-      const wait = err.retryAfter ?? RETRY_SECONDS;
+      const wait = Math.max(1, err.retryAfter ?? RETRY_SECONDS); // never a tight loop, even on Retry-After: 0
       retry(run, wait, "waiting", `stream is not live, retrying in ${wait} s`);
     } else if ((err instanceof HttpError && err.status >= 500) || err instanceof TypeError) {
       // 5xx (e.g. 503 overloaded) or the gateway is unreachable: try again later.
-      const wait = err.retryAfter ?? RETRY_SECONDS;
+      const wait = Math.max(1, err.retryAfter ?? RETRY_SECONDS);
       retry(run, wait, "waiting", `${describeError(err)}, retrying in ${wait} s`);
     } else {
       await stop();

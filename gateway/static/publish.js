@@ -147,7 +147,8 @@ async function updateStats(run, pc) {
     };
   }
   if (audio) {
-    out.audio = { codec: audio.codec, packetsSent: audio.entry.packetsSent ?? 0, bytesSent: audio.entry.bytesSent ?? 0 };
+    const a = audio.entry;
+    out.audio = { codec: audio.codec, packetsSent: a.packetsSent ?? 0, bytesSent: a.bytesSent ?? 0 };
   }
   const v = out.video;
   renderStats(els.stats, [
