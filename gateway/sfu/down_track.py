@@ -1,115 +1,154 @@
-"""One published track as one viewer receives it.
+"""One published track as one viewer receives it: exactly one layer, as one continuous RTP stream.
 
-Per packet (synchronous, no coroutine): pack this viewer's sequence number, timestamp and SSRC in front of the
-profile's shared header tail and payload, protect, send. Sequence numbers and timestamps are the publisher's plus per-viewer offsets,
-so gaps stay gaps and the viewer's NACKs map back to the original packets. Video starts at a keyframe.
+Per packet (synchronous, no coroutine): the RtpMunger maps the layer's sequence number and timestamp into
+this viewer's continuous space, the VP8/VP9 munger keeps picture ids continuous across switches, the bytes are
+packed in front of the profile's shared header tail, protected and sent. A switch to another layer happens only
+at a keyframe of the target layer (RFC 8853 §1 leaves this to the SFU; a decoder cannot start elsewhere).
 """
 
 from __future__ import annotations
 
-import random
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from gateway import metrics
 from gateway.rtcp import build_sdes_cname, build_sender_report
 from gateway.rtp import RtpPacket
 from gateway.sfu.egress import EgressProfile, Template, assemble
+from simulcast.rtp_munger import RtpMunger
 
 if TYPE_CHECKING:
     from gateway.sfu.published_track import PublishedTrack
+    from simulcast.layer import Layer
+    from whep.layer_request import LayerRequest
 
 
 class DownTrack:
-    __slots__ = (
-        "source",
-        "profile",
-        "ssrc",
-        "rtx_ssrc",
-        "cname",
-        "_send_rtp",
-        "_send_rtcp",
-        "seq_offset",
-        "ts_offset",
-        "active",
-        "waiting_keyframe",
-        "packets_sent",
-        "octets_sent",
-        "retransmissions",
-        "_rtx_seq",
-        "fraction_lost",
-        "jitter",
-        "keyframe_requests",
-    )
-
     def __init__(
         self,
         source: "PublishedTrack",
         profile: EgressProfile,
         *,
         ssrc: int,
-        rtx_ssrc: int | None,
+        rtx_ssrc: Optional[int],
         cname: str,
         send_rtp: Callable[[bytes], int],
         send_rtcp: Callable[[bytes], int],
     ) -> None:
         self.source = source
+        self.kind = source.kind
         self.profile = source.profile(profile)
         self.ssrc = ssrc
         self.rtx_ssrc = rtx_ssrc
         self.cname = cname
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
-        self.seq_offset = random.getrandbits(16)
-        self.ts_offset = random.getrandbits(32)
+        self.munger = RtpMunger()
+        self.current: Optional["Layer"] = None  # the layer being forwarded
+        self.target: Optional["Layer"] = None  # the layer wanted; forwarded from its next keyframe
+        self.pinned: Optional["LayerRequest"] = None  # WHEP layer extension: a viewer's own choice
+        self.reason = "automatic"
         self.active = False
-        self.waiting_keyframe = source.kind == "video"
+        self._ts_delta = 0  # outgoing minus incoming timestamp of the current segment (for SR translation)
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
-        self._rtx_seq = random.getrandbits(16)
+        self.switches = 0
+        self._rtx_seq = 0
         self.fraction_lost = 0
         self.jitter = 0
         self.keyframe_requests = 0
+        self.on_switch: Optional[Callable[["DownTrack"], None]] = None
 
+    # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """The viewer's transport is up: join the fan-out and start video at a keyframe."""
+        """The viewer's transport is up: join, pick a layer, start it from a held keyframe or ask for one."""
         self.active = True
         self.source.attach(self)
-        if self.waiting_keyframe and not self.source.replay_from_keyframe(self):
-            self.source.request_keyframe()
+        self.retarget(request_keyframe=False)
+        target = self.target
+        if target is None:
+            return
+        run = target.keyframe_run() if self.kind == "video" else None
+        if run:
+            for i, packet in enumerate(run):
+                self.forward(self.profile.build(packet), packet, target, i == 0)
+        elif self.kind == "video":
+            target.request_keyframe()
 
     def stop(self) -> None:
         self.active = False
         self.source.detach(self)
 
+    # ---- choosing the layer ------------------------------------------------------------------------
+    def choose(self) -> Optional["Layer"]:
+        if self.pinned is not None and not self.pinned.is_automatic:
+            try:
+                layer = self.source.pinned_layer(self.pinned)
+            except ValueError:  # the pinned layer is gone from the stream: back to automatic
+                layer = None
+            if layer is not None:
+                self.reason = "pinned by the viewer"
+                return layer
+        self.reason = "highest active layer"
+        return self.source.best_layer()
+
+    def retarget(self, request_keyframe: bool = True) -> None:
+        new = self.choose()
+        old = self.target
+        if new is old:
+            return
+        self.target = new
+        if new is not None:
+            new.subscribe(self)
+            if request_keyframe and new is not self.current:
+                new.request_keyframe()
+        if old is not None and old is not self.current and old is not new:
+            old.unsubscribe(self)
+
+    def pin(self, request: Optional["LayerRequest"]) -> None:
+        self.pinned = request
+        self.retarget()
+
     # ---- the forwarding path -----------------------------------------------------------------------
-    def forward(self, template: Template, packet: RtpPacket, keyframe: bool) -> int:
-        if self.waiting_keyframe:
-            if not keyframe:
+    def forward(self, template: Template, packet: RtpPacket, layer: "Layer", keyframe: bool) -> int:
+        if layer is not self.current:
+            if layer is not self.target or (self.kind == "video" and not keyframe):
                 return 0
-            self.waiting_keyframe = False
-        data = assemble(
-            template,
-            (packet.sequence_number + self.seq_offset) & 0xFFFF,
-            (packet.timestamp + self.ts_offset) & 0xFFFFFFFF,
-            self.ssrc,
-        )
-        if not self._send_rtp(data):
+            self._switch(layer, packet)
+        mapped = self.munger.map(packet.sequence_number, packet.timestamp)
+        if mapped is None:
+            return 0
+        out_seq, out_ts = mapped
+        self._ts_delta = (out_ts - packet.timestamp) & 0xFFFFFFFF
+        if not self._send_rtp(assemble(template, out_seq, out_ts, self.ssrc)):
             return 0
         self.packets_sent += 1
         self.octets_sent += packet.payload_end - packet.payload_offset
         return 1
 
+    def _switch(self, layer: "Layer", packet: RtpPacket) -> None:
+        old = self.current
+        self.current = layer
+        self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic())
+        if old is not None:
+            self.switches += 1
+            if old is not self.target:
+                old.unsubscribe(self)
+        if self.on_switch is not None:
+            self.on_switch(self)
+
     # ---- viewer feedback ---------------------------------------------------------------------------
     def on_nack(self, lost: list[int]) -> None:
         """Resend what the viewer lost: on RTX when negotiated (RFC 4588 §4), else the packet again."""
+        layer = self.current
         for out_seq in lost:
-            packet = self.source.packet((out_seq - self.seq_offset) & 0xFFFF)
+            seq = self.munger.unmap(out_seq)
+            packet = layer.packet(seq) if layer is not None and seq is not None else None
             if packet is None:
                 metrics.count_drop("nack_not_in_history")
                 continue
-            out_ts = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
+            out_ts = (packet.timestamp + self._ts_delta) & 0xFFFFFFFF
             if self.profile.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
                 data = assemble(self.profile.build_rtx(packet, out_seq), self._rtx_seq, out_ts, self.rtx_ssrc)
@@ -121,7 +160,9 @@ class DownTrack:
 
     def on_keyframe_request(self) -> None:
         self.keyframe_requests += 1
-        self.source.request_keyframe()
+        layer = self.target or self.current
+        if layer is not None:
+            layer.request_keyframe()
 
     def on_receiver_report(self, fraction_lost: int, jitter: int) -> None:
         self.fraction_lost = fraction_lost
@@ -135,7 +176,7 @@ class DownTrack:
             build_sender_report(
                 self.ssrc,
                 ntp_timestamp,
-                (rtp_timestamp + self.ts_offset) & 0xFFFFFFFF,
+                (rtp_timestamp + self._ts_delta) & 0xFFFFFFFF,
                 self.packets_sent & 0xFFFFFFFF,
                 self.octets_sent & 0xFFFFFFFF,
             )
@@ -144,14 +185,16 @@ class DownTrack:
 
     def stats(self) -> dict:
         return {
-            "kind": self.source.kind,
+            "kind": self.kind,
             "codec": self.source.codec.name,
             "ssrc": self.ssrc,
+            "layer": self.current.rid if self.current is not None else None,
+            "target_layer": self.target.rid if self.target is not None else None,
+            "reason": self.reason,
+            "switches": self.switches,
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmissions": self.retransmissions,
             "fraction_lost": self.fraction_lost,
             "jitter": self.jitter,
-            "waiting_keyframe": self.waiting_keyframe,
-            "at": time.time(),
         }
