@@ -61,6 +61,7 @@ class Layer:
         self.fir_enabled = fir_enabled
         self._missing: dict[int, list[float]] = {}  # seq -> [tries, next attempt time]
         self.keyframe_seq: Optional[int] = None
+        self.keyframe_ts: Optional[int] = None
         self.keyframes = 0
         self.size: Optional[tuple[int, int]] = None
         self._keyframe_interval = keyframe_interval
@@ -97,14 +98,17 @@ class Layer:
         self.bytes += size
         self._window_bytes += size
         self.last_packet = now
-        if self.kind != "video":
+        # A keyframe may begin in several packets (STAP-A with SPS/PPS, then FU-A IDR): only the first packet of a
+        # new keyframe picture (a new timestamp) is where a decoder can start.
+        if self.kind != "video" or packet.timestamp == self.keyframe_ts:
             return False
         payload = packet.data[packet.payload_offset : packet.payload_end]
         if not is_keyframe_start(self.codec_key, payload):
             return False
-        self.keyframes += 1
         if self.keyframe_seq is None or seq_newer(seq, self.keyframe_seq):
             self.keyframe_seq = seq
+            self.keyframe_ts = packet.timestamp
+            self.keyframes += 1
         size_found = keyframe_size(self.codec_key, payload)
         if size_found is not None:
             self.size = size_found

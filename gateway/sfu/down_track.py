@@ -43,13 +43,12 @@ class DownTrack:
         self.cname = cname
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
-        self.munger = RtpMunger()
+        self.munger = RtpMunger(source.codec.clock_rate)
         self.current: Optional["Layer"] = None  # the layer being forwarded
         self.target: Optional["Layer"] = None  # the layer wanted; forwarded from its next keyframe
         self.pinned: Optional["LayerRequest"] = None  # WHEP layer extension: a viewer's own choice
         self.reason = "automatic"
         self.active = False
-        self._ts_delta = 0  # outgoing minus incoming timestamp of the current segment (for SR translation)
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
@@ -120,7 +119,6 @@ class DownTrack:
         if mapped is None:
             return 0
         out_seq, out_ts = mapped
-        self._ts_delta = (out_ts - packet.timestamp) & 0xFFFFFFFF
         if not self._send_rtp(assemble(template, out_seq, out_ts, self.ssrc)):
             return 0
         self.packets_sent += 1
@@ -130,7 +128,7 @@ class DownTrack:
     def _switch(self, layer: "Layer", packet: RtpPacket) -> None:
         old = self.current
         self.current = layer
-        self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic())
+        self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), layer.offer_index)
         if old is not None:
             self.switches += 1
             if old is not self.target:
@@ -141,14 +139,14 @@ class DownTrack:
     # ---- viewer feedback ---------------------------------------------------------------------------
     def on_nack(self, lost: list[int]) -> None:
         """Resend what the viewer lost: on RTX when negotiated (RFC 4588 §4), else the packet again."""
-        layer = self.current
+        layers = self.source.layers
         for out_seq in lost:
-            seq = self.munger.unmap(out_seq)
-            packet = layer.packet(seq) if layer is not None and seq is not None else None
+            origin = self.munger.unmap(out_seq)
+            packet = layers[origin.layer].packet(origin.seq) if origin is not None else None
             if packet is None:
                 metrics.count_drop("nack_not_in_history")
                 continue
-            out_ts = (packet.timestamp + self._ts_delta) & 0xFFFFFFFF
+            out_ts = (packet.timestamp + origin.ts_offset) & 0xFFFFFFFF
             if self.profile.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
                 data = assemble(self.profile.build_rtx(packet, out_seq), self._rtx_seq, out_ts, self.rtx_ssrc)
@@ -176,7 +174,7 @@ class DownTrack:
             build_sender_report(
                 self.ssrc,
                 ntp_timestamp,
-                (rtp_timestamp + self._ts_delta) & 0xFFFFFFFF,
+                (rtp_timestamp + self.munger.ts_offset) & 0xFFFFFFFF,
                 self.packets_sent & 0xFFFFFFFF,
                 self.octets_sent & 0xFFFFFFFF,
             )
