@@ -61,6 +61,7 @@ class PublishedTrack:
         self._mask = history_size - 1
         self.history: list[Optional[RtpPacket]] = [None] * history_size
         self.keyframe_seq: Optional[int] = None
+        self.keyframe_ts: Optional[int] = None
         self.keyframes = 0
         self._keyframe_interval = keyframe_interval
         self._last_keyframe_request = 0.0
@@ -117,12 +118,17 @@ class PublishedTrack:
         stats.update(seq, packet.timestamp, now)
         self.packets += 1
         self.bytes += packet.payload_size
-        keyframe = False
-        if self.kind == "video" and is_keyframe_start(self.codec_key, packet.data[packet.payload_offset : packet.payload_end]):
-            keyframe = True
+        # A keyframe may begin in several packets (STAP-A with SPS/PPS, then FU-A IDR): only the first packet of a
+        # new keyframe picture (a new timestamp) is where a decoder can start.
+        keyframe = (
+            self.kind == "video"
+            and packet.timestamp != self.keyframe_ts
+            and is_keyframe_start(self.codec_key, packet.data[packet.payload_offset : packet.payload_end])
+        )
+        if keyframe and (self.keyframe_seq is None or seq_newer(seq, self.keyframe_seq)):
+            self.keyframe_seq = seq
+            self.keyframe_ts = packet.timestamp
             self.keyframes += 1
-            if self.keyframe_seq is None or seq_newer(seq, self.keyframe_seq):
-                self.keyframe_seq = seq
         downs = self.down_tracks
         if not downs:
             return
