@@ -72,7 +72,7 @@ class Wire:
         return len(data)
 
 
-def video_track(upstream: Wire, history: int = 64) -> PublishedTrack:
+def video_track(upstream: Wire, history: int = 64, rids=None) -> PublishedTrack:
     codec = Codec(96, "VP8", 90000, None, {}, ["nack", "nack pli", "ccm fir"])
     track = PublishedTrack(
         kind="video",
@@ -81,20 +81,24 @@ def video_track(upstream: Wire, history: int = 64) -> PublishedTrack:
         rtx_payload_type=97,
         extensions={"urn:3gpp:video-orientation": 3},
         feedback=codec.feedback,
+        rids=rids,
         history_size=history,
-        keyframe_interval=0.5,
+        keyframe_interval=0.0,
         local_ssrc=0xAAAA,
         send_rtcp=upstream.send_rtcp,
     )
-    track.ssrc = 0x1234
+    for i, layer in enumerate(track.layers):
+        layer.ssrc = 0x1234 + i
     return track
 
 
 def viewer(track: PublishedTrack, wire: Wire, rtx: bool = True) -> DownTrack:
     profile = EgressProfile(100, 101 if rtx else None, 9, "v0", ((3, 5),))
-    down = DownTrack(track, profile, ssrc=0x5555, rtx_ssrc=0x6666 if rtx else None, cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
-    down.seq_offset, down.ts_offset = 1000, 500
-    return down
+    return DownTrack(track, profile, ssrc=0x5555, rtx_ssrc=0x6666 if rtx else None, cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
+
+
+def feed(track: PublishedTrack, seq: int, payload: bytes, ts: int = 1000, layer: int = 0, now: float = 0.0, **kw) -> None:
+    track.on_packet(track.layers[layer], parse_rtp(rtp(seq, payload, ts=ts, ssrc=0x1234 + layer, **kw)), now)
 
 
 def test_viewer_starts_at_a_keyframe_and_gets_rewritten_headers() -> None:
@@ -103,15 +107,17 @@ def test_viewer_starts_at_a_keyframe_and_gets_rewritten_headers() -> None:
     down = viewer(track, wire)
     down.start()  # no keyframe held yet: asks the publisher for one
     assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
-    track.on_packet(parse_rtp(rtp(10, VP8_DELTA, exts=[(3, b"\x01")])), 0.0)
+    feed(track, 10, VP8_DELTA, exts=[(3, b"\x01")])
     assert wire.rtp == []  # a delta frame before the first keyframe is useless to a new decoder
-    track.on_packet(parse_rtp(rtp(11, VP8_KEY, ts=3000, exts=[(3, b"\x01")], marker=True)), 0.01)
-    track.on_packet(parse_rtp(rtp(12, VP8_DELTA, ts=6000, exts=[(1, b"x"), (3, b"\x02")])), 0.02)
+    feed(track, 11, VP8_KEY, ts=3000, exts=[(3, b"\x01")], marker=True, now=0.01)
+    feed(track, 12, VP8_DELTA, ts=6000, exts=[(1, b"x"), (3, b"\x02")], now=0.02)
     first, second = (parse_rtp(p) for p in wire.rtp)
-    assert (first.sequence_number, first.timestamp, first.ssrc, first.payload_type) == (1011, 3500, 0x5555, 100)
+    assert (first.ssrc, first.payload_type) == (0x5555, 100)
     assert first.marker and first.payload == VP8_KEY
     assert first.extensions == {9: b"v0", 5: b"\x01"}  # our mid, orientation moved to the viewer's id
-    assert second.sequence_number == 1012 and second.extensions == {9: b"v0", 5: b"\x02"}  # unknown ext 1 dropped
+    assert second.sequence_number == (first.sequence_number + 1) & 0xFFFF
+    assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 3000  # the publisher's spacing is kept
+    assert second.extensions == {9: b"v0", 5: b"\x02"}  # unknown ext 1 dropped
 
 
 def test_viewer_nack_is_answered_on_rtx_with_the_original_sequence_number() -> None:
@@ -120,49 +126,144 @@ def test_viewer_nack_is_answered_on_rtx_with_the_original_sequence_number() -> N
     down = viewer(track, wire)
     down.start()
     for seq in range(20, 25):
-        track.on_packet(parse_rtp(rtp(seq, VP8_KEY if seq == 20 else VP8_DELTA, ts=seq * 3000)), seq / 100)
+        feed(track, seq, VP8_KEY if seq == 20 else VP8_DELTA, ts=seq * 3000, now=seq / 100)
+    sent = [parse_rtp(p) for p in wire.rtp]
     wire.rtp.clear()
-    down.on_nack([1022, 999])  # 999 maps to a packet never held
+    down.on_nack([sent[2].sequence_number, (sent[0].sequence_number - 500) & 0xFFFF])  # the second was never sent
     (rtx,) = (parse_rtp(p) for p in wire.rtp)
-    assert rtx.ssrc == 0x6666 and rtx.payload_type == 101 and rtx.timestamp == 22 * 3000 + 500
-    assert rtx.payload[:2] == (1022).to_bytes(2, "big") and rtx.payload[2:] == VP8_DELTA
+    assert rtx.ssrc == 0x6666 and rtx.payload_type == 101 and rtx.timestamp == sent[2].timestamp
+    assert rtx.payload[:2] == sent[2].sequence_number.to_bytes(2, "big") and rtx.payload[2:] == VP8_DELTA
     plain = Wire()
     no_rtx = viewer(video_track(Wire()), plain, rtx=False)
-    no_rtx.source.on_packet(parse_rtp(rtp(5, VP8_KEY)), 0.0)
-    no_rtx.on_nack([1005])
+    no_rtx.start()
+    feed(no_rtx.source, 5, VP8_KEY)
+    first = parse_rtp(plain.rtp[-1])
+    no_rtx.on_nack([first.sequence_number])
     again = parse_rtp(plain.rtp[-1])
-    assert again.sequence_number == 1005 and again.ssrc == 0x5555 and again.payload == VP8_KEY
+    assert (again.sequence_number, again.ssrc, again.payload) == (first.sequence_number, 0x5555, VP8_KEY)
 
 
 def test_publisher_losses_are_nacked_and_duplicates_dropped() -> None:
     upstream = Wire()
     track = video_track(upstream)
-    track.on_packet(parse_rtp(rtp(100, VP8_KEY)), 0.0)
-    track.on_packet(parse_rtp(rtp(104, VP8_DELTA)), 0.01)
+    feed(track, 100, VP8_KEY)
+    feed(track, 104, VP8_DELTA, now=0.01)
     nack = parse_compound(upstream.rtcp[-1])[0]
     assert isinstance(nack, GenericNack) and nack.media_ssrc == 0x1234 and nack.lost == [101, 102, 103]
-    track.on_packet(parse_rtp(rtp(102, VP8_DELTA)), 0.02)  # retransmission arrives
-    track.retry_nacks(0.5)
+    feed(track, 102, VP8_DELTA, now=0.02)  # retransmission arrives
+    track.layers[0].retry_nacks(0.5)
     assert parse_compound(upstream.rtcp[-1])[0].lost == [101, 103]
-    packets = track.packets
-    track.on_packet(parse_rtp(rtp(104, VP8_DELTA)), 0.6)
-    assert track.packets == packets  # duplicate not counted nor forwarded
+    packets = track.layers[0].packets
+    feed(track, 104, VP8_DELTA, now=0.6)
+    assert track.layers[0].packets == packets  # duplicate not counted nor forwarded
 
 
 def test_late_joiner_is_replayed_everything_since_the_last_keyframe() -> None:
     upstream, wire = Wire(), Wire()
     track = video_track(upstream)
     for seq in range(1, 6):
-        track.on_packet(parse_rtp(rtp(seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000)), seq / 30)
+        feed(track, seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000, now=seq / 30)
     down = viewer(track, wire)
     down.start()
-    assert [parse_rtp(p).sequence_number for p in wire.rtp] == [1003, 1004, 1005]
+    replayed = [parse_rtp(p) for p in wire.rtp]
+    assert [p.payload for p in replayed] == [VP8_KEY, VP8_DELTA, VP8_DELTA]  # packets 3, 4 and 5
+    s0 = replayed[0].sequence_number
+    assert [p.sequence_number for p in replayed] == [s0, (s0 + 1) & 0xFFFF, (s0 + 2) & 0xFFFF]
     assert upstream.rtcp == []  # no keyframe request needed
-    track.on_packet(parse_rtp(rtp(6, VP8_DELTA, ts=18000)), 0.2)
-    assert parse_rtp(wire.rtp[-1]).sequence_number == 1006
+    feed(track, 6, VP8_DELTA, ts=18000, now=0.2)
+    assert parse_rtp(wire.rtp[-1]).sequence_number == (s0 + 3) & 0xFFFF
 
 
 def test_viewers_with_the_same_profile_share_one_template() -> None:
     track = video_track(Wire())
     a, b = viewer(track, Wire()), viewer(track, Wire())
     assert a.profile is b.profile
+
+
+# ---- simulcast: one layer per viewer, switching at keyframes ---------------------------------------------
+def vp8_key(width: int, height: int) -> bytes:
+    """A VP8 keyframe payload start stating its size (RFC 6386 §9.1), behind a minimal descriptor."""
+    return bytes([0x10, 0x00, 0x00, 0x00, 0x9D, 0x01, 0x2A]) + width.to_bytes(2, "little") + height.to_bytes(2, "little")
+
+
+def simulcast_track(upstream: Wire) -> PublishedTrack:
+    track = video_track(upstream, rids=["q", "h", "f"])
+    sizes = [(320, 180), (640, 360), (1280, 720)]
+    for i, size in enumerate(sizes):  # each layer sends a keyframe: sizes become known, layers alive
+        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=1.0)
+    track.refresh(1.0)
+    return track
+
+
+def test_layers_are_ordered_by_size_not_rid_and_viewer_gets_the_highest_alive() -> None:
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream, rids=["0", "1", "2"])  # OBS naming: "0" is the full resolution
+    for i, size in enumerate([(1280, 720), (640, 360), (320, 180)]):
+        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=1.0)
+    track.refresh(1.0)
+    assert [l.rid for l in track.ordered_layers] == ["2", "1", "0"]
+    down = viewer(track, wire)
+    down.start()
+    assert down.current is track.by_rid["0"] and down.reason == "highest active layer"
+
+
+def test_switch_happens_at_the_targets_keyframe_with_continuous_sequence_numbers() -> None:
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()  # replays the top layer's keyframe
+    assert down.current is top
+    feed(track, 101, VP8_DELTA, ts=12000, layer=2, now=1.03)
+    # The top layer dies (nothing since 1.03 s) while the others keep sending: the viewer targets the middle
+    # one and asks it for a keyframe.
+    mid.last_packet = low.last_packet = 1.55
+    track.refresh(1.6)
+    assert not top.active and down.target is mid and down.current is top
+    assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
+    assert parse_compound(upstream.rtcp[-1])[0].media_ssrc == mid.ssrc
+    before = len(wire.rtp)
+    feed(track, 200, VP8_DELTA, ts=15000, layer=1, now=1.61)  # not a keyframe: no switch yet
+    assert len(wire.rtp) == before
+    feed(track, 201, vp8_key(640, 360), ts=18000, layer=1, now=1.7)
+    feed(track, 202, VP8_DELTA, ts=21000, layer=1, now=1.73)
+    out = [parse_rtp(p) for p in wire.rtp]
+    seqs = [p.sequence_number for p in out]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]  # one continuous stream across the switch
+    assert all(0 < (b.timestamp - a.timestamp) & 0xFFFFFFFF < 0x80000000 for a, b in zip(out, out[1:]))
+    assert {p.ssrc for p in out} == {0x5555} and down.current is mid and down.switches == 1
+    assert down not in top.subscribers  # the dead layer no longer costs this viewer anything
+
+
+def test_pinned_layer_and_return_to_automatic() -> None:
+    from whep.layer_request import LayerRequest
+
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    down.pin(LayerRequest(max_width=700))
+    assert down.target is mid and down.reason == "pinned by the viewer"
+    down.pin(LayerRequest(rid="q"))
+    assert down.target is low
+    down.pin(LayerRequest())
+    assert down.target is top and down.reason == "highest active layer"
+
+
+def test_nack_after_a_switch_maps_back_to_the_right_layer() -> None:
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    from whep.layer_request import LayerRequest
+
+    down.pin(LayerRequest(rid="q"))
+    feed(track, 300, vp8_key(320, 180), ts=30000, layer=0, now=1.1)
+    feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=1.13)
+    sent = [parse_rtp(p) for p in wire.rtp]
+    wire.rtp.clear()
+    down.on_nack([sent[0].sequence_number, sent[-1].sequence_number])  # one from the top layer, one from the low
+    resent = [parse_rtp(p).payload[2:] for p in wire.rtp]  # RTX: original sequence number first
+    assert resent == [vp8_key(1280, 720), b"\x10\x00\x00low-delta"]

@@ -16,6 +16,7 @@ from gateway.sdp import (
     EXT_MID,
     EXT_REPAIRED_RID,
     EXT_RID,
+    EXT_TRANSPORT_CC,
     EXT_VIDEO_ORIENTATION,
     VIDEO_CODECS,
     AnsweredMedia,
@@ -28,9 +29,11 @@ from gateway.sdp import (
     require_one_track_per_kind,
 )
 
-PUBLISH_EXTENSIONS = (EXT_MID, EXT_RID, EXT_REPAIRED_RID, EXT_AUDIO_LEVEL, EXT_VIDEO_ORIENTATION)
-VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir")
-AUDIO_FEEDBACK = ("nack",)
+# transport-wide-cc: we send TWCC feedback (simulcast/twcc.py) so the publisher's congestion control ramps up;
+# Chrome and OBS enable their top simulcast layer only with such feedback.
+PUBLISH_EXTENSIONS = (EXT_MID, EXT_RID, EXT_REPAIRED_RID, EXT_AUDIO_LEVEL, EXT_VIDEO_ORIENTATION, EXT_TRANSPORT_CC)
+VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "transport-cc")
+AUDIO_FEEDBACK = ("nack", "transport-cc")
 
 
 @dataclass

@@ -19,9 +19,10 @@ from gateway.config import Config
 from gateway.peer_session import PeerSession
 from gateway.rtcp import Bye, RtcpError, SenderReport, build_receiver_report, build_sdes_cname, parse_compound
 from gateway.rtp import RtpError, RtpPacket, parse_rtp
-from gateway.sdp import EXT_MID, EXT_REPAIRED_RID, EXT_RID, Offer
+from gateway.sdp import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, Offer
 from gateway.sfu.published_track import PublishedTrack
-from simulcast.layer import NACK_RETRY_INTERVAL, Layer
+from simulcast.layer import Layer
+from simulcast.twcc import TwccRecorder
 from whip.offer_answer import PublishPlan
 
 Route = tuple[PublishedTrack, Layer, bool]  # track, layer, is RTX
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVER_REPORT_INTERVAL = 1.0
+FEEDBACK_INTERVAL = 0.05  # TWCC feedback, NACK retries, layer liveness
 
 
 class PublisherSession(PeerSession):
@@ -72,6 +74,11 @@ class PublisherSession(PeerSession):
                 self._by_ssrc[t.rtx_ssrc] = (track, layer, True)
         # Extension ids are negotiated per m= section but BUNDLE peers use one id per URI (RFC 8843 §9.2).
         self._mid_ids = {t.extensions[EXT_MID] for t in self.tracks.values() if EXT_MID in t.extensions}
+        # Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01): one sequence
+        # space for the whole transport, fed back to the publisher's own estimator.
+        twcc_ids = {t.extensions[EXT_TRANSPORT_CC] for t in self.tracks.values() if EXT_TRANSPORT_CC in t.extensions}
+        self._twcc_id = next(iter(twcc_ids)) if twcc_ids else None
+        self._twcc = TwccRecorder() if self._twcc_id is not None else None
         self._rtcp_task: Optional[asyncio.Task[None]] = None
 
     # ---- RTP in ------------------------------------------------------------------------------------
@@ -81,6 +88,10 @@ class PublisherSession(PeerSession):
         except RtpError:
             metrics.count_drop("rtp_malformed")
             return
+        if self._twcc is not None:
+            seq = packet.extensions.get(self._twcc_id)
+            if seq is not None and len(seq) >= 2:
+                self._twcc.record((seq[0] << 8) | seq[1], time.monotonic_ns() // 1000)
         route = self._by_ssrc.get(packet.ssrc)
         if route is None:
             route = self._learn_ssrc(packet)
@@ -174,11 +185,15 @@ class PublisherSession(PeerSession):
                     down.target.request_keyframe()
 
     async def _rtcp_loop(self) -> None:
-        """Every 100 ms: NACK retries, layer liveness/rates; every second receiver reports (RFC 3550 §6.2)."""
+        """Every 50 ms: TWCC feedback, NACK retries, layer liveness; every second receiver reports (RFC 3550 §6.2)."""
         next_report = time.monotonic() + RECEIVER_REPORT_INTERVAL
         while not self.ended:
-            await asyncio.sleep(NACK_RETRY_INTERVAL)
+            await asyncio.sleep(FEEDBACK_INTERVAL)
             now = time.monotonic()
+            if self._twcc is not None and self._twcc.pending:
+                media_ssrc = next((l.ssrc for t in self.tracks.values() for l in t.layers if l.ssrc), 0)
+                for feedback in self._twcc.build_feedback(self.local_ssrc, media_ssrc):
+                    self.transport.send_rtcp(feedback)
             for track in self.tracks.values():
                 for layer in track.layers:
                     layer.retry_nacks(now)
