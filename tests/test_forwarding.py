@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -152,14 +153,26 @@ def test_publisher_losses_are_nacked_and_duplicates_dropped() -> None:
 def test_late_joiner_is_replayed_everything_since_the_last_keyframe() -> None:
     upstream, wire = Wire(), Wire()
     track = video_track(upstream)
+    now = time.monotonic()
     for seq in range(1, 6):
-        track.on_packet(parse_rtp(rtp(seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000)), seq / 30)
+        track.on_packet(parse_rtp(rtp(seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000)), now + seq / 30)
     down = viewer(track, wire)
     down.start()
     assert [parse_rtp(p).sequence_number for p in wire.rtp] == [1003, 1004, 1005]
     assert upstream.rtcp == []  # no keyframe request needed
-    track.on_packet(parse_rtp(rtp(6, VP8_DELTA, ts=18000)), 0.2)
+    track.on_packet(parse_rtp(rtp(6, VP8_DELTA, ts=18000)), now + 0.2)
     assert parse_rtp(wire.rtp[-1]).sequence_number == 1006
+
+
+def test_a_stale_keyframe_is_not_replayed_a_fresh_one_is_requested() -> None:
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream)
+    old = time.monotonic() - 5.0  # the last keyframe arrived five seconds ago
+    track.on_packet(parse_rtp(rtp(1, VP8_KEY)), old)
+    track.on_packet(parse_rtp(rtp(2, VP8_DELTA, ts=4000)), old + 0.03)
+    viewer(track, wire).start()
+    assert wire.rtp == []  # no burst of old pictures
+    assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
 
 
 def test_viewers_with_the_same_profile_share_one_template() -> None:

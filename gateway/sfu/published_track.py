@@ -28,6 +28,9 @@ NACK_MAX_GAP = 256  # a larger jump is a stream restart, not loss
 NACK_MAX_TRIES = 3
 NACK_RETRY_INTERVAL = 0.1
 REPLAY_MAX_PACKETS = 400  # longest keyframe-to-now run replayed to a joining viewer
+# Replay only a recent keyframe: older pictures would arrive as a burst behind live audio; asking the
+# publisher for a fresh keyframe (one PLI round trip) is then the faster way to a live picture.
+REPLAY_MAX_AGE = 1.0
 
 
 class PublishedTrack:
@@ -62,6 +65,7 @@ class PublishedTrack:
         self.history: list[Optional[RtpPacket]] = [None] * history_size
         self.keyframe_seq: Optional[int] = None
         self.keyframe_ts: Optional[int] = None
+        self.keyframe_time = 0.0
         self.keyframes = 0
         self._keyframe_interval = keyframe_interval
         self._last_keyframe_request = 0.0
@@ -88,7 +92,7 @@ class PublishedTrack:
     def replay_from_keyframe(self, down: "DownTrack") -> bool:
         """Send a joining viewer everything since the last keyframe we hold; False if we hold none whole."""
         start = self.keyframe_seq
-        if start is None or not self.stats.started:
+        if start is None or not self.stats.started or time.monotonic() - self.keyframe_time > REPLAY_MAX_AGE:
             return False
         count = ((self.stats.max_seq - start) & 0xFFFF) + 1
         if count > min(REPLAY_MAX_PACKETS, len(self.history)):
@@ -128,6 +132,7 @@ class PublishedTrack:
         if keyframe and (self.keyframe_seq is None or seq_newer(seq, self.keyframe_seq)):
             self.keyframe_seq = seq
             self.keyframe_ts = packet.timestamp
+            self.keyframe_time = now
             self.keyframes += 1
         downs = self.down_tracks
         if not downs:
