@@ -13,7 +13,9 @@ What is private and why:
 - RTCDtlsTransport._set_role: the DTLS role comes from the SDP a=setup negotiation (RFC 8842 §5.1).
 - RTCIceGatherer._connection, aioice Connection._local_candidates(_start/_end), _nominated: we gather host
   candidates only on configured addresses, and read the nominated pair to send on it.
-- aioice.ice.CONSENT_INTERVAL / CONSENT_FAILURES: RFC 7675 consent freshness timing, from config.
+- aioice Connection._query_consent_task, build_request: aioice ends a connection when its consent checks fail;
+  FFmpeg 9 answers no STUN after its handshake, so whipgate runs the checks itself (check_consent) and
+  decides liveness from consent *and* received media (gateway/transport.py).
 - aioice Connection.request_received: a shim that tolerates STUN binding requests without PRIORITY
   (FFmpeg 8.0 sends them; aioice 0.13 raises KeyError while learning the peer-reflexive candidate).
 """
@@ -24,6 +26,7 @@ import logging
 from typing import Any, Callable, Optional
 
 import aioice.ice
+from aioice import stun
 from aioice.candidate import candidate_priority
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
 from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters
@@ -45,7 +48,8 @@ __all__ = [
     "candidate_from_sdp",
     "candidate_to_sdp",
     "PRIVATE_NAMES",
-    "configure_consent",
+    "check_consent",
+    "stop_aioice_consent",
     "gather_host_candidates",
     "hook_packets",
     "install_shims",
@@ -65,8 +69,8 @@ PRIVATE_NAMES: list[tuple[str, str, str]] = [
     ("aioice.Connection instance", "_local_candidates_end", "bool"),
     ("aioice.Connection instance", "_nominated", "dict[int, CandidatePair]"),
     ("aioice.Connection", "request_received", "function (self, message, addr, protocol)"),
-    ("aioice.ice", "CONSENT_INTERVAL", "number"),
-    ("aioice.ice", "CONSENT_FAILURES", "int"),
+    ("aioice.Connection instance", "_query_consent_task", "asyncio.Task | None, set by connect()"),
+    ("aioice.Connection", "build_request", "function (self, pair, nominate)"),
     ("aioice.ice.CandidatePair instance", "protocol.transport", "asyncio.DatagramTransport"),
 ]
 
@@ -92,10 +96,29 @@ def install_shims() -> None:
     _shims_installed = True
 
 
-def configure_consent(interval: float, failures: int) -> None:
-    """RFC 7675 §5.1: consent expires after `failures` unanswered checks sent every `interval` seconds."""
-    aioice.ice.CONSENT_INTERVAL = interval
-    aioice.ice.CONSENT_FAILURES = failures
+def stop_aioice_consent(ice: RTCIceTransport) -> None:
+    """Cancel aioice's own consent task (it would close the connection on failed checks; see check_consent)."""
+    connection = ice._connection
+    task = connection._query_consent_task
+    if task is not None:
+        task.cancel()
+        connection._query_consent_task = None
+
+
+async def check_consent(ice: RTCIceTransport) -> bool:
+    """One RFC 7675 §5.1 consent check (a STUN binding request) on the nominated pair; True if answered."""
+    connection = ice._connection
+    pair = connection._nominated.get(1)
+    if pair is None or connection.remote_password is None:
+        return False
+    request = connection.build_request(pair, nominate=False)
+    try:
+        await pair.protocol.request(
+            request, pair.remote_addr, integrity_key=connection.remote_password.encode("utf8"), retransmissions=0
+        )
+    except (stun.TransactionError, ConnectionError, OSError):
+        return False
+    return True
 
 
 async def gather_host_candidates(gatherer: RTCIceGatherer, addresses: list[str]) -> None:

@@ -38,7 +38,6 @@ def create_app(config: Config) -> Litestar:
 
     async def startup() -> None:
         aiortc_adapter.install_shims()
-        aiortc_adapter.configure_consent(config.rtc.consent_interval, config.rtc.consent_failures)
         log.info("whipgate listening on %s:%d", config.http.host, config.http.port)
 
     async def shutdown() -> None:

@@ -36,6 +36,8 @@ class PeerSession:
         self.transport = PeerTransport(
             addresses=host_addresses(config.rtc.ice_addresses),
             announced_ip=config.rtc.announced_ip,
+            consent_interval=config.rtc.consent_interval,
+            consent_failures=config.rtc.consent_failures,
             on_rtp=self.on_rtp,
             on_rtcp=self.on_rtcp,
             on_connected=self._connected,

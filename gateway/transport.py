@@ -3,8 +3,13 @@
 A PeerTransport is created on the HTTP POST: it gathers host candidates on the configured addresses, gives
 the answer its ICE credentials, candidates and DTLS fingerprint, then connects in the background. Decrypted
 RTP/RTCP reach the owner's synchronous `on_rtp` / `on_rtcp`; `send_rtp` / `send_rtcp` protect and send at
-once. When ICE or DTLS fails, consent expires (RFC 7675) or connecting takes longer than `ice_timeout`,
+once. When ICE or DTLS fails, the peer goes silent (below) or connecting takes longer than `ice_timeout`,
 the transport closes itself and calls `on_closed` once.
+
+Liveness: we send RFC 7675 consent checks every `consent_interval` (randomised, §5.1), and end the session
+when for `consent_interval * consent_failures` seconds neither a check was answered nor an authenticated
+SRTP/SRTCP packet arrived. Received media counts because FFmpeg 9's WHIP muxer answers no STUN after its
+handshake: a consent-only rule would drop every FFmpeg publisher after 30 s while its media still flows.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -60,6 +67,8 @@ class PeerTransport:
         *,
         addresses: list[str],
         announced_ip: Optional[str],
+        consent_interval: float,
+        consent_failures: int,
         on_rtp: Callable[[bytes, int], None],
         on_rtcp: Callable[[bytes], None],
         on_connected: Callable[[], None],
@@ -69,6 +78,10 @@ class PeerTransport:
         self._announced_ip = announced_ip
         self._on_connected = on_connected
         self._on_closed = on_closed
+        self._consent_interval = consent_interval
+        self._consent_failures = consent_failures
+        self._liveness_task: Optional[asyncio.Task[None]] = None
+        self.last_received = time.monotonic()
         self._gatherer = rtc.RTCIceGatherer(iceServers=[])  # never a default STUN server
         self._ice = rtc.RTCIceTransport(self._gatherer)
         self._dtls = rtc.RTCDtlsTransport(self._ice, [certificate()])
@@ -87,6 +100,7 @@ class PeerTransport:
 
         def guarded(*args: object) -> None:
             nonlocal logged
+            self.last_received = time.monotonic()
             try:
                 handler(*args)
             except Exception:
@@ -181,7 +195,21 @@ class PeerTransport:
             return
         self._sender = rtc.PacketSender(self._ice, self._dtls)
         self.connected = True
+        rtc.stop_aioice_consent(self._ice)
+        self._liveness_task = asyncio.create_task(self._watch_liveness())
         self._on_connected()
+
+    async def _watch_liveness(self) -> None:
+        timeout = self._consent_interval * self._consent_failures
+        last_consent = time.monotonic()
+        while not self._closing:
+            await asyncio.sleep(self._consent_interval * (0.8 + 0.4 * random.random()))  # RFC 7675 §5.1
+            if await rtc.check_consent(self._ice):
+                last_consent = time.monotonic()
+            silent = time.monotonic() - max(last_consent, self.last_received)
+            if silent > timeout and not self._closing:
+                await self.close(f"peer gone: no consent response and no packets for {silent:.1f} s (RFC 7675)")
+                return
 
     async def add_remote_candidate(self, line: str) -> bool:
         """Add one `candidate:...` attribute value; False for ones we cannot use (TCP, mDNS names)."""
@@ -234,9 +262,9 @@ class PeerTransport:
         self._closing = True
         self._sender = None
         self.connected = False
-        task = self._connect_task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+        for task in (self._connect_task, self._liveness_task):
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
         try:
             await self._dtls.stop()
         except Exception:  # pragma: no cover - teardown must go on whatever aiortc raises

@@ -26,6 +26,9 @@ NACK_MAX_GAP = 256  # a larger jump is a stream restart, not loss
 NACK_MAX_TRIES = 3
 NACK_RETRY_INTERVAL = 0.1
 REPLAY_MAX_PACKETS = 400  # longest keyframe-to-now run replayed to a joining viewer
+# Replay only a recent keyframe: older pictures would arrive as a burst behind live audio; asking the
+# publisher for a fresh keyframe (one PLI round trip) is then the faster way to a live picture.
+REPLAY_MAX_AGE = 1.0
 LAYER_TIMEOUT = 0.5  # no packet for this long: the encoder dropped the layer (checked every 100 ms)
 RATE_WINDOW = 1.0
 
@@ -62,6 +65,7 @@ class Layer:
         self._missing: dict[int, list[float]] = {}  # seq -> [tries, next attempt time]
         self.keyframe_seq: Optional[int] = None
         self.keyframe_ts: Optional[int] = None
+        self.keyframe_time = 0.0
         self.keyframes = 0
         self.size: Optional[tuple[int, int]] = None
         self._keyframe_interval = keyframe_interval
@@ -108,6 +112,7 @@ class Layer:
         if self.keyframe_seq is None or seq_newer(seq, self.keyframe_seq):
             self.keyframe_seq = seq
             self.keyframe_ts = packet.timestamp
+            self.keyframe_time = now
             self.keyframes += 1
         size_found = keyframe_size(self.codec_key, payload)
         if size_found is not None:
@@ -123,7 +128,7 @@ class Layer:
     def keyframe_run(self) -> Optional[list[RtpPacket]]:
         """Every packet from the last keyframe to the newest, if we hold them all (for a joining viewer)."""
         start = self.keyframe_seq
-        if start is None or not self.stats.started:
+        if start is None or not self.stats.started or time.monotonic() - self.keyframe_time > REPLAY_MAX_AGE:
             return None
         count = ((self.stats.max_seq - start) & 0xFFFF) + 1
         if count > min(REPLAY_MAX_PACKETS, len(self.history)):

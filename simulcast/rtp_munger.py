@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import time
+from array import array
 from typing import NamedTuple
 
 __all__ = ["Origin", "RtpMunger", "SerialMunger"]
@@ -65,11 +66,12 @@ class _Segments:
         self._mask = (1 << bits) - 1
         self._half = 1 << (bits - 1)
         self._ring = segments - 1
-        self._seg_in = [0] * segments  # first incoming value of each segment
-        self._seg_out = [0] * segments  # ... and the outgoing value it maps to
-        self._seg_off = [0] * segments  # out = (in + off) & mask inside the segment
-        self._seg_layer = [0] * segments
-        self._seg_extra = [0] * segments  # per-run data for the owner (RtpMunger: the timestamp offset)
+        zeros = bytes(8 * segments)
+        self._seg_in = array("q", zeros)  # first incoming value of each segment
+        self._seg_out = array("q", zeros)  # ... and the outgoing value it maps to
+        self._seg_off = array("q", zeros)  # out = (in + off) & mask inside the segment
+        self._seg_layer = array("q", zeros)
+        self._seg_extra = array("q", zeros)  # per-run data for the owner (RtpMunger: the timestamp offset)
         self._count = 0  # segments ever opened; the current one is (_count - 1) & _ring
         self._run_start = 0  # _count index of the segment opened by the last switch_to
         self._started = False
@@ -245,9 +247,9 @@ class RtpMunger(_Segments):
 
     __slots__ = ("clock_rate", "_ts_offset", "_last_ts", "_last_time")
 
-    def __init__(self, clock_rate: int = 90000, *, segments: int = 64) -> None:
+    def __init__(self, clock_rate: int = 90000, *, segments: int = 256) -> None:
         super().__init__(16, segments)
-        self.clock_rate = clock_rate  # RFC 3551 §5: 90 kHz for video
+        self.clock_rate = clock_rate  # RFC 3551 §6 (table 5): 90 kHz for video
         self._ts_offset = 0
         self._last_ts = 0  # newest outgoing timestamp
         self._last_time = 0.0  # arrival of the first forwarded packet carrying _last_ts

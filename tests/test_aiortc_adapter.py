@@ -30,8 +30,8 @@ def test_private_methods_exist_with_expected_signatures() -> None:
         "addr",
         "protocol",
     ]
-    assert isinstance(aioice.ice.CONSENT_INTERVAL, (int, float))
-    assert isinstance(aioice.ice.CONSENT_FAILURES, int)
+    assert list(inspect.signature(aioice.ice.Connection.build_request).parameters) == ["self", "pair", "nominate"]
+    assert "self._query_consent_task = asyncio.create_task(" in inspect.getsource(aioice.ice.Connection.connect)
     # The receive loop must still call the hooks we replace.
     source = inspect.getsource(RTCDtlsTransport._recv_next)
     assert "self._handle_rtp_data(" in source and "self._handle_rtcp_data(" in source
@@ -42,7 +42,7 @@ async def test_private_attributes_exist_on_live_objects() -> None:
     """Build the objects the adapter touches and check every instance attribute it reads or writes."""
     gatherer = adapter.RTCIceGatherer(iceServers=[])
     connection = gatherer._connection
-    for name in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated"):
+    for name in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated", "_query_consent_task"):
         assert hasattr(connection, name), f"aioice.Connection lost {name}"
     await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
     candidates = gatherer.getLocalCandidates()
@@ -96,10 +96,14 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
         await asyncio.sleep(0.02)
     assert got_rtp == [rtp]
     assert got_rtcp == [rtcp]
+    adapter.stop_aioice_consent(ia)
+    assert ia._connection._query_consent_task is None
+    assert await adapter.check_consent(ia)  # the peer answers a consent check
+    await ib.stop()
+    assert not await adapter.check_consent(ia)  # ...and no longer once it is gone
     for t in (da, db):
         await t.stop()
-    for t in (ia, ib):
-        await t.stop()
+    await ia.stop()
 
 
 async def test_priority_shim_answers_checks_without_priority() -> None:

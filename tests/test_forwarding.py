@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -161,8 +162,9 @@ def test_publisher_losses_are_nacked_and_duplicates_dropped() -> None:
 def test_late_joiner_is_replayed_everything_since_the_last_keyframe() -> None:
     upstream, wire = Wire(), Wire()
     track = video_track(upstream)
+    now = time.monotonic()
     for seq in range(1, 6):
-        feed(track, seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000, now=seq / 30)
+        feed(track, seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000, now=now + seq / 30)
     down = viewer(track, wire)
     down.start()
     replayed = [parse_rtp(p) for p in wire.rtp]
@@ -170,8 +172,19 @@ def test_late_joiner_is_replayed_everything_since_the_last_keyframe() -> None:
     s0 = replayed[0].sequence_number
     assert [p.sequence_number for p in replayed] == [s0, (s0 + 1) & 0xFFFF, (s0 + 2) & 0xFFFF]
     assert upstream.rtcp == []  # no keyframe request needed
-    feed(track, 6, VP8_DELTA, ts=18000, now=0.2)
+    feed(track, 6, VP8_DELTA, ts=18000, now=now + 0.2)
     assert parse_rtp(wire.rtp[-1]).sequence_number == (s0 + 3) & 0xFFFF
+
+
+def test_a_stale_keyframe_is_not_replayed_a_fresh_one_is_requested() -> None:
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream)
+    old = time.monotonic() - 5.0  # the last keyframe arrived five seconds ago
+    feed(track, 1, VP8_KEY, now=old)
+    feed(track, 2, VP8_DELTA, ts=4000, now=old + 0.03)
+    viewer(track, wire).start()
+    assert wire.rtp == []  # no burst of old pictures
+    assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
 
 
 def test_viewers_with_the_same_profile_share_one_template() -> None:
@@ -181,6 +194,9 @@ def test_viewers_with_the_same_profile_share_one_template() -> None:
 
 
 # ---- simulcast: one layer per viewer, switching at keyframes ---------------------------------------------
+T0 = time.monotonic() - 1.0  # the simulcast scenarios start "one second ago" on the real clock
+
+
 def vp8_key(width: int, height: int) -> bytes:
     """A VP8 keyframe payload start stating its size (RFC 6386 §9.1), behind a minimal descriptor."""
     return bytes([0x10, 0x00, 0x00, 0x00, 0x9D, 0x01, 0x2A]) + width.to_bytes(2, "little") + height.to_bytes(2, "little")
@@ -190,8 +206,8 @@ def simulcast_track(upstream: Wire) -> PublishedTrack:
     track = video_track(upstream, rids=["q", "h", "f"])
     sizes = [(320, 180), (640, 360), (1280, 720)]
     for i, size in enumerate(sizes):  # each layer sends a keyframe: sizes become known, layers alive
-        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=1.0)
-    track.refresh(1.0)
+        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=T0 + 1.0)
+    track.refresh(T0 + 1.0)
     return track
 
 
@@ -199,8 +215,8 @@ def test_layers_are_ordered_by_size_not_rid_and_viewer_gets_the_highest_alive() 
     upstream, wire = Wire(), Wire()
     track = video_track(upstream, rids=["0", "1", "2"])  # OBS naming: "0" is the full resolution
     for i, size in enumerate([(1280, 720), (640, 360), (320, 180)]):
-        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=1.0)
-    track.refresh(1.0)
+        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=T0 + 1.0)
+    track.refresh(T0 + 1.0)
     assert [l.rid for l in track.ordered_layers] == ["2", "1", "0"]
     down = viewer(track, wire)
     down.start()
@@ -214,19 +230,19 @@ def test_switch_happens_at_the_targets_keyframe_with_continuous_sequence_numbers
     down = viewer(track, wire)
     down.start()  # replays the top layer's keyframe
     assert down.current is top
-    feed(track, 101, VP8_DELTA, ts=12000, layer=2, now=1.03)
+    feed(track, 101, VP8_DELTA, ts=12000, layer=2, now=T0 + 1.03)
     # The top layer dies (nothing since 1.03 s) while the others keep sending: the viewer targets the middle
     # one and asks it for a keyframe.
-    mid.last_packet = low.last_packet = 1.55
-    track.refresh(1.6)
+    mid.last_packet = low.last_packet = T0 + 1.55
+    track.refresh(T0 + 1.6)
     assert not top.active and down.target is mid and down.current is top
     assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
     assert parse_compound(upstream.rtcp[-1])[0].media_ssrc == mid.ssrc
     before = len(wire.rtp)
-    feed(track, 200, VP8_DELTA, ts=15000, layer=1, now=1.61)  # not a keyframe: no switch yet
+    feed(track, 200, VP8_DELTA, ts=15000, layer=1, now=T0 + 1.61)  # not a keyframe: no switch yet
     assert len(wire.rtp) == before
-    feed(track, 201, vp8_key(640, 360), ts=18000, layer=1, now=1.7)
-    feed(track, 202, VP8_DELTA, ts=21000, layer=1, now=1.73)
+    feed(track, 201, vp8_key(640, 360), ts=18000, layer=1, now=T0 + 1.7)
+    feed(track, 202, VP8_DELTA, ts=21000, layer=1, now=T0 + 1.73)
     out = [parse_rtp(p) for p in wire.rtp]
     seqs = [p.sequence_number for p in out]
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]  # one continuous stream across the switch
@@ -260,8 +276,8 @@ def test_nack_after_a_switch_maps_back_to_the_right_layer() -> None:
     from whep.layer_request import LayerRequest
 
     down.pin(LayerRequest(rid="q"))
-    feed(track, 300, vp8_key(320, 180), ts=30000, layer=0, now=1.1)
-    feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=1.13)
+    feed(track, 300, vp8_key(320, 180), ts=30000, layer=0, now=T0 + 1.1)
+    feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=T0 + 1.13)
     sent = [parse_rtp(p) for p in wire.rtp]
     wire.rtp.clear()
     down.on_nack([sent[0].sequence_number, sent[-1].sequence_number])  # one from the top layer, one from the low
