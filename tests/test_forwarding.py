@@ -194,7 +194,13 @@ def test_viewers_with_the_same_profile_share_one_template() -> None:
 
 
 # ---- simulcast: one layer per viewer, switching at keyframes ---------------------------------------------
-T0 = time.monotonic() - 1.0  # the simulcast scenarios start "one second ago" on the real clock
+T0 = 0.0  # the simulcast scenarios start "one second ago" on the real clock (set per test below)
+
+
+@pytest.fixture(autouse=True)
+def _scenario_clock() -> None:
+    global T0
+    T0 = time.monotonic() - 1.0
 
 
 def vp8_key(width: int, height: int) -> bytes:
