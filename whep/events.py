@@ -43,7 +43,7 @@ from litestar import Request
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 
-from gateway.http_resources import cors, problem, read_body, respond
+from gateway.http_responses import cors, problem, read_body, respond
 from whep.layer_request import LAYER_REL
 
 if TYPE_CHECKING:

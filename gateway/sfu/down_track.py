@@ -15,6 +15,7 @@ from gateway import metrics
 from gateway.rtcp import build_sdes_cname, build_sender_report
 from gateway.rtp import RtpPacket
 from gateway.sfu.egress import EgressProfile, Template, assemble
+from simulcast import vp8, vp9
 from simulcast.rtp_munger import RtpMunger
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class DownTrack:
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
         self.munger = RtpMunger(source.codec.clock_rate)
+        codec_mungers = {"vp8": vp8.Vp8Munger, "vp9": vp9.Vp9Munger}
+        self.codec_munger = codec_mungers[source.codec_key]() if source.codec_key in codec_mungers else None
         self.current: Optional["Layer"] = None  # the layer being forwarded
         self.target: Optional["Layer"] = None  # the layer wanted; forwarded from its next keyframe
         self.pinned: Optional["LayerRequest"] = None  # WHEP layer extension: a viewer's own choice
@@ -70,8 +73,11 @@ class DownTrack:
             return
         run = target.keyframe_run() if self.kind == "video" else None
         if run:
+            parse = self.source.parse_descriptor
             for i, packet in enumerate(run):
-                self.forward(self.profile.build(packet), packet, target, i == 0)
+                payload = packet.data[packet.payload_offset : packet.payload_end]
+                descriptor = parse(payload) if parse else None
+                self.forward(self.profile.build(packet), packet, target, i == 0, descriptor, payload)
         elif self.kind == "video":
             target.request_keyframe()
 
@@ -110,11 +116,27 @@ class DownTrack:
         self.retarget()
 
     # ---- the forwarding path -----------------------------------------------------------------------
-    def forward(self, template: Template, packet: RtpPacket, layer: "Layer", keyframe: bool) -> int:
+    def forward(
+        self,
+        template: Template,
+        packet: RtpPacket,
+        layer: "Layer",
+        keyframe: bool,
+        descriptor: object = None,
+        payload: Optional[bytes] = None,
+    ) -> int:
+        """Send one packet of `layer` to this viewer if it is the layer it receives; 1 if sent, else 0.
+
+        `descriptor` and `payload` (VP8/VP9 only) are parsed once per incoming packet by the track."""
         if layer is not self.current:
             if layer is not self.target or (self.kind == "video" and not keyframe):
                 return 0
-            self._switch(layer, packet)
+            self._switch(layer, packet, descriptor)
+        if descriptor is not None and self.codec_munger is not None:
+            template = self._rewrite_payload(template, payload, descriptor)  # type: ignore[assignment]
+            if template is None:  # a picture this viewer does not get (older than a switch, temporal layer)
+                self.munger.drop(packet.sequence_number)
+                return 0
         mapped = self.munger.map(packet.sequence_number, packet.timestamp)
         if mapped is None:
             return 0
@@ -125,10 +147,22 @@ class DownTrack:
         self.octets_sent += packet.payload_end - packet.payload_offset
         return 1
 
-    def _switch(self, layer: "Layer", packet: RtpPacket) -> None:
+    def _rewrite_payload(self, template: Template, payload: bytes, descriptor: object) -> Optional[Template]:
+        """Picture ids, TL0PICIDX, KEYIDX continued for this viewer; the shared template when nothing changes."""
+        rewritten = self.codec_munger.rewrite(payload, descriptor)  # type: ignore[union-attr]
+        if rewritten is None:
+            return None
+        if rewritten is payload:  # the munger returns its input untouched when no field changes
+            return template
+        tail = template[1]
+        return template[0], tail[: len(tail) - len(payload)] + bytes(rewritten)
+
+    def _switch(self, layer: "Layer", packet: RtpPacket, descriptor: object = None) -> None:
         old = self.current
         self.current = layer
         self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), layer.offer_index)
+        if self.codec_munger is not None and descriptor is not None:
+            self.codec_munger.switch_to(descriptor, layer.offer_index)
         if old is not None:
             self.switches += 1
             if old is not self.target:
@@ -147,11 +181,22 @@ class DownTrack:
                 metrics.count_drop("nack_not_in_history")
                 continue
             out_ts = (packet.timestamp + origin.ts_offset) & 0xFFFFFFFF
+            template = self.profile.build(packet)
+            parse = self.source.parse_descriptor
+            if parse is not None and self.codec_munger is not None:
+                payload = packet.data[packet.payload_offset : packet.payload_end]
+                descriptor = parse(payload)
+                rewritten = self._rewrite_payload(template, payload, descriptor) if descriptor is not None else None
+                if rewritten is None:
+                    metrics.count_drop("nack_not_in_history")
+                    continue
+                template = rewritten
             if self.profile.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-                data = assemble(self.profile.build_rtx(packet, out_seq), self._rtx_seq, out_ts, self.rtx_ssrc)
+                rtx = self.profile.as_rtx(template, packet.payload_end - packet.payload_offset, out_seq)
+                data = assemble(rtx, self._rtx_seq, out_ts, self.rtx_ssrc)
             else:
-                data = assemble(self.profile.build(packet), out_seq, out_ts, self.ssrc)
+                data = assemble(template, out_seq, out_ts, self.ssrc)
             if self._send_rtp(data):
                 self.retransmissions += 1
                 metrics.RETRANSMISSIONS.inc()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 from gateway import metrics
 from gateway.rtp import RtpPacket
 from gateway.sfu.egress import EgressProfile, Template
+from simulcast import vp8, vp9
 from simulcast.layer import Layer
 from whep.layer_request import LayerRequest, choose_layer
 
@@ -67,6 +68,8 @@ class PublishedTrack:
             for i, rid in enumerate(rids or [None])
         ]
         self.by_rid = {layer.rid: layer for layer in self.layers if layer.rid is not None}
+        # VP8/VP9 carry picture ids that must stay continuous across a viewer's layer switches.
+        self.parse_descriptor = {"vp8": vp8.parse_descriptor, "vp9": vp9.parse_descriptor}.get(self.codec_key)
         self.down_tracks: tuple["DownTrack", ...] = ()
         self._profiles: dict[tuple, EgressProfile] = {}
         self.on_layers_changed: list["Callable[[PublishedTrack], None]"] = []
@@ -81,6 +84,10 @@ class PublishedTrack:
         subscribers = layer.subscribers
         if not subscribers:
             return
+        descriptor = payload = None
+        if self.parse_descriptor is not None:
+            payload = packet.data[packet.payload_offset : packet.payload_end]
+            descriptor = self.parse_descriptor(payload)
         templates: dict[EgressProfile, Template] = {}
         sent = 0
         for down in subscribers:
@@ -89,7 +96,7 @@ class PublishedTrack:
             if template is None:
                 template = templates[profile] = profile.build(packet)
             try:
-                sent += down.forward(template, packet, layer, keyframe)
+                sent += down.forward(template, packet, layer, keyframe, descriptor, payload)
             except Exception:  # one viewer's failure (e.g. an SRTP error) must not cost the others the packet
                 metrics.count_drop("forward_error")
                 log.exception("forwarding to a viewer failed")
