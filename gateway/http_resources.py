@@ -20,6 +20,7 @@ from gateway.http_responses import (
     STREAM_NAME,
     TRICKLE,
     media_type,
+    preflight_response,
     problem,
     read_body,
     respond,
@@ -91,25 +92,11 @@ async def create_session(
 
 def options(request: Request) -> ASGIResponse:
     """RFC 9725 §4.2 / Fetch CORS: Accept-Post for OPTIONS; preflights get the allowed methods and headers."""
-    config: Config = request.app.state.manager.config
-    headers = [
-        ("Accept-Post", SDP),
-        ("Access-Control-Allow-Methods", "POST, OPTIONS"),
-        ("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match"),
-        ("Access-Control-Max-Age", "86400"),
-    ]
-    return respond(config, 204, headers=headers)
+    return preflight_response(request.app.state.manager.config, "POST, OPTIONS", [("Accept-Post", SDP)])
 
 
 def session_options(request: Request) -> ASGIResponse:
-    config: Config = request.app.state.manager.config
-    headers = [
-        ("Accept-Patch", TRICKLE),
-        ("Access-Control-Allow-Methods", "PATCH, DELETE, OPTIONS"),
-        ("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match"),
-        ("Access-Control-Max-Age", "86400"),
-    ]
-    return respond(config, 204, headers=headers)
+    return preflight_response(request.app.state.manager.config, "PATCH, DELETE, OPTIONS", [("Accept-Patch", TRICKLE)])
 
 
 def find_session(request: Request, kind: str, stream: str, session_id: str) -> tuple[Optional[PeerSession], Config]:

@@ -49,3 +49,14 @@ async def read_body(request: Request) -> bytes:
     if len(body) > MAX_BODY:
         raise ValueError(f"body larger than {MAX_BODY} bytes")
     return body
+
+
+def preflight_response(config: Config, methods: str, extra: Iterable[tuple[str, str]] = ()) -> ASGIResponse:
+    """204 for OPTIONS and CORS preflights: the allowed methods and request headers, plus e.g. Accept-Post."""
+    headers = [
+        *extra,
+        ("Access-Control-Allow-Methods", methods),
+        ("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match"),
+        ("Access-Control-Max-Age", "86400"),
+    ]
+    return respond(config, 204, headers=headers)
