@@ -289,3 +289,40 @@ def test_nack_after_a_switch_maps_back_to_the_right_layer() -> None:
     down.on_nack([sent[0].sequence_number, sent[-1].sequence_number])  # one from the top layer, one from the low
     resent = [parse_rtp(p).payload[2:] for p in wire.rtp]  # RTX: original sequence number first
     assert resent == [vp8_key(1280, 720), b"\x10\x00\x00low-delta"]
+
+
+def vp8_temporal(picture_id: int, tl0: int, tid: int, key: bool = False, sync: bool = False) -> bytes:
+    """A VP8 payload with the full descriptor (RFC 7741 §4.2): X, S, 15-bit picture id, TL0PICIDX, TID/Y."""
+    descriptor = bytes(
+        [0x90, 0xE0, 0x80 | (picture_id >> 8), picture_id & 0xFF, tl0 & 0xFF, (tid << 6) | (0x20 if sync else 0)]
+    )
+    header = bytes([0x10, 0x00, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00]) if key else bytes([0x11, 0x00, 0x00])
+    return descriptor + header + b"frame"
+
+
+def test_pinning_a_temporal_layer_lowers_the_frame_rate_with_continuous_ids() -> None:
+    from simulcast.vp8 import parse_descriptor
+    from whep.layer_request import LayerRequest
+
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream)
+    down = viewer(track, wire)
+    down.start()
+    pattern = [0, 2, 1, 2]  # L1T3
+    now = time.monotonic()
+    feed(track, 1, vp8_temporal(100, 10, 0, key=True), ts=3000, now=now)
+    down.pin(LayerRequest(temporal_layer_id=0))
+    tl0 = 10
+    for i in range(1, 12):
+        tid = pattern[i % 4]
+        tl0 += tid == 0
+        feed(track, 1 + i, vp8_temporal(100 + i, tl0, tid), ts=3000 * (i + 1), now=now + i / 30)
+    out = [parse_rtp(p) for p in wire.rtp]
+    descriptors = [parse_descriptor(p.payload) for p in out]
+    assert [d.tid for d in descriptors] == [0, 0, 0]  # the keyframe and the two later base-layer frames
+    assert [p.sequence_number for p in out] == [(out[0].sequence_number + i) & 0xFFFF for i in range(3)]
+    pids = [d.picture_id for d in descriptors]
+    assert pids == [pids[0], pids[0] + 1, pids[0] + 2]  # no gap where frames were left out
+    assert down.temporal_layer == 0
+    down.pin(LayerRequest())  # back to every temporal layer (raising waits for a sync frame or keyframe)
+    assert down.codec_munger.target_temporal == 3

@@ -98,6 +98,9 @@ class ViewerSession(PeerSession):
         """§4.9.2 layer selection; ValueError (LayerNotFound) when the request names no layer of this stream."""
         if self.video is None:
             raise ValueError("this session receives no video")
+        temporal = request.temporal_layer_id is not None or request.max_temporal_layer_id is not None
+        if temporal and self.video.codec_munger is None:
+            raise ValueError(f"temporal layer selection needs VP8 or VP9; this stream sends {self.video.source.codec.name}")
         self.video.source.pinned_layer(request)  # validates: raises for an unknown rid / spatial layer
         self.video.pin(request)
         self.publish_layers()

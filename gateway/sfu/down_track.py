@@ -113,7 +113,17 @@ class DownTrack:
 
     def pin(self, request: Optional["LayerRequest"]) -> None:
         self.pinned = request
+        if self.codec_munger is not None:
+            temporal = None
+            if request is not None:
+                temporal = request.temporal_layer_id if request.temporal_layer_id is not None else request.max_temporal_layer_id
+            # Fewer temporal layers: a lower frame rate at the same resolution (RFC 7741 §4.2 TID / Y).
+            self.codec_munger.target_temporal = temporal if temporal is not None else type(self.codec_munger)().target_temporal
         self.retarget()
+
+    @property
+    def temporal_layer(self) -> Optional[int]:
+        return self.codec_munger.temporal if self.codec_munger is not None else None
 
     # ---- the forwarding path -----------------------------------------------------------------------
     def forward(
@@ -235,6 +245,7 @@ class DownTrack:
             "target_layer": self.target.rid if self.target is not None else None,
             "reason": self.reason,
             "switches": self.switches,
+            "temporal_layer": self.temporal_layer,
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmissions": self.retransmissions,
