@@ -326,3 +326,29 @@ def test_pinning_a_temporal_layer_lowers_the_frame_rate_with_continuous_ids() ->
     assert down.temporal_layer == 0
     down.pin(LayerRequest())  # back to every temporal layer (raising waits for a sync frame or keyframe)
     assert down.codec_munger.target_temporal == 3
+
+
+def test_a_pending_switch_asks_again_until_the_keyframe_comes() -> None:
+    """Chromium ignores a second keyframe request within 300 ms: the gateway repeats it (rate limited)."""
+    from whep.layer_request import LayerRequest
+
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    for layer in track.layers:
+        layer._keyframe_interval = 0.5
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    down.pin(LayerRequest(rid="h"))
+    plis = lambda: [p for p in upstream.rtcp if isinstance(parse_compound(p)[0], PictureLossIndication) and parse_compound(p)[0].media_ssrc == mid.ssrc]
+    first = len(plis())
+    assert first == 1 and down in track.switching
+    for layer in track.layers:
+        layer.last_packet = T0 + 2.0
+    track.refresh(T0 + 2.0)  # about 1 s after the pin's request (T0 is a second ago): asked again
+    track.refresh(T0 + 2.1)  # 100 ms later: within the 0.5 s rate limit, not asked
+    assert len(plis()) == first + 1
+    feed(track, 400, vp8_key(640, 360), ts=90000, layer=1, now=T0 + 2.2)
+    assert down.current is mid and down not in track.switching
+    track.refresh(T0 + 3.0)
+    assert len(plis()) == first + 1  # switched: no more requests

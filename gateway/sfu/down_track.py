@@ -106,8 +106,12 @@ class DownTrack:
         self.target = new
         if new is not None:
             new.subscribe(self)
-            if request_keyframe and new is not self.current:
-                new.request_keyframe()
+            if new is not self.current:
+                self.source.switching.add(self)
+                if request_keyframe:
+                    new.request_keyframe()
+            else:
+                self.source.switching.discard(self)
         if old is not None and old is not self.current and old is not new:
             old.unsubscribe(self)
 
@@ -170,6 +174,7 @@ class DownTrack:
     def _switch(self, layer: "Layer", packet: RtpPacket, descriptor: object = None) -> None:
         old = self.current
         self.current = layer
+        self.source.switching.discard(self)
         self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), layer.offer_index)
         if self.codec_munger is not None and descriptor is not None:
             self.codec_munger.switch_to(descriptor, layer.offer_index)

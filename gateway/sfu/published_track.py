@@ -71,6 +71,10 @@ class PublishedTrack:
         # VP8/VP9 carry picture ids that must stay continuous across a viewer's layer switches.
         self.parse_descriptor = {"vp8": vp8.parse_descriptor, "vp9": vp9.parse_descriptor}.get(self.codec_key)
         self.down_tracks: tuple["DownTrack", ...] = ()
+        # Viewers waiting for a keyframe of their target layer. Chromium honours one keyframe request per 300 ms
+        # per simulcast sender (and then makes one on every layer), so a request can be lost to an earlier one:
+        # refresh() asks again, rate limited per layer, until each has switched.
+        self.switching: set["DownTrack"] = set()
         self._profiles: dict[tuple, EgressProfile] = {}
         self.on_layers_changed: list["Callable[[PublishedTrack], None]"] = []
 
@@ -122,7 +126,8 @@ class PublishedTrack:
         return changed
 
     def refresh(self, now: float) -> bool:
-        """Every 100 ms: rates, liveness and order; viewers move when a layer dies or appears."""
+        """Every 50 ms: rates, liveness and order; viewers move when a layer dies or appears; pending switches
+        get their keyframe request repeated."""
         changed = False
         for layer in self.layers:
             changed |= layer.refresh(now)
@@ -132,6 +137,9 @@ class PublishedTrack:
                 down.retarget()
             for callback in self.on_layers_changed:
                 callback(self)
+        for down in self.switching:
+            if down.target is not None and down.target.active:
+                down.target.request_keyframe(now)
         return changed
 
     def best_layer(self) -> Optional[Layer]:
@@ -161,6 +169,7 @@ class PublishedTrack:
 
     def detach(self, down: "DownTrack") -> None:
         self.down_tracks = tuple(d for d in self.down_tracks if d is not down)
+        self.switching.discard(down)
         for layer in self.layers:
             layer.unsubscribe(down)
 
