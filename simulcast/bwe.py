@@ -1,0 +1,1579 @@
+"""Per-viewer send-side bandwidth estimation, probing, layer selection and pacing. Pure and network-free.
+
+Section numbers (§) refer to draft-ietf-rmcat-gcc-02, "A Google Congestion Control Algorithm for Real-Time
+Communication" (GCC), unless they name another document.
+
+One viewer's pieces, and how the forwarding path drives them:
+
+    log = SendLog()                                   # every packet sent to the viewer, by transport seq
+    prober = Prober()
+    estimator = SendSideEstimator(log, prober=prober, initial_bps=1_000_000, max_bps=...)
+    selector = LayerSelector()
+    pacer = Pacer()
+
+    # per packet sent (media, RTX or padding), with the transport-wide seq stamped in its header (§3):
+    cluster = prober.active_cluster
+    log.record(seq, size, now_us, cluster)
+    if cluster is not None:
+        prober.on_sent(size)
+    # on TWCC feedback (RTPFB FMT 15) from the viewer:
+    estimator.on_feedback(parse_feedback(fci), now_us)
+    # on REMB / receiver reports from viewers without transport-cc (§3, §7):
+    estimator.on_remb(bitrate, now_us); estimator.on_receiver_report(block.fraction_lost, now_us)
+    # after each feedback (or on a 100-200 ms timer):
+    proof = prober.success_bps(now_us) if estimator.has_transport_cc else estimator.estimate_bps
+    spatial, temporal, reason = selector.select(layers, estimator.estimate_bps, now_us,
+                                                acknowledged_bps=estimator.acknowledged_bps,
+                                                probe_ok_bps=proof)
+    target = selector.probe_target_bps
+    if target and estimator.has_transport_cc and estimator.can_probe and prober.ready(now_us, target):
+        prober.start(target, now_us)
+    # every 1-5 ms while prober.active_cluster is not None: send prober.padding_needed(now_us) bytes of
+    # padding / RTX duplicates, each recorded in the log with the cluster id (not through the pacer).
+    pacer.set_estimate(estimator.estimate_bps)
+
+Without transport-cc no probe can be measured and nothing is acknowledged, so the selector's proof falls back
+on the estimate itself (REMB is the viewer's own receive-side estimate; with RR only, §7, the estimate is the
+loss-based one). A REMB receiver caps its estimate near 1.5x what it receives (§5.5), so such a viewer climbs
+one layer at a time at best.
+
+What comes from GCC and what does not:
+- §5.1/§5.2 packet groups of burst_time (5 ms) by send time, plus the burst merge of §5.2, are as written.
+- §5.3 specifies a scalar Kalman filter for m(i). We use the trendline filter that replaced it in libwebrtc
+  (least-squares slope of the smoothed accumulated delay over the last 20 groups, smoothing 0.9, gain 4):
+  the brief asked for it. Its output is compared with the §5.4 adaptive threshold as if it were m(i).
+- §5.4 over-use detector and adaptive threshold: K_u = 0.01, K_d = 0.00018, del_var_th(0) = 12.5 ms,
+  clamp [6, 600] ms, no update when |m| exceeds the threshold by more than 15 ms, overuse_time_th = 10 ms,
+  no over-use while m(i) < m(i-1).
+- §5.5 AIMD: the state table, multiplicative (8 %/s) / additive (half a packet per response time) increase,
+  convergence judged against an EMA (0.95) of the receive rates seen at decreases (3 standard deviations),
+  decrease to beta (0.85) x R_hat, R_hat over a 0.5 s window. Our readings where the draft leaves room:
+  * "A_hat(i) < 1.5 * R_hat(i)" is a ceiling on increases only (it never lowers the estimate); otherwise a
+    successful probe would be undone by the next update, since a forwarding SFU sends whatever layer it
+    forwards, not what the estimate allows.
+  * The draft assumes one update per response time; we update per feedback (20/s), so the additive
+    increase's 1000-bit floor is scaled by elapsed/response_time like alpha.
+  * Hold "waits until built-up queues have drained": besides the detector's under-use, we stay in Hold
+    while the feedback RTT is more than 100 ms above its 30 s minimum (a queue standing still has no delay
+    gradient, so the detector alone reads it as normal after a capacity drop into a deep buffer).
+- §6 loss-based controller (>10 %: x(1 - 0.5p); <2 %: x1.05; hold between). Loss is counted over at least
+  20 packets (or 1 s) rather than per feedback, so one lost packet of five does not read as 20 % loss; the
+  decrease starts from the current final estimate (As_hat(i-1) is the final rate whenever delay limits it)
+  and happens at most once per feedback RTT + 300 ms (losses behind a long queue arrive over several
+  feedbacks; one congestion event must not cut the rate several times).
+- Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
+  ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Iterable, Sequence
+
+from simulcast.twcc import REFERENCE_TIME_WRAP_US, TwccFeedback
+
+__all__ = [
+    "SendLog",
+    "SendSideEstimator",
+    "Prober",
+    "LayerSelector",
+    "Pacer",
+    "ALL_TEMPORAL",
+    "STATE_INCREASE",
+    "STATE_HOLD",
+    "STATE_DECREASE",
+]
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameters (§5.6 Table 1 unless noted)
+
+BURST_TIME_US = 5_000  # §5.2 / §5.6 burst_time
+MAX_BURST_US = 100_000  # ours: a §5.2 arrival-burst merge never makes a group span more than this
+RESET_GAP_US = 3_000_000  # ours: a gap this long between groups (pause, clock jump) restarts the filter
+TRENDLINE_WINDOW = 20  # groups in the least-squares window (libwebrtc trendline, replaces the §5.3 Kalman)
+TRENDLINE_SMOOTHING = 0.9  # EMA of the accumulated delay
+TRENDLINE_GAIN = 4.0  # threshold gain applied to the slope
+TRENDLINE_MAX_DELTAS = 60  # the slope is scaled by min(deltas seen, 60)
+THRESHOLD_INITIAL_MS = 12.5  # §5.4 del_var_th(0)
+THRESHOLD_MIN_MS = 6.0  # §5.4 clamp
+THRESHOLD_MAX_MS = 600.0
+THRESHOLD_MAX_OFFSET_MS = 15.0  # §5.4: no update when |m(i)| - del_var_th(i) > 15
+THRESHOLD_MAX_DT_MS = 100.0  # ours: cap on t(i) - t(i-1) in the threshold update (after a pause)
+K_UP = 0.01  # §5.4 K_u
+K_DOWN = 0.00018  # §5.4 K_d
+OVERUSE_TIME_TH_MS = 10.0  # §5.4 overuse_time_th
+BETA = 0.85  # §5.5 decrease factor
+ETA_PER_SECOND = 1.08  # §5.5 multiplicative increase, at most 8 % per second
+RATE_WINDOW_US = 500_000  # §5.5 R_hat window T, [0.5, 1] s RECOMMENDED
+MIN_RATE_SPAN_US = 100_000  # ours: R_hat needs this much arrival time to be trusted
+CONVERGENCE_SMOOTHING = 0.95  # §5.5 EMA of the receive rate at decreases
+CONVERGENCE_MIN_STD = 0.05  # ours: the standard deviation is at least 5 % of the average
+MAX_RATE_FACTOR = 1.5  # §5.5 A_hat(i) < 1.5 * R_hat(i)
+LOSS_HIGH = 0.10  # §6
+LOSS_LOW = 0.02  # §6
+LOSS_INCREASE = 1.05  # §6
+LOSS_MIN_PACKETS = 20  # ours: evaluate loss over at least this many packets...
+LOSS_MAX_PERIOD_US = 1_000_000  # ...or this long, whichever comes first
+LOSS_CEILING_FACTOR = 1.5  # ours: As_hat stays within 1.5 x A_hat while a delay-based estimate exists
+LOSS_DECREASE_GAP_US = 300_000  # ours: one loss decrease per feedback RTT + this (one congestion event)
+DRAINED_QUEUE_US = 100_000  # ours: Hold (§5.5) lasts while the feedback RTT exceeds its minimum by more
+MIN_RTT_WINDOW_US = 30_000_000  # ours: the minimum feedback RTT is taken over this long (a queue standing
+# longer than this would become the new minimum; at 0.85 x capacity a 4 s queue takes ~28 s to drain)
+TWCC_ACTIVE_US = 2_000_000  # ours: transport-cc feedback this recent makes REMB / RR loss secondary
+HISTORY_US = 5_000_000  # ours: feedback about packets sent longer ago than this is ignored
+
+STATE_INCREASE = "increase"
+STATE_HOLD = "hold"
+STATE_DECREASE = "decrease"
+
+_NORMAL = 0
+_OVERUSE = 1
+_UNDERUSE = 2
+_SIGNAL_NAMES = ("normal", "overuse", "underuse")
+
+# SendLog per-packet feedback state
+_UNREPORTED = 0
+_REPORTED_LOST = 1
+_REPORTED_RECEIVED = 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Send log
+
+
+class SendLog:
+    """What was sent to one viewer, by transport-wide sequence number (§3: the sender maps feedback
+    {sequence number, arrival time} pairs to send times).
+
+    A preallocated ring indexed by `seq & (capacity - 1)`: `record` does five list/bytearray stores and
+    allocates nothing (beyond int objects for large values, which the caller already has). The default 8192
+    slots hold 5 s of a 13 Mbps viewer at 1200-byte packets; older entries are overwritten, and the
+    estimator ignores feedback about packets sent more than `HISTORY_US` ago. `lookup(seq)` returns None for
+    a sequence number whose slot now holds another packet.
+    """
+
+    __slots__ = ("capacity", "_mask", "_seqs", "_sizes", "_times", "_clusters", "_states")
+
+    def __init__(self, capacity: int = 8192) -> None:
+        if capacity < 16 or capacity > 65536 or capacity & (capacity - 1):
+            raise ValueError("SendLog capacity must be a power of two in [16, 65536]")
+        self.capacity = capacity
+        self._mask = capacity - 1
+        self._seqs: list[int] = [-1] * capacity  # 16-bit transport seq held by the slot, -1 if none
+        self._sizes: list[int] = [0] * capacity
+        self._times: list[int] = [0] * capacity  # send time, µs
+        self._clusters: list[int | None] = [None] * capacity  # probe cluster id
+        self._states = bytearray(capacity)  # _UNREPORTED / _REPORTED_LOST / _REPORTED_RECEIVED
+
+    def record(
+        self, transport_seq: int, size_bytes: int, send_time_us: int, probe_cluster: int | None = None
+    ) -> None:
+        """Note a packet sent with this 16-bit transport-wide sequence number (0..65535, not checked)."""
+        index = transport_seq & self._mask
+        self._seqs[index] = transport_seq
+        self._sizes[index] = size_bytes
+        self._times[index] = send_time_us
+        self._clusters[index] = probe_cluster
+        self._states[index] = _UNREPORTED
+
+    def lookup(self, seq: int) -> tuple[int, int, int | None] | None:
+        """(send_time_us, size_bytes, probe_cluster) of the packet with this sequence number, or None."""
+        index = seq & self._mask
+        if self._seqs[index] != seq & 0xFFFF:
+            return None
+        return self._times[index], self._sizes[index], self._clusters[index]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Delay-based estimation
+
+
+class _Trendline:
+    """The arrival-time filter (§5.3 position; trendline instead of the draft's Kalman filter).
+
+    Input: one inter-group delay variation d(i) (ms, §5.1) per completed group and its arrival time.
+    Output: the modified trend, min(groups seen, 60) x slope x 4, compared by the over-use detector (§5.4)
+    with del_var_th as m(i) would be. The slope is the least-squares slope of the smoothed (EMA 0.9)
+    accumulated delay against arrival time over the last 20 groups, kept as running sums: O(1) per group,
+    with the sums recomputed from scratch (relative to the oldest point) each time the ring wraps, so
+    rounding cannot accumulate and the values stay small.
+    """
+
+    __slots__ = (
+        "_xs",
+        "_ys",
+        "_filled",
+        "_pos",
+        "_accumulated",
+        "_smoothed",
+        "_origin_ms",
+        "_bx",
+        "_by",
+        "_sx",
+        "_sy",
+        "_sxx",
+        "_sxy",
+        "deltas",
+    )
+
+    def __init__(self) -> None:
+        self._xs = [0.0] * TRENDLINE_WINDOW
+        self._ys = [0.0] * TRENDLINE_WINDOW
+        self.reset()
+
+    def reset(self) -> None:
+        self._filled = 0
+        self._pos = 0
+        self._accumulated = 0.0
+        self._smoothed = 0.0
+        self._origin_ms: float | None = None
+        self._bx = self._by = 0.0  # the point the sums are taken relative to
+        self._sx = self._sy = self._sxx = self._sxy = 0.0
+        self.deltas = 0
+
+    def update(self, delay_variation_ms: float, arrival_ms: float) -> float | None:
+        """Add one group's d(i); return the modified trend once the window is full, else None."""
+        origin = self._origin_ms
+        if origin is None:
+            origin = self._origin_ms = arrival_ms
+        if self.deltas < 1000:
+            self.deltas += 1
+        self._accumulated += delay_variation_ms
+        smoothed = self._smoothed = (
+            TRENDLINE_SMOOTHING * self._smoothed + (1 - TRENDLINE_SMOOTHING) * self._accumulated
+        )
+        x = arrival_ms - origin
+        pos = self._pos
+        xs = self._xs
+        ys = self._ys
+        filled = self._filled
+        if filled == 0:
+            self._bx = x
+            self._by = smoothed
+        bx = self._bx
+        by = self._by
+        if filled == TRENDLINE_WINDOW:  # the oldest point leaves the window
+            ox = xs[pos] - bx
+            oy = ys[pos] - by
+            self._sx -= ox
+            self._sy -= oy
+            self._sxx -= ox * ox
+            self._sxy -= ox * oy
+        else:
+            filled = self._filled = filled + 1
+        xs[pos] = x
+        ys[pos] = smoothed
+        dx = x - bx
+        dy = smoothed - by
+        self._sx += dx
+        self._sy += dy
+        self._sxx += dx * dx
+        self._sxy += dx * dy
+        pos += 1
+        if pos == TRENDLINE_WINDOW:
+            pos = 0
+            # Rebase on the oldest point (index 0 once the window is full) and recompute exactly.
+            bx = self._bx = xs[0]
+            by = self._by = ys[0]
+            sx = sy = sxx = sxy = 0.0
+            for index in range(filled):
+                dx = xs[index] - bx
+                dy = ys[index] - by
+                sx += dx
+                sy += dy
+                sxx += dx * dx
+                sxy += dx * dy
+            self._sx, self._sy, self._sxx, self._sxy = sx, sy, sxx, sxy
+        self._pos = pos
+        if filled < TRENDLINE_WINDOW:
+            return None
+        n = TRENDLINE_WINDOW
+        denominator = n * self._sxx - self._sx * self._sx
+        if denominator <= 1e-9:
+            return 0.0
+        slope = (n * self._sxy - self._sx * self._sy) / denominator
+        return min(self.deltas, TRENDLINE_MAX_DELTAS) * slope * TRENDLINE_GAIN
+
+
+class _RateWindow:
+    """R_hat (§5.5): bytes received over the last `RATE_WINDOW_US` of arrival time, one entry per feedback
+    (first arrival, last arrival, bytes, size of the first-arriving packet), so nothing is kept per packet."""
+
+    __slots__ = ("_entries", "_bytes", "_newest", "bps")
+
+    def __init__(self) -> None:
+        self._entries: deque[tuple[int, int, int, int]] = deque()
+        self._bytes = 0
+        self._newest = 0
+        self.bps: int | None = None
+
+    def add(self, first_arrival: int, last_arrival: int, total: int, first_size: int) -> None:
+        entries = self._entries
+        if entries and last_arrival < self._newest - RESET_GAP_US:
+            entries.clear()  # the receiver clock went backwards: start over
+            self._bytes = 0
+        if not entries or last_arrival > self._newest:
+            self._newest = last_arrival
+        newest = self._newest
+        entries.append((first_arrival, last_arrival, total, first_size))
+        self._bytes += total
+        while len(entries) > 1 and entries[0][1] < newest - RATE_WINDOW_US:
+            self._bytes -= entries.popleft()[2]
+        oldest = min(entries)  # the entry with the earliest first arrival
+        span = newest - oldest[0]
+        if span >= MIN_RATE_SPAN_US:
+            # Bytes after the first arrival over the time they took (the first packet's bytes arrived
+            # before the span started).
+            self.bps = (self._bytes - oldest[3]) * 8_000_000 // span
+
+
+class SendSideEstimator:
+    """GCC (§5 delay-based + §6 loss-based) for one viewer, fed with transport-cc feedback.
+
+    `estimate_bps` = clamp(min(delay-based A_hat, loss-based As_hat), min_bps, max_bps) (§6 last paragraph).
+    Viewers without transport-cc: `on_remb` replaces the delay-based part with the viewer's own estimate and
+    `on_receiver_report` feeds RR loss to the loss-based part (§3 second variant, §7). While transport-cc
+    feedback is arriving (within the last 2 s), REMB and RR loss are only recorded.
+
+    Not thread-safe; call from the event loop that handles the viewer's RTCP.
+    """
+
+    __slots__ = (
+        "_log",
+        "_prober",
+        "min_bps",
+        "max_bps",
+        "_delay_bps",
+        "_loss_bps",
+        "_state",
+        "_signal",
+        "_reason",
+        "_loss",
+        "_trend",
+        "_threshold",
+        "_prev_trend",
+        "_overuse_time_ms",
+        "_overuse_count",
+        "_threshold_updated_ms",
+        "_g_first_send",
+        "_g_last_send",
+        "_g_first_arrival",
+        "_g_last_arrival",
+        "_prev_send",
+        "_prev_arrival",
+        "_rate",
+        "_last_update_us",
+        "_conv_avg",
+        "_conv_var",
+        "_rtt_us",
+        "_rtt_mins",
+        "_ref_raw",
+        "_ref_offset",
+        "_period_received",
+        "_period_lost",
+        "_period_start_us",
+        "_last_twcc_us",
+        "_remb_bps",
+        "_rr_loss",
+        "_loss_decreased_us",
+        "_last_input_us",
+        "_k_up",
+        "_k_down",
+        "feedbacks",
+        "unknown_packets",
+    )
+
+    def __init__(
+        self,
+        send_log: SendLog,
+        *,
+        initial_bps: int = 1_000_000,
+        min_bps: int = 50_000,
+        max_bps: int = 20_000_000,
+        prober: Prober | None = None,
+        k_up: float = K_UP,
+        k_down: float = K_DOWN,
+    ) -> None:
+        if not 0 < min_bps <= max_bps:
+            raise ValueError("need 0 < min_bps <= max_bps")
+        self._log = send_log
+        self._prober = prober
+        self.min_bps = min_bps
+        self.max_bps = max_bps
+        initial = float(min(max(initial_bps, min_bps), max_bps))
+        self._delay_bps = initial  # A_hat (§5.5)
+        self._loss_bps = initial  # As_hat (§6)
+        self._state = STATE_INCREASE  # §5.5: "The subsystem starts in the increase state"
+        self._signal = _NORMAL
+        self._reason = "initial"
+        self._loss = 0.0
+        self._trend = _Trendline()
+        self._threshold = THRESHOLD_INITIAL_MS
+        self._prev_trend = 0.0
+        self._overuse_time_ms = -1.0
+        self._overuse_count = 0
+        self._threshold_updated_ms: float | None = None
+        # The packet group being built (§5.1/§5.2) and the previous complete one.
+        self._g_first_send: int | None = None
+        self._g_last_send = 0
+        self._g_first_arrival = 0
+        self._g_last_arrival = 0
+        self._prev_send: int | None = None
+        self._prev_arrival = 0
+        self._rate = _RateWindow()
+        self._last_update_us: int | None = None
+        self._conv_avg: float | None = None
+        self._conv_var = 0.0
+        self._rtt_us = 100_000
+        self._rtt_mins: deque[list[int]] = deque()  # [second, min feedback RTT in it], MIN_RTT_WINDOW_US long
+        self._ref_raw: int | None = None
+        self._ref_offset = 0
+        self._period_received = 0
+        self._period_lost = 0
+        self._period_start_us: int | None = None
+        self._last_twcc_us: int | None = None
+        self._remb_bps: int | None = None
+        self._rr_loss: float | None = None
+        self._loss_decreased_us: int | None = None
+        self._last_input_us = 0
+        self._k_up = k_up  # §5.4 K_u, K_d
+        self._k_down = k_down
+        self.feedbacks = 0
+        self.unknown_packets = 0  # feedback entries matching nothing in the send log
+
+    # --- read-only state -------------------------------------------------------------------------------
+
+    @property
+    def estimate_bps(self) -> int:
+        """The final estimate: min(delay-based, loss-based) (§6), within [min_bps, max_bps]. With neither
+        transport-cc nor REMB ever received, the delay-based part is disabled (§7) and this is the
+        loss-based estimate alone."""
+        value = min(self._delay_bps, self._loss_bps) if self._delay_active() else self._loss_bps
+        return int(min(max(value, self.min_bps), self.max_bps))
+
+    @property
+    def has_transport_cc(self) -> bool:
+        """Whether transport-cc feedback arrived within the last 2 s (as of the last input). Without it
+        there are no probe results and no acknowledged rate: see the module docstring for what to pass
+        the LayerSelector then."""
+        last = self._last_twcc_us
+        return last is not None and self._last_input_us - last < TWCC_ACTIVE_US
+
+    @property
+    def delay_based_bps(self) -> int:
+        return int(self._delay_bps)
+
+    @property
+    def loss_based_bps(self) -> int:
+        return int(self._loss_bps)
+
+    @property
+    def acknowledged_bps(self) -> int:
+        """R_hat (§5.5): the viewer's receive rate over the last 0.5 s of acknowledged packets; 0 if
+        unknown."""
+        return self._rate.bps or 0
+
+    @property
+    def state(self) -> str:
+        """The §5.5 rate control state: "increase", "hold" or "decrease"."""
+        return self._state
+
+    @property
+    def signal(self) -> str:
+        """The §5.4 detector's last output: "normal", "overuse" or "underuse"."""
+        return _SIGNAL_NAMES[self._signal]
+
+    @property
+    def loss(self) -> float:
+        """Loss fraction of the last evaluated period (transport-cc, or RR when no transport-cc)."""
+        return self._loss
+
+    @property
+    def reason(self) -> str:
+        """What last moved the estimate, for stats: e.g. "overuse", "loss 12%", "probe", "remb"."""
+        return self._reason
+
+    @property
+    def threshold_ms(self) -> float:
+        """The §5.4 adaptive threshold del_var_th."""
+        return self._threshold
+
+    @property
+    def rtt_us(self) -> int:
+        """Feedback round trip: feedback receipt minus the send time of the newest packet it acknowledges
+        (includes the receiver's feedback interval), smoothed. Used for the §5.5 response time."""
+        return self._rtt_us
+
+    @property
+    def queuing_delay_us(self) -> int:
+        """The smoothed feedback RTT above its minimum over the last 30 s: the queue built on the path."""
+        if not self._rtt_mins:
+            return 0
+        return max(0, self._rtt_us - min(entry[1] for entry in self._rtt_mins))
+
+    @property
+    def can_probe(self) -> bool:
+        """Whether probing now makes sense: increasing, low loss, no built-up queue. A probe sent into a
+        queue measures nothing new and delays its draining."""
+        return (
+            self._state == STATE_INCREASE
+            and self._loss < LOSS_LOW
+            and self.queuing_delay_us < DRAINED_QUEUE_US
+        )
+
+    # --- inputs ----------------------------------------------------------------------------------------
+
+    def on_feedback(self, feedback: TwccFeedback, now_us: int) -> None:
+        """Process one transport-cc feedback (§3 first variant): match it with the send log, run the delay
+        model (§5.1-§5.4), the rate controller (§5.5) and the loss-based controller (§6)."""
+        self.feedbacks += 1
+        self._last_twcc_us = now_us
+        self._last_input_us = now_us
+        # The 24-bit reference time wraps every ~12.4 days (twcc.REFERENCE_TIME_WRAP_US); unwrap it.
+        raw = feedback.reference_time_us
+        previous = self._ref_raw
+        if previous is not None:
+            step = raw - previous
+            if step > REFERENCE_TIME_WRAP_US // 2:
+                self._ref_offset -= REFERENCE_TIME_WRAP_US
+            elif step < -REFERENCE_TIME_WRAP_US // 2:
+                self._ref_offset += REFERENCE_TIME_WRAP_US
+        self._ref_raw = raw
+        reference = raw + self._ref_offset
+
+        log = self._log
+        mask = log._mask
+        seqs = log._seqs
+        sizes = log._sizes
+        times = log._times
+        clusters = log._clusters
+        states = log._states
+        prober = self._prober
+        oldest_send = now_us - HISTORY_US
+
+        received = 0
+        lost = 0
+        received_bytes = 0
+        first_arrival = 0
+        first_size = 0
+        last_arrival = 0
+        newest_send = None
+        overuse_seen = False
+
+        g_first_send = self._g_first_send
+        g_last_send = self._g_last_send
+        g_first_arrival = self._g_first_arrival
+        g_last_arrival = self._g_last_arrival
+
+        for seq, rel in feedback.packets:
+            index = seq & mask
+            if seqs[index] != seq:
+                self.unknown_packets += 1
+                continue
+            send = times[index]
+            if send < oldest_send:
+                continue
+            status = states[index]
+            if rel is None:
+                if status == _UNREPORTED:
+                    states[index] = _REPORTED_LOST
+                    lost += 1
+                    if prober is not None and clusters[index] is not None:
+                        prober._on_lost(clusters[index])
+                continue
+            if status == _REPORTED_RECEIVED:
+                continue  # reported again (twcc.TwccRecorder does after a late arrival)
+            if status == _REPORTED_LOST:
+                lost -= 1  # reported lost before, arrived late: not a loss after all
+            states[index] = _REPORTED_RECEIVED
+            arrival = reference + rel
+            size = sizes[index]
+            if received == 0 or arrival < first_arrival:
+                first_arrival = arrival
+                first_size = size
+            if received == 0 or arrival > last_arrival:
+                last_arrival = arrival
+            received += 1
+            received_bytes += size
+            if newest_send is None or send > newest_send:
+                newest_send = send
+            if prober is not None and clusters[index] is not None:
+                prober._on_received(clusters[index], send, arrival, size)
+
+            # §5.1/§5.2: packet groups.
+            if g_first_send is None:
+                g_first_send = g_last_send = send
+                g_first_arrival = g_last_arrival = arrival
+                continue
+            if send < g_first_send:
+                continue  # §5.1: "Any packets received out of order are ignored by the arrival-time model."
+            if send - g_first_send <= BURST_TIME_US:
+                # §5.2: "A sequence of packets which are sent within a burst_time interval constitute a
+                # group."
+                if send > g_last_send:
+                    g_last_send = send
+                if arrival > g_last_arrival:
+                    g_last_arrival = arrival
+                continue
+            inter_arrival = arrival - g_last_arrival
+            if (
+                inter_arrival < BURST_TIME_US
+                and inter_arrival - (send - g_last_send) < 0
+                and arrival - g_first_arrival < MAX_BURST_US
+            ):
+                # §5.2: inter-arrival time < burst_time and d(i) < 0: part of the current group (a burst
+                # released after an outage).
+                g_last_send = send
+                if arrival > g_last_arrival:
+                    g_last_arrival = arrival
+                continue
+            # The packet starts a new group: the current one is complete.
+            if self._prev_send is not None:
+                send_delta = g_last_send - self._prev_send
+                if self._on_group(send_delta, g_last_arrival - self._prev_arrival, g_last_arrival):
+                    overuse_seen = True
+            self._prev_send = g_last_send
+            self._prev_arrival = g_last_arrival
+            g_first_send = g_last_send = send
+            g_first_arrival = g_last_arrival = arrival
+
+        self._g_first_send = g_first_send
+        self._g_last_send = g_last_send
+        self._g_first_arrival = g_first_arrival
+        self._g_last_arrival = g_last_arrival
+
+        if received:
+            self._rate.add(first_arrival, last_arrival, received_bytes, first_size)
+            if newest_send is not None and now_us > newest_send:
+                sample = now_us - newest_send
+                self._rtt_us = sample if self.feedbacks == 1 else (7 * self._rtt_us + sample) // 8
+                second = now_us // 1_000_000
+                mins = self._rtt_mins
+                if mins and mins[-1][0] == second:
+                    if sample < mins[-1][1]:
+                        mins[-1][1] = sample
+                else:
+                    mins.append([second, sample])
+                    while mins[0][0] <= second - MIN_RTT_WINDOW_US // 1_000_000:
+                        mins.popleft()
+
+        self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us)
+
+        # §6 loss-based controller, over at least LOSS_MIN_PACKETS packets or LOSS_MAX_PERIOD_US.
+        if self._period_start_us is None:
+            self._period_start_us = now_us
+        self._period_received += received
+        self._period_lost = max(0, self._period_lost + lost)
+        total = self._period_received + self._period_lost
+        if total >= LOSS_MIN_PACKETS or (total and now_us - self._period_start_us >= LOSS_MAX_PERIOD_US):
+            self._update_loss_based(self._period_lost / total, now_us)
+            self._period_received = 0
+            self._period_lost = 0
+            self._period_start_us = now_us
+
+        if prober is not None:
+            for measured, target, success in prober._take_results(now_us):
+                self._on_probe_result(measured, target, success)
+        self._bound()
+
+    def on_remb(self, bitrate_bps: int, now_us: int) -> None:
+        """Receiver Estimated Max Bitrate from the viewer (§3 second variant: its delay-based estimate).
+        Ignored (only recorded) while transport-cc feedback is arriving."""
+        self._remb_bps = bitrate_bps
+        self._last_input_us = now_us
+        if self._twcc_active(now_us):
+            return
+        self._delay_bps = float(min(max(bitrate_bps, self.min_bps), self.max_bps))
+        self._reason = "remb"
+        self._bound()
+
+    def on_receiver_report(self, fraction_lost: int, now_us: int) -> None:
+        """RTCP receiver report loss for the §6 loss-based controller (§7: viewers without transport-cc).
+        `fraction_lost` is the RFC 3550 §6.4.1 8-bit field (loss = fraction_lost / 256), as
+        `gateway.rtcp.ReportBlock.fraction_lost` holds it. Ignored (only recorded) while transport-cc
+        feedback is arriving, which already reports every loss."""
+        loss = min(max(fraction_lost, 0), 255) / 256.0
+        self._rr_loss = loss
+        self._last_input_us = now_us
+        if self._twcc_active(now_us):
+            return
+        self._update_loss_based(loss, now_us)
+        self._bound()
+
+    def on_probe_result(self, measured_bps: int, target_bps: int, success: bool) -> None:
+        """A probe cluster's measured rate (`Prober` reports these itself when attached)."""
+        self._on_probe_result(measured_bps, target_bps, success)
+        self._bound()
+
+    # --- internals -------------------------------------------------------------------------------------
+
+    def _delay_active(self) -> bool:
+        """Is there a delay-based estimate at all (transport-cc or REMB ever received)?"""
+        return self._last_twcc_us is not None or self._remb_bps is not None
+
+    def _twcc_active(self, now_us: int) -> bool:
+        last = self._last_twcc_us
+        return last is not None and now_us - last < TWCC_ACTIVE_US
+
+    def _on_group(self, send_delta_us: int, arrival_delta_us: int, arrival_us: int) -> bool:
+        """One complete group: d(i) (§5.1) through the filter and the over-use detector (§5.4).
+        Returns True when this group made the detector signal over-use."""
+        if arrival_delta_us < 0:
+            return False  # reordered groups: no sample
+        if arrival_delta_us > RESET_GAP_US or send_delta_us > RESET_GAP_US:
+            self._trend.reset()  # a pause or a clock jump: start the model over
+            self._threshold_updated_ms = None
+            return False
+        # §5.1: d(i) = t(i) - t(i-1) - (T(i) - T(i-1)), in ms.
+        variation_ms = (arrival_delta_us - send_delta_us) / 1000.0
+        arrival_ms = arrival_us / 1000.0
+        trend = self._trend.update(variation_ms, arrival_ms)
+        if trend is None:
+            return False
+        return self._detect(trend, send_delta_us / 1000.0, arrival_ms)
+
+    def _detect(self, trend: float, send_delta_ms: float, now_ms: float) -> bool:
+        """§5.4 over-use detector with the adaptive threshold. Returns True when over-use is signalled now."""
+        signalled = False
+        threshold = self._threshold
+        if trend > threshold:
+            # §5.4: over-use only after it has lasted overuse_time_th, and not while m(i) < m(i-1).
+            if self._overuse_time_ms < 0:
+                self._overuse_time_ms = send_delta_ms / 2  # assume it started halfway since the last group
+            else:
+                self._overuse_time_ms += send_delta_ms
+            self._overuse_count += 1
+            if (
+                self._overuse_time_ms > OVERUSE_TIME_TH_MS
+                and self._overuse_count > 1
+                and trend >= self._prev_trend
+            ):
+                self._overuse_time_ms = 0.0
+                self._overuse_count = 0
+                self._signal = _OVERUSE
+                signalled = True
+        elif trend < -threshold:
+            self._overuse_time_ms = -1.0
+            self._overuse_count = 0
+            self._signal = _UNDERUSE
+        else:
+            self._overuse_time_ms = -1.0
+            self._overuse_count = 0
+            self._signal = _NORMAL
+        self._prev_trend = trend
+
+        # §5.4: del_var_th(i) = del_var_th(i-1) + (t(i)-t(i-1)) * K(i) * (|m(i)| - del_var_th(i-1)),
+        # not updated when |m(i)| - del_var_th > 15, clamped to [6, 600].
+        magnitude = abs(trend)
+        last = self._threshold_updated_ms
+        self._threshold_updated_ms = now_ms
+        if last is None or magnitude - threshold > THRESHOLD_MAX_OFFSET_MS:
+            return signalled
+        gain = self._k_down if magnitude < threshold else self._k_up
+        dt = min(max(now_ms - last, 0.0), THRESHOLD_MAX_DT_MS)
+        threshold += dt * gain * (magnitude - threshold)
+        self._threshold = min(max(threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
+        return signalled
+
+    def _update_delay_based(self, signal: int, now_us: int) -> None:
+        """§5.5 rate control, run once per feedback with the detector's signal."""
+        state = self._state
+        # §5.5 state table (blank = remain).
+        if signal == _OVERUSE:
+            state = STATE_DECREASE
+        elif signal == _NORMAL:
+            if state == STATE_HOLD:
+                # §5.5: Hold "waits until built-up queues have drained before going to increase state".
+                # The detector only sees queues change; the feedback RTT also shows one standing (after a
+                # capacity drop into a deep buffer), so we leave Hold only once it is down near its minimum.
+                if self.queuing_delay_us < DRAINED_QUEUE_US:
+                    state = STATE_INCREASE
+            elif state == STATE_DECREASE:
+                state = STATE_HOLD
+        else:  # under-use
+            state = STATE_HOLD
+        self._state = state
+
+        last = self._last_update_us
+        self._last_update_us = now_us
+        elapsed_us = 0 if last is None else min(max(now_us - last, 0), 1_000_000)
+        received = self._rate.bps
+        estimate = self._delay_bps
+
+        if state == STATE_DECREASE:
+            # §5.5: A_hat(i) = beta * R_hat(i); never upwards (R_hat can exceed A_hat during a burst).
+            target = BETA * received if received else BETA * estimate
+            if target < estimate:
+                self._delay_bps = target
+                self._reason = "overuse"
+            if received:
+                # §5.5: statistics of the receive rate at decreases, EMA with smoothing 0.95.
+                avg = self._conv_avg
+                if avg is None:
+                    self._conv_avg = float(received)
+                    self._conv_var = 0.0
+                else:
+                    avg = CONVERGENCE_SMOOTHING * avg + (1 - CONVERGENCE_SMOOTHING) * received
+                    self._conv_avg = avg
+                    self._conv_var = (
+                        CONVERGENCE_SMOOTHING * self._conv_var
+                        + (1 - CONVERGENCE_SMOOTHING) * (received - avg) ** 2
+                    )
+            return
+        if state == STATE_HOLD:
+            return
+
+        # Increase.
+        near_convergence = False
+        avg = self._conv_avg
+        if avg is not None and received:
+            std = max(math.sqrt(self._conv_var), CONVERGENCE_MIN_STD * avg)
+            if received > avg + 3 * std:
+                self._conv_avg = None  # §5.5: the congestion level changed; back to multiplicative
+                self._conv_var = 0.0
+            elif abs(received - avg) <= 3 * std:
+                near_convergence = True
+        if near_convergence:
+            # §5.5 additive increase: at most half a packet per response_time (RTT + 100 ms).
+            # The draft assumes one update per response time ("executed periodically"); we update per
+            # feedback, so the 1000 bit floor is scaled by the same elapsed/response_time as alpha
+            # (unscaled, 20 feedbacks/s would add 20 kbps/s whatever the rate).
+            response_time_us = 100_000 + self._rtt_us
+            share = min(elapsed_us / response_time_us, 1.0)
+            alpha = 0.5 * share
+            bits_per_frame = estimate / 30
+            packets_per_frame = math.ceil(bits_per_frame / (1200 * 8)) or 1
+            packet_bits = bits_per_frame / packets_per_frame
+            increased = estimate + max(1000.0 * share, alpha * packet_bits)
+        else:
+            # §5.5 multiplicative increase: eta = 1.08^min(time_since_last_update / 1 s, 1).
+            increased = estimate * ETA_PER_SECOND ** (elapsed_us / 1_000_000)
+        if received:
+            # §5.5: A_hat(i) < 1.5 * R_hat(i), as a ceiling on increases only.
+            ceiling = MAX_RATE_FACTOR * received
+            if increased > ceiling:
+                increased = max(estimate, ceiling)
+        if increased > estimate:
+            self._delay_bps = increased
+            self._reason = "additive increase" if near_convergence else "increase"
+
+    def _update_loss_based(self, loss: float, now_us: int) -> None:
+        """§6: >10 % loss: As_hat(i) = As_hat(i-1)(1 - 0.5p); <2 %: As_hat(i) = 1.05 As_hat(i-1).
+
+        Ours: at most one decrease per feedback RTT + 300 ms. Losses behind a long queue are reported late
+        and over several evaluations; without the gap one congestion event cuts the rate several times
+        (in simulation: 3 Mbps -> 300 kbps behind a 1.7 s queue took the estimate to the 50 kbps floor)."""
+        self._loss = loss
+        if loss > LOSS_HIGH:
+            last = self._loss_decreased_us
+            if last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US:
+                return
+            self._loss_decreased_us = now_us
+            # The final rate is what was actually lost at.
+            base = min(self._loss_bps, self._delay_bps) if self._delay_active() else self._loss_bps
+            self._loss_bps = base * (1 - 0.5 * loss)
+            self._reason = f"loss {loss * 100:.0f}%"
+        elif loss < LOSS_LOW:
+            self._loss_bps *= LOSS_INCREASE
+
+    def _on_probe_result(self, measured: int, target: int, success: bool) -> None:
+        """A successful probe shows the path carried `measured`: raise the estimates to it, unless the
+        detector is signalling over-use right now. A failed probe's measurement is about the bottleneck
+        rate itself; moving the estimate up to it would leave no headroom (in simulation: a standing queue
+        and tail drops), so it is ignored and the AIMD finds the rate."""
+        if not success or self._signal == _OVERUSE or measured <= 0:
+            return
+        measured_f = float(min(measured, self.max_bps))
+        if measured_f > self._delay_bps:
+            self._delay_bps = measured_f
+            self._reason = "probe"
+        if measured_f > self._loss_bps:
+            self._loss_bps = measured_f
+
+    def _bound(self) -> None:
+        lo = float(self.min_bps)
+        hi = float(self.max_bps)
+        self._delay_bps = min(max(self._delay_bps, lo), hi)
+        loss_bps = self._loss_bps
+        if self._delay_active():
+            # Ours: keep the loss-based estimate near the delay-based one, so a loss burst acts at once
+            # instead of first eating through headroom accumulated by 5 % steps.
+            loss_bps = min(loss_bps, LOSS_CEILING_FACTOR * self._delay_bps)
+        self._loss_bps = min(max(loss_bps, lo), hi)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probing
+
+
+class _Cluster:
+    __slots__ = (
+        "id",
+        "target",
+        "rate",
+        "start",
+        "end",
+        "total",
+        "sent_bytes",
+        "sent_packets",
+        "finished_at",
+        "received",
+        "lost",
+        "recv_bytes",
+        "first_arrival",
+        "first_arrival_size",
+        "last_arrival",
+        "first_send",
+        "last_send",
+        "last_send_size",
+        "send_bytes",
+        "measured",
+        "success",
+        "evaluated_at",
+    )
+
+    def __init__(self, cluster_id: int, target: int, rate: int, start: int, end: int, total: int) -> None:
+        self.id = cluster_id
+        self.target = target
+        self.rate = rate
+        self.start = start
+        self.end = end
+        self.total = total  # bytes the cluster should carry
+        self.sent_bytes = 0
+        self.sent_packets = 0
+        self.finished_at: int | None = None
+        self.received = 0
+        self.lost = 0
+        self.recv_bytes = 0
+        self.first_arrival = 0
+        self.first_arrival_size = 0
+        self.last_arrival = 0
+        self.first_send = 0
+        self.last_send = 0
+        self.last_send_size = 0
+        self.send_bytes = 0
+        self.measured: int | None = None
+        self.success: bool | None = None
+        self.evaluated_at: int | None = None
+
+
+class Prober:
+    """Probe clusters: short bursts at a known rate whose receive rate, read back from transport-cc
+    feedback, shows whether the path can carry a higher layer before the selector switches to it.
+
+    `start(target_bps, now_us)` opens a cluster sent at `rate_factor` x target for `duration_us` (longer if
+    needed to carry `min_packets` of `packet_size` bytes). While `active_cluster` is not None, every packet
+    sent to the viewer (media too) is recorded in the SendLog with that id and counted with `on_sent`;
+    `padding_needed(now_us)` says how many bytes of padding (or RTX duplicates) to send now to keep the
+    cluster on its rate; it closes the cluster once its bytes are out. When every packet of the cluster has
+    been reported (or 1 s after it ended) the cluster is evaluated: measured = min(send rate, receive rate)
+    of its acknowledged packets; success when measured >= `success_ratio` x target.
+
+    `ready(now_us, target)` paces the clusters: one at a time, `min_interval_us` after a success, and after a
+    failure a backoff doubling from `fail_backoff_us` to `max_backoff_us` (a lower target than the one that
+    failed is allowed at once).
+    """
+
+    __slots__ = (
+        "rate_factor",
+        "duration_us",
+        "min_packets",
+        "packet_size",
+        "success_ratio",
+        "min_interval_us",
+        "fail_backoff_us",
+        "max_backoff_us",
+        "result_timeout_us",
+        "success_ttl_us",
+        "active_cluster",
+        "_current",
+        "_clusters",
+        "_pending",
+        "_results",
+        "_next_id",
+        "_retry_at",
+        "_failures",
+        "_failed_target",
+    )
+
+    def __init__(
+        self,
+        *,
+        rate_factor: float = 1.5,
+        duration_us: int = 25_000,
+        min_packets: int = 5,
+        packet_size: int = 250,
+        success_ratio: float = 0.9,
+        min_interval_us: int = 300_000,
+        fail_backoff_us: int = 1_000_000,
+        max_backoff_us: int = 4_000_000,
+        result_timeout_us: int = 1_000_000,
+        success_ttl_us: int = 10_000_000,
+    ) -> None:
+        self.rate_factor = rate_factor
+        self.duration_us = duration_us
+        self.min_packets = min_packets
+        self.packet_size = packet_size
+        self.success_ratio = success_ratio
+        self.min_interval_us = min_interval_us
+        self.fail_backoff_us = fail_backoff_us
+        self.max_backoff_us = max_backoff_us
+        self.result_timeout_us = result_timeout_us
+        self.success_ttl_us = success_ttl_us
+        self.active_cluster: int | None = None  # id to record packets with, None when no cluster is sending
+        self._current: _Cluster | None = None
+        self._clusters: dict[int, _Cluster] = {}
+        self._pending: list[_Cluster] = []  # sent, not yet evaluated
+        self._results: list[tuple[int, int, bool]] = []  # evaluated, not yet taken by the estimator
+        self._next_id = 1
+        self._retry_at = 0
+        self._failures = 0
+        self._failed_target = 0
+
+    def ready(self, now_us: int, target_bps: int | None = None) -> bool:
+        """May a new cluster start now (none in flight, and past the interval / failure backoff)?"""
+        if self._current is not None:
+            return False
+        if self._pending:
+            self._evaluate_pending(now_us)  # clusters whose feedback never came time out here too
+            if self._pending:
+                return False
+        if now_us >= self._retry_at:
+            return True
+        # A lower target than the one that just failed does not need to wait out the backoff.
+        return bool(self._failures and target_bps is not None and target_bps < 0.9 * self._failed_target)
+
+    def start(self, target_bps: int, now_us: int) -> int:
+        """Open a cluster to test `target_bps`; returns its id. Closes any cluster still sending."""
+        if self._current is not None:
+            self._finish(self._current, now_us)
+        rate = int(target_bps * self.rate_factor)
+        duration = self.duration_us
+        floor = self.min_packets * self.packet_size
+        if rate * duration // 8_000_000 < floor:
+            duration = math.ceil(floor * 8_000_000 / max(rate, 1))
+        cluster_id = self._next_id
+        self._next_id = cluster_id + 1 if cluster_id < 0x7FFFFFFF else 1
+        total = rate * duration // 8_000_000
+        cluster = _Cluster(cluster_id, target_bps, rate, now_us, now_us + duration, total)
+        self._clusters[cluster_id] = cluster
+        self._current = cluster
+        self.active_cluster = cluster_id
+        if len(self._clusters) > 32:
+            for old in sorted(self._clusters)[:-16]:
+                cluster_old = self._clusters[old]
+                if cluster_old is not self._current and cluster_old not in self._pending:
+                    del self._clusters[old]
+        return cluster_id
+
+    def on_sent(self, size_bytes: int) -> None:
+        """Count a packet sent with `active_cluster` (media or padding)."""
+        cluster = self._current
+        if cluster is not None:
+            cluster.sent_bytes += size_bytes
+            cluster.sent_packets += 1
+
+    def padding_needed(self, now_us: int) -> int:
+        """Bytes of padding to send now to keep the active cluster at its rate (0 when none)."""
+        cluster = self._current
+        if cluster is None:
+            return 0
+        elapsed = min(now_us, cluster.end) - cluster.start
+        due = cluster.rate * max(elapsed, 0) // 8_000_000
+        if now_us >= cluster.end:
+            due = cluster.total
+        need = due - cluster.sent_bytes
+        if now_us >= cluster.end and (need <= 0 or now_us >= cluster.end + 10_000):
+            self._finish(cluster, now_us)
+            return 0
+        return need if need > 0 else 0
+
+    def _finish(self, cluster: _Cluster, now_us: int) -> None:
+        cluster.finished_at = now_us
+        self._pending.append(cluster)
+        self._current = None
+        self.active_cluster = None
+
+    def result(self, cluster_id: int) -> int | None:
+        """The cluster's measured rate once evaluated (successful or not); None before, or if unusable."""
+        cluster = self._clusters.get(cluster_id)
+        return None if cluster is None else cluster.measured
+
+    def success(self, cluster_id: int) -> bool | None:
+        """Whether the cluster reached success_ratio x its target; None until evaluated."""
+        cluster = self._clusters.get(cluster_id)
+        return None if cluster is None else cluster.success
+
+    def success_bps(self, now_us: int) -> int:
+        """The highest measured rate of a successful cluster evaluated within `success_ttl_us`; 0 if none."""
+        best = 0
+        for cluster in self._clusters.values():
+            if (
+                cluster.success
+                and cluster.evaluated_at is not None
+                and now_us - cluster.evaluated_at <= self.success_ttl_us
+                and cluster.measured is not None
+                and cluster.measured > best
+            ):
+                best = cluster.measured
+        return best
+
+    def on_feedback(
+        self, feedback: TwccFeedback, send_log: SendLog, now_us: int
+    ) -> list[tuple[int, int, bool]]:
+        """Standalone use (a Prober not attached to a SendSideEstimator): match the feedback with the log,
+        evaluate finished clusters. Returns [(measured, target, success)] for clusters evaluated now."""
+        reference = feedback.reference_time_us
+        for seq, rel in feedback.packets:
+            entry = send_log.lookup(seq)
+            if entry is None or entry[2] is None:
+                continue
+            send, size, cluster_id = entry
+            if rel is None:
+                self._on_lost(cluster_id)
+            else:
+                self._on_received(cluster_id, send, reference + rel, size)
+        return self._take_results(now_us)
+
+    def _on_received(self, cluster_id: int, send: int, arrival: int, size: int) -> None:
+        cluster = self._clusters.get(cluster_id)
+        if cluster is None or cluster.measured is not None:
+            return
+        if cluster.received == 0:
+            cluster.first_arrival = cluster.last_arrival = arrival
+            cluster.first_arrival_size = size
+            cluster.first_send = cluster.last_send = send
+            cluster.last_send_size = size
+        else:
+            if arrival < cluster.first_arrival:
+                cluster.first_arrival = arrival
+                cluster.first_arrival_size = size
+            if arrival > cluster.last_arrival:
+                cluster.last_arrival = arrival
+            if send < cluster.first_send:
+                cluster.first_send = send
+            if send >= cluster.last_send:
+                cluster.last_send = send
+                cluster.last_send_size = size
+        cluster.received += 1
+        cluster.recv_bytes += size
+
+    def _on_lost(self, cluster_id: int) -> None:
+        cluster = self._clusters.get(cluster_id)
+        if cluster is not None and cluster.measured is None:
+            cluster.lost += 1
+
+    def _evaluate_pending(self, now_us: int) -> None:
+        """Evaluate the sent clusters whose packets are all reported, or that timed out."""
+        still: list[_Cluster] = []
+        for cluster in self._pending:
+            assert cluster.finished_at is not None
+            reported = cluster.received + cluster.lost
+            if reported >= cluster.sent_packets or now_us - cluster.finished_at >= self.result_timeout_us:
+                self._evaluate(cluster, now_us)
+            else:
+                still.append(cluster)
+        self._pending = still
+
+    def _take_results(self, now_us: int) -> list[tuple[int, int, bool]]:
+        """Evaluate what can be, and hand over [(measured, target, success)] not yet taken."""
+        if self._pending:
+            self._evaluate_pending(now_us)
+        results = self._results
+        if results:
+            self._results = []
+        return results
+
+    def _evaluate(self, cluster: _Cluster, now_us: int) -> None:
+        cluster.evaluated_at = now_us
+        measured = 0
+        if cluster.received >= min(self.min_packets, max(cluster.sent_packets, 1)) and cluster.received >= 2:
+            recv_span = cluster.last_arrival - cluster.first_arrival
+            send_span = cluster.last_send - cluster.first_send
+            # Bytes after the first arrival over the arrival span; bytes before the last send over the
+            # send span.
+            recv_rate = send_rate = None
+            if recv_span > 0:
+                recv_rate = (cluster.recv_bytes - cluster.first_arrival_size) * 8_000_000 // recv_span
+            if send_span > 0:
+                send_rate = (cluster.recv_bytes - cluster.last_send_size) * 8_000_000 // send_span
+            if recv_rate is not None and send_rate is not None:
+                measured = min(recv_rate, send_rate)
+            elif recv_rate is not None:
+                measured = recv_rate
+            elif send_rate is not None:
+                measured = send_rate
+        success = measured > 0 and measured >= self.success_ratio * cluster.target
+        cluster.measured = measured if measured > 0 else None
+        cluster.success = success
+        if success:
+            self._failures = 0
+            self._retry_at = now_us + self.min_interval_us
+        else:
+            self._failures += 1
+            self._failed_target = cluster.target
+            backoff = min(self.fail_backoff_us << min(self._failures - 1, 16), self.max_backoff_us)
+            self._retry_at = now_us + backoff
+        if measured > 0:
+            self._results.append((measured, cluster.target, success))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer selection
+
+ALL_TEMPORAL = 7  # temporal id meaning "every temporal layer": >= every codec's highest TID (VP9: 7)
+
+
+class LayerSelector:
+    """Chooses the (spatial, temporal) layer one viewer receives from its bandwidth estimate.
+
+    `layers` is [(spatial_id, bitrate_bps, active)]. With `temporal_fractions` (cumulative share of a spatial
+    layer's bitrate carried by temporal layers 0..N-1, e.g. (0.6, 1.0) or (0.4, 0.6, 1.0)), each spatial
+    layer offers N options and temporal layers are dropped before spatial ones; without, each spatial layer
+    is one option and the temporal id returned is `all_temporal`.
+
+    Options are ordered by (spatial, temporal). Rules:
+    - Down at once when the current option's bitrate > estimate x (1 + down_tolerance): to the highest option
+      below it that fits (same spatial layer's lower temporal layers first), else the lowest.
+      Why 0.2: a forwarding SFU sends the layer's rate, not the estimate, so on any over-use (a keyframe burst
+      is enough) GCC sets the estimate to 0.85 x the receive rate (§5.5 beta), i.e. ~0.85 x the layer when the
+      path carries the layer. A tolerance above 1/0.85 - 1 = 0.176 keeps the layer then; it goes when the
+      receive rate itself falls below ~98 % of the layer (the path no longer carries it) or loss cuts it.
+    - Up to a higher option only when estimate >= up_factor x its bitrate has held for the hold time
+      (up_hold_us, doubled after each up-then-down within flap_window_us, up to max_up_hold_us, and back to
+      up_hold_us after stable_us without a downgrade) AND the path has shown it can carry that bitrate: a
+      recent successful probe measured >= it (`probe_ok_bps`) or the acknowledged rate reached it.
+    - The first call picks the highest option with up_factor x bitrate <= estimate (the initial estimate is a
+      configured guess, so no proof is asked), else the lowest.
+    `probe_target_bps` (after each select): up_factor x the bitrate of the lowest option above the current one
+    that lacks proof, capped at `probe_step` x the estimate (big jumps are probed in steps, so a probe on a
+    constrained path is a small burst), or None: what the caller should probe next.
+    """
+
+    __slots__ = (
+        "up_factor",
+        "up_hold_us",
+        "max_up_hold_us",
+        "flap_window_us",
+        "stable_us",
+        "down_tolerance",
+        "probe_step",
+        "temporal_fractions",
+        "all_temporal",
+        "current",
+        "probe_target_bps",
+        "switches",
+        "_since",
+        "_hold_us",
+        "_last_up_us",
+        "_last_down_us",
+        "_last_bitrate",
+    )
+
+    def __init__(
+        self,
+        *,
+        up_factor: float = 1.2,
+        up_hold_us: int = 2_000_000,
+        max_up_hold_us: int = 16_000_000,
+        flap_window_us: int = 10_000_000,
+        stable_us: int = 30_000_000,
+        down_tolerance: float = 0.2,
+        temporal_fractions: Sequence[float] | None = None,
+        all_temporal: int = ALL_TEMPORAL,
+        probe_step: float = 2.0,
+    ) -> None:
+        if temporal_fractions is not None:
+            fractions = tuple(float(f) for f in temporal_fractions)
+            if not fractions or any(not 0 < f <= 1 for f in fractions) or list(fractions) != sorted(
+                fractions
+            ):
+                raise ValueError("temporal_fractions must be increasing values in (0, 1]")
+            temporal_fractions = fractions
+        self.up_factor = up_factor
+        self.up_hold_us = up_hold_us
+        self.max_up_hold_us = max_up_hold_us
+        self.flap_window_us = flap_window_us
+        self.stable_us = stable_us
+        self.down_tolerance = down_tolerance
+        self.probe_step = probe_step
+        self.temporal_fractions = temporal_fractions
+        self.all_temporal = all_temporal
+        self.current: tuple[int, int] | None = None
+        self.probe_target_bps: int | None = None
+        self.switches = 0
+        self._since: dict[tuple[int, int], int] = {}  # option -> since when the estimate supports it
+        self._hold_us = up_hold_us
+        self._last_up_us: int | None = None
+        self._last_down_us: int | None = None
+        self._last_bitrate = 0
+
+    def _options(self, layers: Iterable[tuple[int, int, bool]]) -> list[tuple[int, int, int]]:
+        """Active options as (spatial, temporal, bitrate), in (spatial, temporal) order."""
+        options = []
+        fractions = self.temporal_fractions
+        for spatial, bitrate, active in layers:
+            if not active:
+                continue
+            if fractions is None:
+                options.append((spatial, self.all_temporal, int(bitrate)))
+            else:
+                for temporal, fraction in enumerate(fractions):
+                    options.append((spatial, temporal, int(bitrate * fraction)))
+        options.sort()
+        return options
+
+    def select(
+        self,
+        layers: Iterable[tuple[int, int, bool]],
+        estimate_bps: int,
+        now_us: int,
+        *,
+        acknowledged_bps: int = 0,
+        probe_ok_bps: int = 0,
+    ) -> tuple[int, int, str]:
+        """(spatial_id, temporal_id, reason). With no active layer, (-1, -1, "no active layer")."""
+        options = self._options(layers)
+        if not options:
+            self.probe_target_bps = None
+            self._since.clear()
+            return -1, -1, "no active layer"
+        estimate = estimate_bps
+        up = self.up_factor
+        current = self.current
+        position = None
+        if current is not None:
+            for index, option in enumerate(options):
+                if (option[0], option[1]) == current:
+                    position = index
+                    break
+
+        if current is None:
+            index = 0
+            for candidate, option in enumerate(options):
+                if up * option[2] <= estimate:
+                    index = candidate
+            reason = "initial"
+            return self._switch(options, index, now_us, reason, estimate, acknowledged_bps, probe_ok_bps)
+
+        if position is None:
+            # The current layer went away: the highest active option that fits, else the lowest.
+            index = 0
+            for candidate, option in enumerate(options):
+                if option[2] <= estimate * (1 + self.down_tolerance):
+                    index = candidate
+            return self._switch(
+                options, index, now_us, "layer inactive", estimate, acknowledged_bps, probe_ok_bps
+            )
+
+        bitrate = options[position][2]
+        if bitrate > estimate * (1 + self.down_tolerance):
+            index = 0
+            for candidate in range(position - 1, -1, -1):
+                if options[candidate][2] <= estimate * (1 + self.down_tolerance):
+                    index = candidate
+                    break
+            if index != position:
+                reason = f"down: {_mbps(bitrate)} > estimate {_mbps(estimate)}"
+                return self._switch(options, index, now_us, reason, estimate, acknowledged_bps, probe_ok_bps)
+
+        # Up: the highest option above the current one supported long enough and proven.
+        since = self._since
+        if self._last_down_us is not None and now_us - self._last_down_us >= self.stable_us:
+            self._hold_us = self.up_hold_us
+        hold = self._hold_us
+        chosen = None
+        for candidate in range(position + 1, len(options)):
+            key = (options[candidate][0], options[candidate][1])
+            rate = options[candidate][2]
+            if up * rate <= estimate:
+                start = since.setdefault(key, now_us)
+                if now_us - start >= hold and (probe_ok_bps >= rate or acknowledged_bps >= rate):
+                    chosen = candidate
+            else:
+                since.pop(key, None)
+        above = {(option[0], option[1]) for option in options[position + 1 :]}
+        for key in [key for key in since if key not in above]:
+            del since[key]
+        if chosen is not None:
+            option = options[chosen]
+            proof = "probe" if probe_ok_bps >= option[2] else "acked"
+            reason = (
+                f"up: estimate {_mbps(estimate)} >= {up:g}x {_mbps(option[2])} for {hold / 1e6:g}s, {proof}"
+            )
+            return self._switch(options, chosen, now_us, reason, estimate, acknowledged_bps, probe_ok_bps)
+        self._set_probe_target(options, position, estimate, acknowledged_bps, probe_ok_bps)
+        return options[position][0], options[position][1], "hold"
+
+    def _switch(
+        self,
+        options: list[tuple[int, int, int]],
+        index: int,
+        now_us: int,
+        reason: str,
+        estimate: int,
+        acknowledged_bps: int,
+        probe_ok_bps: int,
+    ) -> tuple[int, int, str]:
+        spatial, temporal, bitrate = options[index]
+        previous = self.current
+        if previous is not None and previous != (spatial, temporal):
+            self.switches += 1
+            if bitrate > self._last_bitrate:
+                self._last_up_us = now_us
+            else:
+                if self._last_up_us is not None and now_us - self._last_up_us <= self.flap_window_us:
+                    self._hold_us = min(self._hold_us * 2, self.max_up_hold_us)  # up then down: flapping
+                self._last_down_us = now_us
+        self.current = (spatial, temporal)
+        self._last_bitrate = bitrate
+        self._since.clear()
+        self._set_probe_target(options, index, estimate, acknowledged_bps, probe_ok_bps)
+        return spatial, temporal, reason
+
+    def _set_probe_target(
+        self,
+        options: list[tuple[int, int, int]],
+        position: int,
+        estimate: int,
+        acknowledged_bps: int,
+        probe_ok_bps: int,
+    ) -> None:
+        target = None
+        for candidate in range(position + 1, len(options)):
+            rate = options[candidate][2]
+            if probe_ok_bps >= rate or acknowledged_bps >= rate:
+                continue
+            target = int(min(self.up_factor * rate, self.probe_step * max(estimate, 1)))
+            break
+        self.probe_target_bps = target
+
+
+def _mbps(bps: float) -> str:
+    return f"{bps / 1e6:.2f}M"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pacing
+
+
+class Pacer:
+    """Leaky bucket for one viewer (§4: a pacer actuates the target rate; burst_time 5 ms).
+
+    Rate = `factor` x estimate; the bucket holds at most `burst_us` of that rate. A packet may leave when the
+    bucket is not in debt (>= 0 bytes); it then takes its size out, possibly going into debt, so the long-run
+    rate is exact and a packet larger than the burst allowance still goes out. Fast path: `can_send_now(size,
+    now_us)` says yes (and charges the bucket) when nothing is queued and the bucket allows it, so the caller
+    sends directly; otherwise it `enqueue`s and later sends what `poll(now_us)` returns (at the time
+    `next_send_us` gives). Queued packets older than `max_queue_us` worth of rate are dropped (oldest first).
+    """
+
+    __slots__ = (
+        "factor",
+        "burst_us",
+        "max_queue_us",
+        "_rate",
+        "_burst",
+        "_budget",
+        "_updated",
+        "_queue",
+        "_queued_bytes",
+        "dropped",
+    )
+
+    def __init__(
+        self,
+        estimate_bps: int = 1_000_000,
+        *,
+        factor: float = 2.5,
+        burst_us: int = BURST_TIME_US,
+        max_queue_us: int = 2_000_000,
+    ) -> None:
+        self.factor = factor
+        self.burst_us = burst_us
+        self.max_queue_us = max_queue_us
+        self._rate = 0.0  # bytes per µs
+        self._burst = 0.0
+        self._budget = 0.0
+        self._updated: int | None = None
+        self._queue: deque[tuple[object, int]] = deque()
+        self._queued_bytes = 0
+        self.dropped = 0
+        self.set_estimate(estimate_bps)
+        self._budget = self._burst
+
+    @property
+    def rate_bps(self) -> int:
+        return int(self._rate * 8_000_000)
+
+    @property
+    def queued_packets(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def set_estimate(self, estimate_bps: int) -> None:
+        """Pace at factor x estimate from now on."""
+        rate = max(estimate_bps, 1) * self.factor / 8_000_000
+        self._rate = rate
+        self._burst = rate * self.burst_us
+        if self._budget > self._burst:
+            self._budget = self._burst
+
+    def _refill(self, now_us: int) -> float:
+        last = self._updated
+        budget = self._budget
+        if last is not None and now_us > last:
+            budget += (now_us - last) * self._rate
+            if budget > self._burst:
+                budget = self._burst
+        if last is None or now_us > last:
+            self._updated = now_us
+        self._budget = budget
+        return budget
+
+    def can_send_now(self, size: int, now_us: int) -> bool:
+        """True (and the bucket charged) when a packet of `size` bytes may go out now without queuing."""
+        if self._queue:
+            return False
+        if self._refill(now_us) < 0:
+            return False
+        self._budget -= size
+        return True
+
+    def enqueue(self, packet: object, size: int) -> None:
+        """Queue a packet (any object; returned as is by `poll`)."""
+        self._queue.append((packet, size))
+        self._queued_bytes += size
+        limit = self._rate * self.max_queue_us
+        while self._queued_bytes > limit and len(self._queue) > 1:
+            _, dropped_size = self._queue.popleft()
+            self._queued_bytes -= dropped_size
+            self.dropped += 1
+
+    def poll(self, now_us: int) -> list:
+        """The queued packets that may be sent now, in order."""
+        queue = self._queue
+        if not queue:
+            return []
+        budget = self._refill(now_us)
+        out = []
+        while queue and budget >= 0:
+            packet, size = queue.popleft()
+            budget -= size
+            self._queued_bytes -= size
+            out.append(packet)
+        self._budget = budget
+        return out
+
+    def next_send_us(self, now_us: int) -> int | None:
+        """When `poll` will next release a packet (now_us if it would now), or None when nothing is queued."""
+        if not self._queue:
+            return None
+        budget = self._refill(now_us)
+        if budget >= 0:
+            return now_us
+        return now_us + math.ceil(-budget / self._rate)

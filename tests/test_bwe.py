@@ -1,0 +1,907 @@
+"""Per-viewer bandwidth estimation (simulcast/bwe.py) against a deterministic link simulator.
+
+The simulator is pure Python and time-stepped (1 ms): a sender (the gateway side of one viewer) stamps
+transport-wide sequence numbers, records packets in a SendLog and sends them over a bottleneck link (capacity
+C, FIFO queue with tail drop, propagation delay). The receiver side is the real `TwccRecorder`: it records
+arrival times and every 50 ms builds RTCP transport-cc feedback, which travels back and goes through
+`gateway.rtcp.parse_compound` and `parse_feedback` into `SendSideEstimator.on_feedback`, exactly as a
+viewer's feedback would.
+
+Two senders:
+- "elastic": media at the estimate (a codec following its target rate) plus probing at 2x the estimate
+  whenever the Prober allows: the estimator's own dynamics.
+- "sfu": media at the bitrate of the layer the LayerSelector picks, probes where the selector asks: the
+  gateway's behaviour.
+
+Section numbers refer to draft-ietf-rmcat-gcc-02.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import timeit
+from collections import deque
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.rtcp import TransportCcFeedback, parse_compound
+from simulcast.bwe import (
+    ALL_TEMPORAL,
+    LayerSelector,
+    Pacer,
+    Prober,
+    SendLog,
+    SendSideEstimator,
+)
+from simulcast.twcc import REFERENCE_TIME_WRAP_US, TwccFeedback, TwccRecorder, parse_feedback
+
+MS = 1_000
+SECOND = 1_000_000
+LAYERS = [(0, 150_000, True), (1, 500_000, True), (2, 1_500_000, True)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The simulator
+
+
+class Link:
+    """Bottleneck: capacity (bps), FIFO queue of at most `queue_bytes` (tail drop), then propagation delay
+    (plus optional uniform jitter, which can reorder)."""
+
+    def __init__(self, capacity_bps: int, queue_bytes: int, delay_us: int, jitter_us: int = 0, seed: int = 1):
+        self.capacity = capacity_bps
+        self.queue_limit = queue_bytes
+        self.delay = delay_us
+        self.jitter = jitter_us
+        self._rng = random.Random(seed)
+        self._queue: deque[tuple[int, int, int]] = deque()  # (seq, size, enqueued at)
+        self._queued = 0
+        self._busy_until = 0.0
+        self._in_flight: list[tuple[float, int, int]] = []  # heap of (arrival, seq, size)
+
+    def set_capacity(self, bps: int, now: int) -> None:
+        self._serve(now)
+        self.capacity = bps
+
+    def _serve(self, now: int) -> None:
+        queue = self._queue
+        while queue:
+            seq, size, enqueued = queue[0]
+            start = max(float(enqueued), self._busy_until)
+            finish = start + size * 8_000_000 / self.capacity
+            if finish > now:
+                break
+            queue.popleft()
+            self._queued -= size
+            self._busy_until = finish
+            arrival = finish + self.delay + (self._rng.uniform(0, self.jitter) if self.jitter else 0)
+            heapq.heappush(self._in_flight, (arrival, seq, size))
+
+    def send(self, now: int, seq: int, size: int) -> bool:
+        self._serve(now)
+        if self._queued + size > self.queue_limit:
+            return False
+        self._queue.append((seq, size, now))
+        self._queued += size
+        return True
+
+    def arrivals(self, now: int) -> list[tuple[int, int, int]]:
+        self._serve(now)
+        out = []
+        heap = self._in_flight
+        while heap and heap[0][0] <= now:
+            arrival, seq, size = heapq.heappop(heap)
+            out.append((int(arrival), seq, size))
+        return out
+
+    def queue_delay_us(self) -> float:
+        return self._queued * 8_000_000 / self.capacity
+
+
+@dataclass
+class Bucket:
+    """Figures for one 100 ms interval (sends by send time, deliveries by arrival time)."""
+
+    sent: int = 0
+    dropped: int = 0
+    delivered_bytes: int = 0
+    estimate: int = 0
+    queue_ms: float = 0.0
+    layer: tuple[int, int] | None = None
+
+
+@dataclass
+class Sim:
+    capacity_bps: int
+    mode: str = "elastic"  # or "sfu"
+    initial_bps: int = 300_000
+    max_bps: int = 10_000_000
+    queue_bytes: int = 64_000
+    delay_us: int = 20_000
+    jitter_us: int = 0
+    feedback_interval_us: int = 50_000
+    layers: list[tuple[int, int, bool]] = field(default_factory=lambda: list(LAYERS))
+    temporal_fractions: tuple[float, ...] | None = None
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.link = Link(self.capacity_bps, self.queue_bytes, self.delay_us, self.jitter_us, self.seed)
+        self.log = SendLog()
+        self.prober = Prober()
+        self.estimator = SendSideEstimator(
+            self.log, initial_bps=self.initial_bps, max_bps=self.max_bps, prober=self.prober
+        )
+        self.selector = LayerSelector(temporal_fractions=self.temporal_fractions)
+        self.pacer = Pacer(self.initial_bps)
+        self.recorder = TwccRecorder()
+        self.receiver_clock = 987_654_321_000  # the viewer's clock has its own origin
+        self.now = 0
+        self.seq = 0
+        self.next_frame = 0
+        self.next_feedback = self.feedback_interval_us
+        self.feedback_queue: deque[tuple[int, bytes]] = deque()
+        self.buckets: list[Bucket] = []
+        self.layer: tuple[int, int] | None = None
+        self.layer_bps = 0
+        self.reasons: list[tuple[int, str]] = []
+        self.frames = 0
+        self.keyframe_due = True
+        if self.mode == "sfu":
+            self._select()
+
+    # --- sender ---------------------------------------------------------------------------------------
+
+    def _bucket(self, time_us: int) -> Bucket:
+        index = time_us // (100 * MS)
+        while len(self.buckets) <= index:
+            self.buckets.append(Bucket())
+        return self.buckets[index]
+
+    def _send(self, size: int) -> None:
+        seq = self.seq
+        self.seq = (seq + 1) & 0xFFFF
+        cluster = self.prober.active_cluster
+        self.log.record(seq, size, self.now, cluster)
+        if cluster is not None:
+            self.prober.on_sent(size)
+        bucket = self._bucket(self.now)
+        bucket.sent += 1
+        if not self.link.send(self.now, seq, size):
+            bucket.dropped += 1
+
+    def _media_rate(self) -> int:
+        if self.mode == "elastic":
+            return self.estimator.estimate_bps
+        return self.layer_bps
+
+    def _select(self) -> None:
+        est = self.estimator
+        spatial, temporal, reason = self.selector.select(
+            self.layers,
+            est.estimate_bps,
+            self.now,
+            acknowledged_bps=est.acknowledged_bps,
+            probe_ok_bps=self.prober.success_bps(self.now),
+        )
+        if (spatial, temporal) != self.layer:
+            self.layer = (spatial, temporal)
+            self.reasons.append((self.now, reason))
+            self.keyframe_due = True
+            bitrate = next(rate for sid, rate, _ in self.layers if sid == spatial)
+            if self.temporal_fractions is not None:
+                bitrate = int(bitrate * self.temporal_fractions[temporal])
+            self.layer_bps = bitrate
+
+    def _maybe_probe(self) -> None:
+        est = self.estimator
+        if self.mode == "elastic":
+            target = min(2 * est.estimate_bps, self.max_bps)
+            if target < 1.1 * est.estimate_bps:
+                return
+        else:
+            target = self.selector.probe_target_bps
+            if not target:
+                return
+        if est.can_probe and self.prober.ready(self.now, target):
+            self.prober.start(target, self.now)
+
+    def _tick(self) -> None:
+        now = self.now
+        # Receiver: arrivals into the TWCC recorder, feedback every feedback_interval_us.
+        for arrival, seq, size in self.link.arrivals(now):
+            self.recorder.record(seq, arrival + self.receiver_clock)
+            self._bucket(arrival).delivered_bytes += size
+        if now >= self.next_feedback:
+            self.next_feedback += self.feedback_interval_us
+            for packet in self.recorder.build_feedback(0x1234, 0x5678):
+                self.feedback_queue.append((now + self.delay_us, packet))
+        # Sender: feedback in, estimate out.
+        while self.feedback_queue and self.feedback_queue[0][0] <= now:
+            _, packet = self.feedback_queue.popleft()
+            (parsed,) = parse_compound(packet)
+            assert isinstance(parsed, TransportCcFeedback)
+            self.estimator.on_feedback(parse_feedback(parsed.raw), now)
+            self.pacer.set_estimate(self.estimator.estimate_bps)
+            if self.mode == "sfu":
+                self._select()
+            self._maybe_probe()
+        # Media: 30 frames per second, +-10 % size noise, a keyframe 4x as large after a switch and every 4 s.
+        if now >= self.next_frame:
+            self.next_frame += SECOND // 30
+            self.frames += 1
+            size = self._media_rate() / 30 / 8 * self.rng.uniform(0.9, 1.1)
+            if self.mode == "sfu" and (self.keyframe_due or self.frames % 120 == 0):
+                size *= 4
+                self.keyframe_due = False
+            size = max(int(size), 100)
+            while size > 0:
+                chunk = min(size, 1200)
+                size -= chunk
+                if self.pacer.can_send_now(chunk, now):
+                    self._send(chunk)
+                else:
+                    self.pacer.enqueue(chunk, chunk)
+        for chunk in self.pacer.poll(now):
+            self._send(chunk)
+        # Probe padding, straight out (not through the pacer), 250-byte packets.
+        need = self.prober.padding_needed(now)
+        while need > 0:
+            self._send(250)
+            need -= 250
+        if now % (100 * MS) == 0:
+            bucket = self._bucket(now)
+            bucket.estimate = self.estimator.estimate_bps
+            bucket.queue_ms = self.link.queue_delay_us() / MS
+            bucket.layer = self.layer
+
+    def run(self, until_us: int, events: dict[int, int] | None = None) -> None:
+        """Run to `until_us`; `events` maps a time to a new link capacity."""
+        events = dict(events or {})
+        while self.now < until_us:
+            if self.now in events:
+                self.link.set_capacity(events.pop(self.now), self.now)
+            self._tick()
+            self.now += MS
+
+    # --- figures --------------------------------------------------------------------------------------
+
+    def window(self, start_us: int, end_us: int) -> list[Bucket]:
+        return self.buckets[start_us // (100 * MS) : end_us // (100 * MS)]
+
+    def first_time(self, start_us: int, predicate) -> int | None:
+        """Start time (µs) of the first 100 ms bucket from start_us whose sample satisfies predicate."""
+        for index in range(start_us // (100 * MS), len(self.buckets)):
+            if predicate(self.buckets[index]):
+                return index * 100 * MS
+        return None
+
+    def loss(self, start_us: int, end_us: int) -> float:
+        buckets = self.window(start_us, end_us)
+        sent = sum(b.sent for b in buckets)
+        return sum(b.dropped for b in buckets) / sent if sent else 0.0
+
+    def utilisation(self, start_us: int, end_us: int, capacity_bps: int) -> float:
+        buckets = self.window(start_us, end_us)
+        return sum(b.delivered_bytes for b in buckets) * 8 / (capacity_bps * (end_us - start_us) / SECOND)
+
+    def switches(self, start_us: int = 0) -> int:
+        return sum(1 for time, _ in self.reasons[1:] if time >= start_us)
+
+
+def _mbps(bps: float) -> str:
+    return f"{bps / 1e6:.3f} Mbps"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Estimator scenarios (elastic sender)
+
+
+def test_ramp_up_on_a_fast_link() -> None:
+    """300 kbps start on a 2.5 Mbps link: above 1.5 Mbps within 5 s."""
+    sim = Sim(2_500_000, initial_bps=300_000)
+    sim.run(20 * SECOND)
+    reached = sim.first_time(0, lambda b: b.estimate > 1_500_000)
+    steady = sim.window(10 * SECOND, 20 * SECOND)
+    avg = sum(b.estimate for b in steady) / len(steady)
+    util = sim.utilisation(10 * SECOND, 20 * SECOND, 2_500_000)
+    queue = max(b.queue_ms for b in steady)
+    print(
+        f"\n[ramp 2.5M] estimate > 1.5 Mbps after {reached / 1e6 if reached is not None else None} s; "
+        f"10-20 s: mean estimate {_mbps(avg)}, utilisation {util:.0%}, max queue {queue:.0f} ms, "
+        f"loss {sim.loss(10 * SECOND, 20 * SECOND):.2%}"
+    )
+    assert reached is not None and reached <= 5 * SECOND
+    assert 1_500_000 <= avg <= 2_900_000
+    assert util >= 0.6
+
+
+def test_settles_on_a_700k_link() -> None:
+    """On a 700 kbps link the estimate settles within ~500-800 kbps without sustained queue growth."""
+    sim = Sim(700_000, initial_bps=300_000)
+    sim.run(60 * SECOND)
+    steady = sim.window(10 * SECOND, 60 * SECOND)
+    estimates = sorted(b.estimate for b in steady)
+    avg = sum(estimates) / len(estimates)
+    p10 = estimates[len(estimates) // 10]
+    p90 = estimates[len(estimates) * 9 // 10]
+    queues = sorted(b.queue_ms for b in steady)
+    early = sum(b.queue_ms for b in sim.window(10 * SECOND, 35 * SECOND)) / 250
+    late = sum(b.queue_ms for b in sim.window(35 * SECOND, 60 * SECOND)) / 250
+    util = sim.utilisation(10 * SECOND, 60 * SECOND, 700_000)
+    print(
+        f"\n[700k] 10-60 s: estimate mean {_mbps(avg)} p10 {_mbps(p10)} p90 {_mbps(p90)}; utilisation "
+        f"{util:.0%}; queue median {queues[len(queues) // 2]:.0f} ms "
+        f"p95 {queues[len(queues) * 95 // 100]:.0f} ms, "
+        f"mean 10-35 s {early:.0f} ms vs 35-60 s {late:.0f} ms; loss {sim.loss(10 * SECOND, 60 * SECOND):.2%}"
+    )
+    assert 500_000 <= avg <= 800_000
+    assert 450_000 <= p10 and p90 <= 850_000
+    assert queues[len(queues) * 95 // 100] < 150  # no standing queue: 64 KB would be ~730 ms here
+    assert late <= early + 30  # no sustained growth
+    assert util >= 0.6
+
+
+def test_capacity_drop_and_recovery() -> None:
+    """3 Mbps -> 300 kbps at 20 s: below 300 kbps within 1 s, loss in that second bounded; back to 3 Mbps at
+    40 s: past 1.5 Mbps again within 5 s."""
+    sim = Sim(3_000_000, initial_bps=300_000)
+    drop, back = 20 * SECOND, 40 * SECOND
+    sim.run(60 * SECOND, {drop: 300_000, back: 3_000_000})
+    before = sim.window(15 * SECOND, drop)
+    before_avg = sum(b.estimate for b in before) / len(before)
+    down = sim.first_time(drop, lambda b: b.estimate < 300_000)
+    loss_1s = sim.loss(drop, drop + SECOND)
+    low = sim.window(drop + 2 * SECOND, back)
+    low_avg = sum(b.estimate for b in low) / len(low)
+    low_queues = sorted(b.queue_ms for b in sim.window(drop + 5 * SECOND, back))
+    up = sim.first_time(back, lambda b: b.estimate > 1_500_000)
+    print(
+        f"\n[drop] 15-20 s at 3 Mbps: mean estimate {_mbps(before_avg)}, utilisation "
+        f"{sim.utilisation(15 * SECOND, drop, 3_000_000):.0%}; after the drop to 300 kbps: estimate "
+        f"< 300 kbps after {(down - drop) / 1e6 if down is not None else None} s, loss in the first second "
+        f"{loss_1s:.1%}, "
+        f"loss 21-40 s {sim.loss(drop + SECOND, back):.1%}, mean estimate 22-40 s {_mbps(low_avg)}, "
+        f"queue 25-40 s median {low_queues[len(low_queues) // 2]:.0f} ms "
+        f"p95 {low_queues[len(low_queues) * 95 // 100]:.0f} ms, "
+        f"utilisation 22-40 s {sim.utilisation(drop + 2 * SECOND, back, 300_000):.0%}; "
+        f"back to 3 Mbps: estimate > 1.5 Mbps after {(up - back) / 1e6 if up is not None else None} s"
+    )
+    assert before_avg >= 1_800_000
+    assert down is not None and down - drop <= SECOND
+    # Bounded: the sender keeps ~2.4 Mbps into 300 kbps until over-use is signalled (~0.6 s: each 5 ms send
+    # group now takes ~100 ms to arrive and the trendline needs ~3 of them); 64 KB of buffer absorbs some.
+    assert loss_1s <= 0.6
+    assert sim.loss(drop + SECOND, back) <= 0.05
+    assert 150_000 <= low_avg <= 330_000
+    queues = sorted(b.queue_ms for b in sim.window(drop + 5 * SECOND, back))
+    assert queues[len(queues) // 2] <= 150  # the 1.7 s queue filled by the drop drains (Hold, §5.5)
+    assert up is not None and up - back <= 5 * SECOND
+
+
+def test_standing_queue_in_a_deep_buffer_drains() -> None:
+    """3 Mbps -> 300 kbps into a 200 KB buffer (5.3 s at 300 kbps): the queue the drop fills is drained by
+    staying in Hold (§5.5) while the feedback RTT is above its minimum; draining runs at (1 - beta) x C."""
+    sim = Sim(3_000_000, queue_bytes=200_000)
+    sim.run(60 * SECOND, {20 * SECOND: 300_000})
+    medians = []
+    for start in range(20, 60, 5):
+        window = sim.window(start * SECOND, (start + 5) * SECOND)
+        medians.append(sorted(b.queue_ms for b in window)[len(window) // 2])
+    drained = next((20 + 5 * i for i, q in enumerate(medians) if q < 150), None)
+    print(
+        f"\n[deep buffer] median queue per 5 s from 20 s: {[round(q) for q in medians]} ms; "
+        f"below 150 ms from {drained} s"
+    )
+    assert max(medians) > 2000  # the drop did fill it
+    assert drained is not None and drained <= 55
+    assert all(q < 200 for q in medians[(drained - 20) // 5 :])
+
+
+def test_jittery_link_does_not_collapse() -> None:
+    """0-3 ms of arrival jitter (with reordering) on a 2 Mbps link: the estimate stays useful."""
+    sim = Sim(2_000_000, initial_bps=1_000_000, jitter_us=3 * MS, seed=3)
+    sim.run(30 * SECOND)
+    steady = sim.window(10 * SECOND, 30 * SECOND)
+    avg = sum(b.estimate for b in steady) / len(steady)
+    util = sim.utilisation(10 * SECOND, 30 * SECOND, 2_000_000)
+    print(f"\n[jitter 2M] 10-30 s: mean estimate {_mbps(avg)}, utilisation {util:.0%}")
+    assert 1_000_000 <= avg <= 2_400_000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer selection over the simulated link (sfu sender)
+
+
+@pytest.mark.parametrize(
+    "capacity, expected",
+    [(50_000_000, 2), (700_000, 1), (300_000, 0)],
+    ids=["unconstrained", "700k", "300k"],
+)
+def test_sfu_picks_the_layer_the_link_carries(capacity: int, expected: int) -> None:
+    sim = Sim(capacity, mode="sfu", initial_bps=1_000_000)
+    sim.run(60 * SECOND)
+    final = sim.layer
+    settled = sim.first_time(0, lambda b: b.layer is not None and b.layer[0] == expected)
+    late_switches = sim.switches(20 * SECOND)
+    steady = sim.window(20 * SECOND, 60 * SECOND)
+    avg = sum(b.estimate for b in steady) / len(steady)
+    print(
+        f"\n[sfu {capacity / 1e6:g}M] layer {final} from {settled / 1e6 if settled is not None else None} s; "
+        f"switches "
+        f"{sim.switches()} in 60 s ({late_switches} after 20 s); mean estimate 20-60 s {_mbps(avg)}; loss "
+        f"{sim.loss(20 * SECOND, 60 * SECOND):.2%}; switches: {[(t / 1e6, r) for t, r in sim.reasons]}"
+    )
+    assert final is not None and final[0] == expected
+    assert late_switches <= 1
+    assert sim.switches() <= 4
+
+
+def test_sfu_upgrades_after_capacity_returns() -> None:
+    sim = Sim(3_000_000, mode="sfu", initial_bps=1_000_000)
+    sim.run(60 * SECOND, {20 * SECOND: 300_000, 35 * SECOND: 3_000_000})
+    at_top = sim.first_time(0, lambda b: b.layer is not None and b.layer[0] == 2)
+    down = sim.first_time(20 * SECOND, lambda b: b.layer is not None and b.layer[0] == 0)
+    up = sim.first_time(35 * SECOND, lambda b: b.layer is not None and b.layer[0] == 2)
+    print(
+        f"\n[sfu 3M->300k->3M] top layer at {at_top / 1e6 if at_top is not None else None} s; bottom "
+        f"{(down - 20 * SECOND) / 1e6 if down is not None else None} s after the drop; top again "
+        f"{(up - 35 * SECOND) / 1e6 if up is not None else None} s after the recovery; switches: "
+        f"{[(t / 1e6, r) for t, r in sim.reasons]}"
+    )
+    assert at_top is not None and at_top <= 8 * SECOND
+    assert down is not None and down - 20 * SECOND <= 2 * SECOND
+    assert up is not None and up - 35 * SECOND <= 12 * SECOND
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LayerSelector logic
+
+
+def test_selector_noisy_estimates_do_not_flap() -> None:
+    """A simulated minute of estimates (every 100 ms, +-25 % noise) around three levels."""
+    rng = random.Random(11)
+    for level, expected in [(20_000_000, 2), (700_000, 1), (300_000, 0)]:
+        selector = LayerSelector()
+        switches = 0
+        previous = None
+        for step in range(600):
+            now = step * 100 * MS
+            estimate = int(level * rng.uniform(0.75, 1.25)) if level < 10_000_000 else level
+            spatial, temporal, _ = selector.select(
+                LAYERS, estimate, now, acknowledged_bps=int(estimate * 0.8), probe_ok_bps=estimate
+            )
+            if previous is not None and spatial != previous:
+                switches += 1
+            previous = spatial
+        print(f"\n[selector noisy {level / 1e6:g}M] final spatial {previous}, switches {switches}")
+        assert previous == expected
+        assert temporal == ALL_TEMPORAL
+        assert switches <= 1
+
+
+def test_selector_hysteresis_and_proof() -> None:
+    selector = LayerSelector()
+    assert selector.select(LAYERS, 700_000, 0)[:2] == (1, ALL_TEMPORAL)  # initial: 1.2 x 500k <= 700k
+    # The estimate supports the top layer, but nothing proves it: no upgrade, a probe is asked for.
+    for step in range(1, 40):
+        spatial, _, reason = selector.select(LAYERS, 2_000_000, step * 100 * MS)
+        assert spatial == 1 and reason == "hold"
+    assert selector.probe_target_bps == 1_800_000
+    # Proof arrives (probe measured 1.9 Mbps): still needs 2 s of support counted from its start.
+    spatial, _, reason = selector.select(LAYERS, 2_000_000, 4 * SECOND, probe_ok_bps=1_900_000)
+    assert spatial == 2 and reason.startswith("up:")
+    assert selector.probe_target_bps is None  # nothing above the top layer
+    # Down at once when the layer's bitrate exceeds the estimate by more than the 20 % tolerance (an over-use
+    # at the layer's own rate leaves the estimate at 0.85 x it, which must not be read as a shortage).
+    assert selector.select(LAYERS, 1_275_000, 4 * SECOND + 1)[0] == 2
+    spatial, _, reason = selector.select(LAYERS, 1_200_000, 4 * SECOND + 2)
+    assert spatial == 1 and reason.startswith("down:")
+    # Up then down within 10 s: the hold doubles to 4 s (support counted from 4.1 s).
+    for step in range(1, 40):
+        now = 4 * SECOND + 2 + step * 100 * MS
+        assert selector.select(LAYERS, 2_000_000, now, probe_ok_bps=1_900_000)[0] == 1
+    assert selector.select(LAYERS, 2_000_000, 8 * SECOND + 100 * MS, probe_ok_bps=1_900_000)[0] == 1
+    assert selector.select(LAYERS, 2_000_000, 8 * SECOND + 200 * MS, probe_ok_bps=1_900_000)[0] == 2
+    assert selector.switches == 3
+    # Probe targets are capped at 2x the estimate: a big step is probed in stages.
+    selector = LayerSelector()
+    selector.select(LAYERS, 200_000, 0)
+    assert selector.probe_target_bps == 400_000  # 1.2 x 500k = 600k, capped at 2 x 200k
+
+
+def test_selector_acknowledged_rate_is_proof_and_start_of_hold_resets() -> None:
+    selector = LayerSelector()
+    assert selector.select(LAYERS, 300_000, 0)[0] == 0
+    selector.select(LAYERS, 700_000, 1 * SECOND, acknowledged_bps=600_000)
+    selector.select(LAYERS, 500_000, 2 * SECOND, acknowledged_bps=600_000)  # dips below 1.2 x 500k
+    assert selector.select(LAYERS, 700_000, 3 * SECOND + 500 * MS, acknowledged_bps=600_000)[0] == 0
+    assert selector.select(LAYERS, 700_000, 5 * SECOND, acknowledged_bps=600_000)[0] == 0  # 1.5 s < 2 s
+    spatial, _, reason = selector.select(LAYERS, 700_000, 5 * SECOND + 500 * MS, acknowledged_bps=600_000)
+    assert spatial == 1 and reason.endswith("acked")
+
+
+def test_selector_drops_temporal_layers_first() -> None:
+    selector = LayerSelector(temporal_fractions=(0.4, 0.6, 1.0))
+    assert selector.select(LAYERS, 3_000_000, 0) == (2, 2, "initial")
+    # 1 Mbps (x 1.2 tolerance = 1.2M): 1.5M no longer fits; 1.5M x 0.6 = 900k does: keep the spatial layer,
+    # drop temporal layer 2.
+    spatial, temporal, reason = selector.select(LAYERS, 1_000_000, 1)
+    assert (spatial, temporal) == (2, 1) and reason.startswith("down:")
+    # 700k (840k): 1.5M x 0.4 = 600k still fits.
+    assert selector.select(LAYERS, 700_000, 2)[:2] == (2, 0)
+    # 450k (540k): nothing of spatial 2 fits; spatial 1 with every temporal layer (500k) does.
+    assert selector.select(LAYERS, 450_000, 3)[:2] == (1, 2)
+    # The probe target is the next option up: 1.2 x 600k.
+    assert selector.probe_target_bps == 720_000
+
+
+def test_selector_inactive_layers() -> None:
+    selector = LayerSelector()
+    assert selector.select(LAYERS, 5_000_000, 0)[0] == 2
+    layers = [(0, 150_000, True), (1, 500_000, True), (2, 1_500_000, False)]
+    assert selector.select(layers, 5_000_000, 1) == (1, ALL_TEMPORAL, "layer inactive")
+    assert selector.select([(0, 150_000, False)], 5_000_000, 2) == (-1, -1, "no active layer")
+    # A layer coming back is an upgrade like any other (hold + proof).
+    assert selector.select(LAYERS, 5_000_000, 3, probe_ok_bps=5_000_000)[0] == 1
+    assert selector.select(LAYERS, 5_000_000, 3 + 2 * SECOND, probe_ok_bps=5_000_000)[0] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Estimator units
+
+
+def _feedback(base: int, arrivals: list[int | None], reference: int = 0) -> TwccFeedback:
+    packets = [((base + i) & 0xFFFF, None if a is None else a - reference) for i, a in enumerate(arrivals)]
+    return TwccFeedback(base & 0xFFFF, reference, 0, packets)
+
+
+def test_send_log_ring() -> None:
+    log = SendLog(capacity=16)
+    for seq in range(65530, 65536 + 20):
+        log.record(seq & 0xFFFF, 1000 + seq % 7, seq * 10, 3 if seq % 2 else None)
+    assert log.lookup(19) == ((65536 + 19) * 10, 1000 + (65536 + 19) % 7, 3)
+    assert log.lookup(65535) is None  # overwritten (16 slots)
+    assert log.lookup(4) == ((65536 + 4) * 10, 1000 + (65536 + 4) % 7, None)
+    with pytest.raises(ValueError):
+        SendLog(capacity=1000)
+
+
+def test_estimator_loss_duplicates_and_unknown() -> None:
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=1_000_000)
+    for seq in range(40):
+        log.record(seq, 1000, seq * 5 * MS)
+    # 40 packets, every 4th lost (25 %): the §6 controller decreases by (1 - 0.5 x 0.25).
+    arrivals = [None if i % 4 == 3 else 50 * MS + i * 5 * MS for i in range(40)]
+    est.on_feedback(_feedback(0, arrivals), 250 * MS)
+    assert est.loss == pytest.approx(0.25)
+    assert est.loss_based_bps == pytest.approx(1_000_000 * 0.875, rel=0.01)
+    assert est.reason == "loss 25%"
+    # The same feedback again changes nothing; packets not in the log are counted as unknown.
+    before = (est.loss_based_bps, est.acknowledged_bps)
+    est.on_feedback(_feedback(0, arrivals), 260 * MS)
+    assert (est.loss_based_bps, est.acknowledged_bps) == before
+    est.on_feedback(_feedback(1000, [1 * SECOND, 1 * SECOND + MS]), 270 * MS)
+    assert est.unknown_packets == 2
+    # Late arrivals of packets reported lost are not losses: 20 more packets, 10 of them late arrivals.
+    for seq in range(40, 50):
+        log.record(seq, 1000, seq * 5 * MS)
+    late = [(seq, 300 * MS + seq * 100) for seq in range(3, 40, 4)]
+    late += [(seq, 300 * MS + seq * 5 * MS) for seq in range(40, 50)]
+    est.on_feedback(TwccFeedback(3, 0, 1, late), 600 * MS)
+    assert est.loss == 0.0
+
+
+def test_estimator_reference_time_wrap_and_rate() -> None:
+    """Feedback whose 24-bit reference time wraps (sign-extended value jumps from +2^23 to -2^23 units)."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=500_000)
+    unit = 64 * MS
+    origin = REFERENCE_TIME_WRAP_US // 2 - 3 * unit  # the receiver clock, 3 units before the wrap
+    seq = 0
+    wrapped = False
+    for step in range(40):  # 2 s at 1 Mbps: 1000-byte packets every 8 ms, feedback every 96 ms
+        arrivals = []
+        for _ in range(12):
+            log.record(seq & 0xFFFF, 1000, seq * 8 * MS)
+            arrivals.append(origin + seq * 8 * MS + 30 * MS)
+            seq += 1
+        reference = arrivals[0] // unit * unit
+        raw = reference
+        if raw >= REFERENCE_TIME_WRAP_US // 2:
+            raw -= REFERENCE_TIME_WRAP_US  # what parse_feedback returns after the wrap
+            wrapped = True
+        packets = [((seq - 12 + i) & 0xFFFF, a - reference) for i, a in enumerate(arrivals)]
+        est.on_feedback(TwccFeedback((seq - 12) & 0xFFFF, raw, step, packets), seq * 8 * MS + 60 * MS)
+    assert wrapped
+    assert est.acknowledged_bps == pytest.approx(1_000_000, rel=0.03)
+    assert est.signal == "normal"
+    assert est.state == "increase"
+    assert 500_000 < est.estimate_bps <= 1_500_000
+
+
+def test_trendline_running_sums_match_least_squares() -> None:
+    """The O(1) running-sum slope equals a direct least-squares fit over the last 20 groups."""
+    from simulcast.bwe import _Trendline
+
+    trend = _Trendline()
+    rng = random.Random(5)
+    xs: list[float] = []
+    ys: list[float] = []
+    accumulated = smoothed = 0.0
+    origin = 1e9  # large arrival times (ms) must not cost precision
+    arrival = origin
+    for index in range(3000):
+        variation = rng.gauss(0.2, 3.0)
+        arrival += rng.uniform(2, 60)
+        accumulated += variation
+        smoothed = 0.9 * smoothed + 0.1 * accumulated
+        xs.append(arrival - origin)
+        ys.append(smoothed)
+        result = trend.update(variation, arrival)
+        if index < 19:
+            assert result is None
+            continue
+        wx, wy = xs[-20:], ys[-20:]
+        mx, my = sum(wx) / 20, sum(wy) / 20
+        slope = sum((a - mx) * (b - my) for a, b in zip(wx, wy)) / sum((a - mx) ** 2 for a in wx)
+        assert result == pytest.approx(min(index + 1, 60) * slope * 4, rel=1e-7, abs=1e-9)
+
+
+def test_estimator_detects_growing_queue() -> None:
+    """Packets sent every 5 ms but delivered every 6 ms (a queue growing by 1 ms per packet): over-use,
+    decrease to 0.85 x the receive rate."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_000_000)
+    seq = 0
+    signals = set()
+    for step in range(30):
+        arrivals = []
+        for _ in range(10):
+            log.record(seq, 1000, seq * 5 * MS)
+            arrivals.append(seq * 6 * MS + 20 * MS)
+            seq += 1
+        est.on_feedback(_feedback(seq - 10, arrivals), (seq - 1) * 6 * MS + 80 * MS)
+        signals.add(est.signal)
+    assert "overuse" in signals
+    assert est.acknowledged_bps == pytest.approx(1_333_333, rel=0.03)
+    assert est.delay_based_bps <= 0.86 * 1_333_333
+    assert est.reason == "overuse"
+    assert 6.0 <= est.threshold_ms <= 600.0
+
+
+def test_remb_and_receiver_reports_without_twcc() -> None:
+    est = SendSideEstimator(SendLog(), initial_bps=1_000_000, max_bps=5_000_000)
+    est.on_remb(2_500_000, 0)
+    assert est.estimate_bps == 1_000_000  # the loss-based estimate (1 Mbps) is the lower one
+    for second in range(1, 20):
+        est.on_receiver_report(0, second * SECOND)  # no loss: +5 % per report (§6)
+    assert est.estimate_bps == 2_500_000
+    est.on_receiver_report(64, 20 * SECOND)  # 25 % loss
+    assert est.loss == 0.25
+    assert est.estimate_bps == int(2_500_000 * 0.875)
+    est.on_remb(10_000_000, 21 * SECOND)
+    assert est.delay_based_bps == 5_000_000  # clamped to max_bps
+    est.on_remb(100, 22 * SECOND)
+    assert est.estimate_bps == 50_000  # min_bps
+
+
+def test_receiver_reports_only() -> None:
+    """No transport-cc, no REMB: the delay-based controller is disabled (§7), RR loss alone moves it."""
+    est = SendSideEstimator(SendLog(), initial_bps=1_000_000, max_bps=3_000_000)
+    for second in range(1, 15):
+        est.on_receiver_report(2, second * SECOND)  # 0.8 % loss: +5 % per report
+    assert est.estimate_bps == int(1_000_000 * 1.05**14)
+    assert not est.has_transport_cc
+    est.on_receiver_report(51, 15 * SECOND)  # 19.9 % loss
+    assert est.estimate_bps == int(1_000_000 * 1.05**14 * (1 - 0.5 * 51 / 256))
+    est.on_receiver_report(51, 15 * SECOND + 100 * MS)  # the same event: within RTT + 300 ms
+    assert est.estimate_bps == int(1_000_000 * 1.05**14 * (1 - 0.5 * 51 / 256))
+    est.on_receiver_report(20, 16 * SECOND)  # 7.8 %: hold
+    assert est.estimate_bps == int(1_000_000 * 1.05**14 * (1 - 0.5 * 51 / 256))
+
+
+def test_twcc_makes_remb_and_rr_secondary() -> None:
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=1_000_000)
+    log.record(0, 1000, 0)
+    log.record(1, 1000, 10 * MS)
+    est.on_feedback(_feedback(0, [20 * MS, 30 * MS]), 50 * MS)
+    est.on_remb(100_000, 60 * MS)
+    est.on_receiver_report(200, 70 * MS)
+    assert est.estimate_bps >= 1_000_000
+    assert est.has_transport_cc
+    est.on_remb(300_000, 3 * SECOND)  # transport-cc silent for 2 s: REMB counts again
+    assert est.estimate_bps == 300_000
+    assert not est.has_transport_cc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prober units
+
+
+def test_prober_cluster_success_and_failure() -> None:
+    prober = Prober(
+        rate_factor=1.5, duration_us=20 * MS, min_interval_us=300 * MS, fail_backoff_us=2 * SECOND
+    )
+    log = SendLog()
+    assert prober.ready(0, 1_000_000)
+    cluster = prober.start(1_000_000, 0)
+    assert prober.active_cluster == cluster and not prober.ready(0, 1_000_000)
+    seq = 0
+    sends = []
+    for ms in range(0, 40):
+        now = ms * MS
+        need = prober.padding_needed(now)
+        while need > 0:
+            cid = prober.active_cluster
+            log.record(seq, 250, now, cid)
+            prober.on_sent(250)
+            sends.append((seq, now))
+            seq += 1
+            need -= 250
+    assert prober.active_cluster is None
+    total = sum(250 for _ in sends)
+    assert total == pytest.approx(1_500_000 * 0.020 / 8, abs=250)
+    # A fast path: arrivals keep the send spacing -> measured 1.5 Mbps, success.
+    fb = _feedback(0, [t + 20 * MS for _, t in sends])
+    results = prober.on_feedback(fb, log, 100 * MS)
+    assert len(results) == 1 and results[0][2] is True
+    assert prober.result(cluster) == pytest.approx(1_500_000, rel=0.1)
+    assert prober.success(cluster) is True
+    assert prober.success_bps(100 * MS) == prober.result(cluster)
+    assert not prober.ready(200 * MS, 2_000_000) and prober.ready(400 * MS, 2_000_000)
+
+    # A 600 kbps path: arrivals spaced by the bottleneck -> failure and a 2 s backoff.
+    cluster2 = prober.start(2_000_000, 1 * SECOND)
+    sends = []
+    for ms in range(1000, 1040):
+        now = ms * MS
+        need = prober.padding_needed(now)
+        while need > 0:
+            log.record(seq, 250, now, prober.active_cluster)
+            prober.on_sent(250)
+            sends.append(seq)
+            seq += 1
+            need -= 250
+    base = sends[0]
+    fb = _feedback(base, [1 * SECOND + 30 * MS + i * 250 * 8 * SECOND // 600_000 for i in range(len(sends))])
+    results = prober.on_feedback(fb, log, 2 * SECOND)
+    assert results and results[0][2] is False
+    assert prober.result(cluster2) == pytest.approx(600_000, rel=0.05)
+    assert not prober.ready(3 * SECOND, 2_000_000)
+    assert prober.ready(3 * SECOND, 1_000_000)  # a lower target may go at once
+    assert prober.ready(4 * SECOND, 2_000_000)
+
+
+def test_prober_timeout_without_feedback() -> None:
+    prober = Prober()
+    cluster = prober.start(1_000_000, 0)
+    for ms in range(50):
+        need = prober.padding_needed(ms * MS)
+        while need > 0:
+            prober.on_sent(250)
+            need -= 250
+    assert prober.active_cluster is None
+    assert prober._take_results(500 * MS) == []
+    assert not prober.ready(500 * MS)
+    # No feedback at all: ready() itself times the cluster out (1 s) and then applies the failure backoff.
+    assert not prober.ready(1100 * MS)
+    assert prober.result(cluster) is None and prober.success(cluster) is False
+    assert prober.ready(2200 * MS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pacer
+
+
+def test_pacer_rate_and_burst() -> None:
+    pacer = Pacer(1_000_000, factor=2.5, burst_us=5 * MS)  # 2.5 Mbps = 312.5 bytes/ms, burst 1562 bytes
+    sent: list[tuple[int, int]] = []
+    # A 30-packet keyframe at t=0: the fast path takes what the burst allows, the rest is queued.
+    for _ in range(30):
+        if pacer.can_send_now(1200, 0):
+            sent.append((0, 1200))
+        else:
+            pacer.enqueue(1200, 1200)
+    # 1562 bytes of allowance: a packet at 1562, another at 362 (into debt), not a third.
+    assert len(sent) == 2
+    now = 0
+    while pacer.queued_packets:
+        now = pacer.next_send_us(now)
+        for size in pacer.poll(now):
+            sent.append((now, size))
+    duration = sent[-1][0]
+    rate = sum(size for _, size in sent[:-1]) * 8 / (duration / 1e6)
+    print(
+        f"\n[pacer] 30 x 1200 B at 2.5 Mbps: last packet at {duration / 1000:.1f} ms, "
+        f"rate {rate / 1e6:.2f} Mbps"
+    )
+    assert rate == pytest.approx(2_500_000, rel=0.05)
+    # Burst limit: in any 5 ms window at most burst + one packet.
+    for start_index, (start, _) in enumerate(sent):
+        window = sum(size for time, size in sent[start_index:] if time < start + 5 * MS)
+        assert window <= 1562.5 + 2 * 1200
+    # Idle refills only up to the burst allowance.
+    assert pacer.can_send_now(1200, 10 * SECOND)
+    assert pacer.can_send_now(1200, 10 * SECOND)
+    assert not pacer.can_send_now(1200, 10 * SECOND)
+
+
+def test_pacer_order_and_queue_limit() -> None:
+    pacer = Pacer(100_000, factor=2.5, max_queue_us=100 * MS)  # 250 kbps: 100 ms = 3125 bytes
+    assert pacer.can_send_now(1200, 0)
+    for index in range(10):
+        pacer.enqueue(index, 1200)
+    assert not pacer.can_send_now(100, 1 * SECOND)  # something is queued: keep order
+    assert pacer.dropped == 8 and pacer.queued_packets == 2
+    assert pacer.poll(1 * SECOND) == [8]  # the bucket holds 5 ms (156 bytes) however long it was idle
+    assert pacer.next_send_us(1 * SECOND) == 1 * SECOND + 33_400  # a debt of 1044 bytes at 31.25 bytes/ms
+    assert pacer.poll(1 * SECOND + 33 * MS) == []
+    assert pacer.poll(1 * SECOND + 34 * MS) == [9]
+    pacer.set_estimate(4_000_000)
+    assert pacer.rate_bps == 10_000_000
+    assert pacer.next_send_us(0) is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Costs
+
+
+def test_per_call_costs() -> None:
+    log = SendLog()
+    record = log.record
+    counter = iter(range(10**9))
+
+    def one_record() -> None:
+        seq = next(counter)
+        record(seq & 0xFFFF, 1200, seq, None)
+
+    number = 200_000
+    record_us = min(timeit.repeat(one_record, number=number, repeat=5)) / number * 1e6
+    harness = timeit.repeat(lambda: (next(counter) & 0xFFFF, 1200, 0, None), number=number, repeat=5)
+    loop_us = min(harness) / number * 1e6
+
+    # Feedback processing: 100 ms of a 2.5 Mbps viewer (~26 packets) per feedback.
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_500_000)
+    feedbacks = []
+    seq = 0
+    for step in range(400):
+        arrivals = []
+        for _ in range(26):
+            log.record(seq & 0xFFFF, 1200, seq * 3846)
+            arrivals.append(seq * 3846 + 20 * MS)
+            seq += 1
+        feedbacks.append(((seq - 26) & 0xFFFF, arrivals, seq * 3846 + 50 * MS))
+
+    parsed = [(_feedback(base, arrivals), now) for base, arrivals, now in feedbacks]
+    fresh = bytes(log.capacity)
+
+    def run_feedbacks() -> None:
+        log._states[:] = fresh  # every packet unreported again, as on first receipt
+        est = SendSideEstimator(log, initial_bps=2_500_000)
+        for feedback, now in parsed:
+            est.on_feedback(feedback, now)
+
+    reset = min(timeit.repeat(lambda: SendSideEstimator(log), number=3, repeat=3)) / 3
+    total = min(timeit.repeat(run_feedbacks, number=3, repeat=3)) / 3 - reset
+    per_feedback_us = total / len(feedbacks) * 1e6
+    per_packet_us = per_feedback_us / 26
+
+    pacer = Pacer(1_000_000_000)
+    pace_us = min(timeit.repeat(lambda: pacer.can_send_now(1200, 0), number=number, repeat=5)) / number * 1e6
+    selector = LayerSelector()
+    selects = timeit.repeat(lambda: selector.select(LAYERS, 2_000_000, 0), number=20_000, repeat=3)
+    select_us = min(selects) / 20_000 * 1e6
+    print(
+        f"\n[costs] SendLog.record {record_us:.3f} µs/call (harness {loop_us:.3f} µs, "
+        f"so ~{record_us - loop_us:.3f} µs "
+        f"own); on_feedback {per_feedback_us:.1f} µs per 26-packet feedback = {per_packet_us:.2f} µs/packet; "
+        f"Pacer.can_send_now {pace_us:.3f} µs; LayerSelector.select {select_us:.2f} µs"
+    )
+    assert record_us < 2.0
+    assert per_packet_us < 20.0
