@@ -43,3 +43,23 @@ def test_simulcast_naming_an_undeclared_rid_is_rejected() -> None:
     text = fixture("chromium156-simulcast-vp8.sdp").replace("a=simulcast:send q;h;f", "a=simulcast:send q;h;x")
     with pytest.raises(OfferRejected, match="rid 'x'"):
         negotiate_publish(parse_offer(text))
+
+
+def test_obs_shaped_offer_over_http_with_bearer_gets_every_layer(gateway_factory) -> None:
+    """OBS 32.1+ aborts unless the answer accepts every offered layer; it always sends a Bearer token."""
+    import httpx
+
+    gw = gateway_factory({"streams": {"obs": {"publish_token": "obs-secret"}}})
+    offer = obs_shaped_offer()
+    headers = {"content-type": "application/sdp"}
+    refused = httpx.post(gw.url("/whip/obs"), content=offer, headers=headers)
+    assert refused.status_code == 401
+    r = httpx.post(gw.url("/whip/obs"), content=offer, headers={**headers, "authorization": "Bearer obs-secret"})
+    assert r.status_code == 201, r.text
+    assert "a=simulcast:recv 0;1;2" in r.text
+    assert all(f"a=rid:{i} recv" in r.text for i in range(3))
+    assert "a=candidate:" in r.text and "127.0.0.1" in r.text  # OBS sent none; we must give ours
+    stream = httpx.get(gw.url("/api/streams")).json()[0]
+    video = next(t for t in stream["tracks"] if t["kind"] == "video")
+    assert video["simulcast"] and sorted(layer["rid"] for layer in video["layers"]) == ["0", "1", "2"]
+    assert httpx.delete(gw.url(r.headers["location"])).status_code == 200
