@@ -352,3 +352,39 @@ def test_a_pending_switch_asks_again_until_the_keyframe_comes() -> None:
     assert down.current is mid and down not in track.switching
     track.refresh(T0 + 3.0)
     assert len(plis()) == first + 1  # switched: no more requests
+
+
+# ---- transport-wide congestion control towards viewers -----------------------------------------------------
+def test_every_packet_to_a_viewer_carries_the_next_transport_wide_sequence_number() -> None:
+    from simulcast.viewer_bandwidth import ViewerBandwidth
+
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream)
+    audio_codec = Codec(111, "OPUS", 48000, 2, {}, [])
+    audio = PublishedTrack(
+        kind="audio", mid="1", codec=audio_codec, rtx_payload_type=None, extensions={}, feedback=[], rids=None,
+        history_size=64, keyframe_interval=0.5, local_ssrc=1, send_rtcp=upstream.send_rtcp,
+    )
+    audio.layers[0].ssrc = 0x7777
+    bandwidth = ViewerBandwidth(transport_cc=True)
+    video_down = DownTrack(track, EgressProfile(100, 101, 9, "0", (), transport_cc_id=4), ssrc=0x5555, rtx_ssrc=0x6666,
+                           cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
+    audio_down = DownTrack(audio, EgressProfile(111, None, 9, "1", (), transport_cc_id=4), ssrc=0x8888, rtx_ssrc=None,
+                           cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
+    for down in (video_down, audio_down):
+        down.bandwidth = bandwidth
+        down.start()
+    now = time.monotonic()
+    feed(track, 1, VP8_KEY, now=now)
+    audio.on_packet(audio.layers[0], parse_rtp(rtp(50, b"opus", ssrc=0x7777, pt=111)), now)
+    feed(track, 2, VP8_DELTA, ts=4000, now=now)
+    assert video_down.send_padding(600) > 600  # three padding packets on RTX
+    sent = [parse_rtp(p) for p in wire.rtp]
+    seqs = [int.from_bytes(p.extensions[4], "big") for p in sent]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(sent))]  # one sequence across audio, video, RTX
+    assert [p.ssrc for p in sent] == [0x5555, 0x8888, 0x5555, 0x6666, 0x6666, 0x6666]
+    padding = [p for p in sent if p.ssrc == 0x6666]
+    assert all(p.payload == b"" and p.data[0] & 0x20 for p in padding)  # padding only: P bit, nothing to decode
+    for seq, packet in zip(seqs, sent):  # every packet is in the send log with its size, for the estimator
+        logged = bandwidth.log.lookup(seq)
+        assert logged is not None and logged[1] == len(packet.data)  # what send_rtp reported on the wire

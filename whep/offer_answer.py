@@ -12,6 +12,7 @@ from typing import Optional
 
 from gateway.sdp import (
     EXT_MID,
+    EXT_TRANSPORT_CC,
     PASSTHROUGH_EXTENSIONS,
     AnsweredMedia,
     Codec,
@@ -26,7 +27,9 @@ from gateway.sfu.egress import EgressProfile
 from gateway.sfu.stream import Stream
 from gateway.sfu.published_track import PublishedTrack
 
-VIEWER_FEEDBACK = ("nack", "nack pli", "ccm fir")
+# transport-cc: the viewer reports arrival times of everything we send it; our send-side estimator
+# (simulcast/bwe.py) turns them into the bitrate its path carries, which picks its simulcast layer.
+VIEWER_FEEDBACK = ("nack", "nack pli", "ccm fir", "transport-cc", "goog-remb")
 
 
 @dataclass
@@ -67,7 +70,7 @@ def negotiate_play(offer: Offer, stream: Stream, cname: str) -> PlayPlan:
             raise OfferRejected(
                 f"no common {media.kind} codec: the stream sends {detail}, the offer accepts {', '.join(names) or 'none'}"
             )
-        feedback = answer_feedback(offered, VIEWER_FEEDBACK) if media.kind == "video" else []
+        feedback = answer_feedback(offered, VIEWER_FEEDBACK if media.kind == "video" else ("transport-cc",))
         # The sender's format parameters describe what the viewer will receive (e.g. H.264 profile-level-id).
         codecs = [Codec(offered.payload_type, source.codec.name, source.codec.clock_rate, source.codec.channels, dict(source.codec.fmtp), feedback)]
         rtx = media.rtx_for(offered.payload_type) if "nack" in feedback else None
@@ -79,6 +82,9 @@ def negotiate_play(offer: Offer, stream: Stream, cname: str) -> PlayPlan:
         extensions = [(media.extensions[uri], uri) for uri in passed]
         if mid_id is not None:
             extensions.append((mid_id, EXT_MID))
+        transport_cc_id = media.extensions.get(EXT_TRANSPORT_CC) if "transport-cc" in feedback else None
+        if transport_cc_id is not None:
+            extensions.append((transport_cc_id, EXT_TRANSPORT_CC))
         ssrc = _ssrc()
         rtx_ssrc = _ssrc() if rtx is not None else None
         track_id = f"{media.kind}-{stream.name}"
@@ -104,6 +110,7 @@ def negotiate_play(offer: Offer, stream: Stream, cname: str) -> PlayPlan:
             mid_id=mid_id,
             mid_value=media.mid,
             extension_map=ext_map,
+            transport_cc_id=transport_cc_id,
         )
         plans.append(DownTrackPlan(source, profile, ssrc, rtx_ssrc))
     if not plans:

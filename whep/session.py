@@ -7,8 +7,10 @@ NACK -> retransmit from the track's history, PLI/FIR -> rate-limited keyframe re
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Optional
 
 from gateway import metrics
 from gateway.config import Config
@@ -18,8 +20,10 @@ from gateway.rtcp import (
     GenericNack,
     PictureLossIndication,
     ReceiverReport,
+    Remb,
     RtcpError,
     SenderReport,
+    TransportCcFeedback,
     parse_compound,
 )
 from gateway.sdp import Offer
@@ -28,6 +32,7 @@ from gateway.sfu.published_track import PublishedTrack
 from gateway.sfu.stream import Stream
 from whep.events import ViewerEvents, extension_links
 from whep.layer_request import LayerRequest, layers_event
+from simulcast.viewer_bandwidth import ViewerBandwidth
 from whep.offer_answer import negotiate_play
 
 if TYPE_CHECKING:
@@ -57,6 +62,12 @@ class ViewerSession(PeerSession):
             )
             for p in plan.down_tracks
         ]
+        # Per-viewer bandwidth estimation (send-side, from transport-wide CC feedback; REMB/RR as fallback).
+        transport_cc = any(d.profile.transport_cc_id is not None for d in self.down_tracks)
+        self.bandwidth = ViewerBandwidth(transport_cc=transport_cc)
+        for down in self.down_tracks:
+            down.bandwidth = self.bandwidth
+        self._probe_task: Optional[asyncio.Task[None]] = None
         self._by_ssrc: dict[int, DownTrack] = {}
         for down in self.down_tracks:
             self._by_ssrc[down.ssrc] = down
@@ -75,9 +86,38 @@ class ViewerSession(PeerSession):
         return extension_links(self.location)
 
     def on_connected(self) -> None:
+        if self.video is not None and self.video.source.simulcast:
+            self.bandwidth.select(self.video.source.layers)  # the first layer must fit the initial estimate
         for down in self.down_tracks:
             down.start()
         self.publish_layers()
+
+    # ---- bandwidth ---------------------------------------------------------------------------------
+    def _reselect(self) -> None:
+        """After feedback: the layer the estimate carries (unless the viewer pinned one), probes for upgrades."""
+        down = self.video
+        if down is None or not down.source.simulcast or not down.active:
+            return
+        if down.pinned is None or down.pinned.is_automatic:
+            before = self.bandwidth.choice
+            choice = self.bandwidth.select(down.source.layers)
+            if before is None or choice[:2] != before[:2]:
+                if down.codec_munger is not None:
+                    down.codec_munger.target_temporal = choice[1]
+                down.retarget()
+                self.publish_layers()
+        if self.bandwidth.probing and (self._probe_task is None or self._probe_task.done()):
+            self._probe_task = asyncio.create_task(self._send_probe())
+
+    async def _send_probe(self) -> None:
+        """Pace one probe cluster's padding (a few tens of ms), then stop: a task per cluster, not per packet."""
+        down = self.video
+        deadline = time.monotonic() + 0.2
+        while down is not None and self.bandwidth.probing and not self.ended and time.monotonic() < deadline:
+            needed = self.bandwidth.padding_needed()
+            if needed > 0 and not down.send_padding(min(needed, 1200)):
+                return
+            await asyncio.sleep(0.002)
 
     # ---- layers and events -------------------------------------------------------------------------
     def _layers_changed(self, track: PublishedTrack) -> None:
@@ -115,6 +155,7 @@ class ViewerSession(PeerSession):
             metrics.count_drop("rtcp_malformed")
             return
         by_ssrc = self._by_ssrc
+        feedback = False
         for packet in packets:
             if isinstance(packet, GenericNack):
                 down = by_ssrc.get(packet.media_ssrc)
@@ -129,13 +170,26 @@ class ViewerSession(PeerSession):
                     down = by_ssrc.get(ssrc)
                     if down is not None:
                         down.on_keyframe_request()
+            elif isinstance(packet, TransportCcFeedback):
+                self.bandwidth.on_feedback(packet.raw)
+                feedback = True
+            elif isinstance(packet, Remb):
+                self.bandwidth.on_remb(packet.bitrate)
+                feedback = True
             elif isinstance(packet, (ReceiverReport, SenderReport)):
                 for block in packet.reports:
                     down = by_ssrc.get(block.ssrc)
                     if down is not None:
                         down.on_receiver_report(block.fraction_lost, block.jitter)
+                        if down is self.video and not self.bandwidth.transport_cc:
+                            self.bandwidth.on_receiver_report(block.fraction_lost)
+                            feedback = True
+        if feedback:
+            self._reselect()
 
     async def close(self, reason: str) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
         for down in self.down_tracks:
             down.stop()
         if self.video is not None and self._layers_changed in self.video.source.on_layers_changed:

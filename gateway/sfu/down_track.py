@@ -20,6 +20,7 @@ from simulcast.rtp_munger import RtpMunger
 
 if TYPE_CHECKING:
     from gateway.sfu.published_track import PublishedTrack
+    from simulcast.viewer_bandwidth import ViewerBandwidth
     from simulcast.layer import Layer
     from whep.layer_request import LayerRequest
 
@@ -61,6 +62,7 @@ class DownTrack:
         self.jitter = 0
         self.keyframe_requests = 0
         self.on_switch: Optional[Callable[["DownTrack"], None]] = None
+        self.bandwidth: Optional["ViewerBandwidth"] = None  # the viewer's estimate, shared by its tracks
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +96,13 @@ class DownTrack:
                 layer = None
             if layer is not None:
                 self.reason = "pinned by the viewer"
+                return layer
+        bandwidth = self.bandwidth
+        if bandwidth is not None and bandwidth.choice is not None and self.source.simulcast:
+            spatial, _, reason = bandwidth.choice
+            layer = next((l for l in self.source.layers if l.spatial_id == spatial), None)
+            if layer is not None:
+                self.reason = reason
                 return layer
         self.reason = "highest active layer"
         return self.source.best_layer()
@@ -155,7 +164,7 @@ class DownTrack:
         if mapped is None:
             return 0
         out_seq, out_ts = mapped
-        if not self._send_rtp(assemble(template, out_seq, out_ts, self.ssrc)):
+        if not self._send(template, out_seq, out_ts, self.ssrc):
             return 0
         self.packets_sent += 1
         self.octets_sent += packet.payload_end - packet.payload_offset
@@ -168,8 +177,34 @@ class DownTrack:
             return None
         if rewritten is payload:  # the munger returns its input untouched when no field changes
             return template
-        tail = template[1]
-        return template[0], tail[: len(tail) - len(payload)] + bytes(rewritten)
+        rest = template[2]
+        return template[0], template[1], rest[: len(rest) - len(payload)] + bytes(rewritten)
+
+    def _send(self, template: Template, seq: int, timestamp: int, ssrc: int) -> int:
+        """Assemble, stamp the transport-wide sequence number when negotiated, send, log for the estimator."""
+        bandwidth = self.bandwidth
+        if template[1] and bandwidth is not None:
+            transport_seq = bandwidth.next_seq()
+            size = self._send_rtp(assemble(template, seq, timestamp, ssrc, transport_seq))
+            if size:
+                bandwidth.sent(transport_seq, size)
+            return size
+        return self._send_rtp(assemble(template, seq, timestamp, ssrc))
+
+    def send_padding(self, size: int) -> int:
+        """Padding-only RTX packets (bandwidth probes); bytes put on the wire, 0 without RTX."""
+        if self.profile.rtx_payload_type is None or self.rtx_ssrc is None or not self.active:
+            return 0
+        sent = 0
+        while size > 0:
+            chunk = min(size, 255)
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            n = self._send(self.profile.padding(chunk), self._rtx_seq, self.munger.last_ts, self.rtx_ssrc)
+            if not n:
+                break
+            sent += n
+            size -= chunk
+        return sent
 
     def _switch(self, layer: "Layer", packet: RtpPacket, descriptor: object = None) -> None:
         old = self.current
@@ -209,10 +244,10 @@ class DownTrack:
             if self.profile.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
                 rtx = self.profile.as_rtx(template, packet.payload_end - packet.payload_offset, out_seq)
-                data = assemble(rtx, self._rtx_seq, out_ts, self.rtx_ssrc)
+                sent = self._send(rtx, self._rtx_seq, out_ts, self.rtx_ssrc)
             else:
-                data = assemble(template, out_seq, out_ts, self.ssrc)
-            if self._send_rtp(data):
+                sent = self._send(template, out_seq, out_ts, self.ssrc)
+            if sent:
                 self.retransmissions += 1
                 metrics.RETRANSMISSIONS.inc()
 
@@ -251,6 +286,7 @@ class DownTrack:
             "reason": self.reason,
             "switches": self.switches,
             "temporal_layer": self.temporal_layer,
+            **(self.bandwidth.stats() if self.bandwidth is not None and self.kind == "video" else {}),
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmissions": self.retransmissions,

@@ -1,24 +1,38 @@
-"""What one viewer's RTP headers look like: payload types, extension ids and its mid value.
+"""What one viewer's RTP headers look like: payload types, extension ids, its mid value, its transport-wide seq.
 
 Viewers negotiate their own payload types and extension ids (RFC 8285 §5: the answer reuses the offer's ids),
 so a publisher's packet is re-headed once per distinct EgressProfile and per incoming packet, as a Template:
-the fixed header's first 16 bits plus everything after the 12-byte fixed header. Each viewer then packs its own
-sequence number, timestamp and SSRC in front of the shared tail: one allocation per viewer (see DownTrack.forward).
+(the fixed header's first 16 bits, the extension bytes in front of the transport-wide sequence number slot,
+everything after that slot: other extensions and the payload). A profile without transport-wide congestion
+control has an empty middle part. Each viewer then packs its own sequence number, timestamp, SSRC (and
+transport-wide sequence number) in front of the shared bytes: one pack and one concatenation per viewer.
 """
 
 from __future__ import annotations
 
+import struct
+
 from gateway.rtp import FIRST_WORD_SEQ_TS_SSRC, RtpPacket, build_header
 
-Template = tuple[int, bytes]  # (first 16 bits of the header, bytes after the fixed header incl. payload)
+Template = tuple[int, bytes, bytes]
+
+_WITH_TRANSPORT_SEQ = {n: struct.Struct(f"!HHII{n}sH") for n in (5, 6)}  # one-byte / two-byte extension forms
 
 
-def assemble(template: Template, seq: int, timestamp: int, ssrc: int) -> bytes:
-    return FIRST_WORD_SEQ_TS_SSRC.pack(template[0], seq, timestamp, ssrc) + template[1]
+def assemble(template: Template, seq: int, timestamp: int, ssrc: int, transport_seq: int = 0) -> bytes:
+    head = template[1]
+    if not head:
+        return FIRST_WORD_SEQ_TS_SSRC.pack(template[0], seq, timestamp, ssrc) + template[2]
+    return _WITH_TRANSPORT_SEQ[len(head)].pack(template[0], seq, timestamp, ssrc, head, transport_seq) + template[2]
+
+
+def payload_start(template: Template, payload_size: int) -> int:
+    """Where the payload begins in the template's last part."""
+    return len(template[2]) - payload_size
 
 
 class EgressProfile:
-    __slots__ = ("payload_type", "rtx_payload_type", "mid_id", "mid_value", "extension_map", "key")
+    __slots__ = ("payload_type", "rtx_payload_type", "mid_id", "mid_value", "extension_map", "transport_cc_id", "key")
 
     def __init__(
         self,
@@ -27,34 +41,54 @@ class EgressProfile:
         mid_id: int | None,
         mid_value: str,
         extension_map: tuple[tuple[int, int], ...],
+        transport_cc_id: int | None = None,
     ) -> None:
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         self.mid_id = mid_id
         self.mid_value = mid_value.encode()
         self.extension_map = extension_map  # (publisher's id, viewer's id) for passed-through extensions
-        self.key = (payload_type, rtx_payload_type, mid_id, mid_value, extension_map)
+        self.transport_cc_id = transport_cc_id  # draft-holmer-rmcat-transport-wide-cc-extensions-01 §2
+        self.key = (payload_type, rtx_payload_type, mid_id, mid_value, extension_map, transport_cc_id)
 
-    def extensions(self, packet: RtpPacket) -> list[tuple[int, bytes]]:
+    def extensions(self, packet: RtpPacket | None) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
+        if self.transport_cc_id is not None:
+            out.append((self.transport_cc_id, b"\x00\x00"))  # first: its slot is patched per viewer
         if self.mid_id is not None:
             out.append((self.mid_id, self.mid_value))
-        source = packet.extensions
-        for source_id, out_id in self.extension_map:
-            value = source.get(source_id)
-            if value is not None:
-                out.append((out_id, value))
+        if packet is not None:
+            source = packet.extensions
+            for source_id, out_id in self.extension_map:
+                value = source.get(source_id)
+                if value is not None:
+                    out.append((out_id, value))
         return out
 
+    def _template(self, first_word: int, header: bytearray, payload: bytes) -> Template:
+        if self.transport_cc_id is None:
+            return first_word, b"", bytes(header[12:]) + payload
+        head = 5 if header[12:14] == b"\xbe\xde" else 6  # one-byte form: id/len byte; two-byte: id, len
+        return first_word, bytes(header[12 : 12 + head]), bytes(header[12 + head + 2 :]) + payload
+
     def build(self, packet: RtpPacket) -> Template:
-        """This profile's header and the payload, less sequence number, timestamp and SSRC."""
+        """This profile's header and the payload, less the per-viewer fields."""
         header = build_header(packet.marker, self.payload_type, 0, 0, 0, self.extensions(packet))
-        return (header[0] << 8) | header[1], bytes(header[12:]) + packet.data[packet.payload_offset : packet.payload_end]
+        payload = packet.data[packet.payload_offset : packet.payload_end]
+        return self._template((header[0] << 8) | header[1], header, payload)
 
     def as_rtx(self, template: Template, payload_size: int, original_seq: int) -> Template:
         """RFC 4588 §4: the RTX form of a template: RTX payload type, then the original sequence number and payload."""
         assert self.rtx_payload_type is not None
-        first, tail = template
-        split = len(tail) - payload_size
+        first, head, rest = template
+        split = len(rest) - payload_size
         first = (first & 0xFF80) | self.rtx_payload_type
-        return first, tail[:split] + original_seq.to_bytes(2, "big") + tail[split:]
+        return first, head, rest[:split] + original_seq.to_bytes(2, "big") + rest[split:]
+
+    def padding(self, size: int) -> Template:
+        """A padding-only RTX packet for bandwidth probing (RFC 3550 §5.1 P bit; RFC 4588 allows RTX padding)."""
+        assert self.rtx_payload_type is not None
+        size = max(1, min(size, 255))
+        header = build_header(False, self.rtx_payload_type, 0, 0, 0, self.extensions(None))
+        header[0] |= 0x20  # P: the payload is padding, its last byte the padding length
+        return self._template((header[0] << 8) | header[1], header, bytes(size - 1) + bytes([size]))
