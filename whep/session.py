@@ -102,6 +102,11 @@ class ViewerSession(PeerSession):
             before = self.bandwidth.choice
             choice = self.bandwidth.select(down.source.layers)
             if before is None or choice[:2] != before[:2]:
+                e = self.bandwidth.estimator
+                log.info(
+                    "viewer %s: layer %d/%d (%s); estimate %d kbit/s, acknowledged %d kbit/s, %s",
+                    self.id, choice[0], choice[1], choice[2], e.estimate_bps // 1000, e.acknowledged_bps // 1000, e.reason,
+                )
                 if down.codec_munger is not None:
                     down.codec_munger.target_temporal = choice[1]
                 down.retarget()

@@ -63,6 +63,9 @@ class DownTrack:
         self.keyframe_requests = 0
         self.on_switch: Optional[Callable[["DownTrack"], None]] = None
         self.bandwidth: Optional["ViewerBandwidth"] = None  # the viewer's estimate, shared by its tracks
+        # A downgrade for lack of bandwidth stops the current layer at once (it no longer fits the path) and
+        # leaves a short freeze until the lower layer's keyframe, instead of piling loss onto a congested link.
+        self._congested = False
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -112,6 +115,10 @@ class DownTrack:
         old = self.target
         if new is old:
             return
+        current = self.current
+        self._congested = (
+            new is not None and current is not None and new.spatial_id < current.spatial_id and self.reason.startswith("down")
+        )
         self.target = new
         if new is not None:
             new.subscribe(self)
@@ -155,6 +162,9 @@ class DownTrack:
             if layer is not self.target or (self.kind == "video" and not keyframe):
                 return 0
             self._switch(layer, packet, descriptor)
+        elif self._congested:
+            self.munger.drop(packet.sequence_number)  # no gap for the viewer to NACK
+            return 0
         if descriptor is not None and self.codec_munger is not None:
             template = self._rewrite_payload(template, payload, descriptor)  # type: ignore[assignment]
             if template is None:  # a picture this viewer does not get (older than a switch, temporal layer)
@@ -209,6 +219,7 @@ class DownTrack:
     def _switch(self, layer: "Layer", packet: RtpPacket, descriptor: object = None) -> None:
         old = self.current
         self.current = layer
+        self._congested = False
         self.source.switching.discard(self)
         self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), layer.offer_index)
         if self.codec_munger is not None and descriptor is not None:

@@ -1,0 +1,102 @@
+"""Per-viewer bandwidth estimation on real links: each viewer gets the simulcast layer its own path carries.
+
+The gateway and a Chromium publisher (3 layers: 320x180 / 640x360 / 1280x720 at ~150 / 500 / 1500 kbps) sit in
+one network namespace; each viewer is a Chromium /play page in its own namespace behind a veth link whose
+gateway-side end is shaped with tc tbf (tests/netlab.py). Assertions are on what the viewer decodes.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import pytest
+
+from netlab import LabBrowsers, NetLab, lab_unavailable, make_fake_video, wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.netns]
+
+SIZES = {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
+
+
+@pytest.fixture
+def lab() -> Any:
+    reason = lab_unavailable(browsers=True)
+    if reason:
+        pytest.skip(reason)
+    with NetLab() as lab:
+        yield lab
+
+
+def video(page: Any) -> dict:
+    return (page.evaluate("window.whipgateStats") or {}).get("video") or {}
+
+
+def size(page: Any) -> tuple[int, int]:
+    v = video(page)
+    return v.get("frameWidth") or 0, v.get("frameHeight") or 0
+
+
+def decoding(page: Any, want: tuple[int, int], seconds: float = 1.0) -> bool:
+    """The viewer shows `want` and its decoded frame count grows."""
+    if size(page) != want:
+        return False
+    before = video(page).get("framesDecoded") or 0
+    time.sleep(seconds)
+    return size(page) == want and (video(page).get("framesDecoded") or 0) > before
+
+
+def report(gw: Any, pages: dict[str, Any]) -> str:
+    lines = [f"{name}: {json.dumps(video(p))}" for name, p in pages.items()]
+    status, streams = gw.get("/api/streams")
+    return "\n".join(lines + [f"streams: {streams}", gw.log()[-3000:]])
+
+
+def start(lab: NetLab, tmp_path: pathlib.Path, browsers: LabBrowsers) -> tuple[Any, Any]:
+    gw = lab.start_gateway(tmp_path / "gw")
+    publisher = browsers.open_publisher(gw, "bwe", simulcast=True, codec="VP8")
+
+    def top_layer_live() -> bool:
+        status, body = gw.get("/api/streams")
+        streams = json.loads(body) if status == 200 else []
+        layers = [l for s in streams for t in s["tracks"] if t["kind"] == "video" for l in t["layers"]]
+        return any(l["width"] == 1280 and l["active"] for l in layers) and len(layers) == 3
+
+    wait_for(top_layer_live, 30, lambda: "publisher never sent its top layer\n" + report(gw, {"publisher": publisher}))
+    return gw, publisher
+
+
+def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: NetLab, tmp_path: pathlib.Path) -> None:
+    free, limited, changing = lab.add_host("free"), lab.add_host("limited"), lab.add_host("changing")
+    limited.shape(700)
+    fake = make_fake_video(tmp_path / "cam.y4m", width=1280, height=720, fps=30, seconds=4)
+    with LabBrowsers(lab, tmp_path / "browsers", fake_video=fake) as browsers:
+        gw, _ = start(lab, tmp_path, browsers)
+        pages = {h.name: browsers.open_viewer(h, gw, "bwe") for h in (free, limited, changing)}
+        # Unconstrained viewers reach the top layer; the 700 kbit/s one settles on the middle layer, at once.
+        wait_for(lambda: decoding(pages["free"], SIZES["f"]), 40, lambda: "free viewer not on 720p\n" + report(gw, pages))
+        wait_for(lambda: decoding(pages["changing"], SIZES["f"]), 40, lambda: "changing viewer not on 720p\n" + report(gw, pages))
+        wait_for(lambda: decoding(pages["limited"], SIZES["h"], 2.0), 40, lambda: "700 kbit viewer not on 360p\n" + report(gw, pages))
+        # Cut one link to 300 kbit/s: that viewer moves down, the others stay where they are.
+        lost_before = video(pages["changing"]).get("packetsLost") or 0
+        received_before = video(pages["changing"]).get("packetsReceived") or 0
+        t_cut = time.monotonic()
+        changing.shape(300)
+        wait_for(lambda: size(pages["changing"])[0] < 640, 20, lambda: "cut viewer did not move down\n" + report(gw, pages))
+        downgrade = time.monotonic() - t_cut
+        wait_for(lambda: decoding(pages["changing"], SIZES["q"]), 20, lambda: "cut viewer not decoding 180p\n" + report(gw, pages))
+        lost = (video(pages["changing"]).get("packetsLost") or 0) - lost_before
+        received = (video(pages["changing"]).get("packetsReceived") or 0) - received_before
+        assert decoding(pages["free"], SIZES["f"]), report(gw, pages)
+        assert decoding(pages["limited"], SIZES["h"]), report(gw, pages)
+        # Lift the cap: it climbs back (probing first).
+        t_lift = time.monotonic()
+        changing.shape(None)
+        wait_for(lambda: decoding(pages["changing"], SIZES["f"]), 40, lambda: "lifted viewer not back on 720p\n" + report(gw, pages))
+        upgrade = time.monotonic() - t_lift
+        loss = lost / max(1, lost + received)
+        print(f"\ndowngrade after cut: {downgrade:.1f} s (as seen in decoded size), loss during it {loss:.1%} "
+              f"({lost} of {lost + received}); upgrade after lift: {upgrade:.1f} s")
+        assert gw.codec_violations() == ""
