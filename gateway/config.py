@@ -60,6 +60,8 @@ class RtcConfig:
     consent_failures: int = 6
     keyframe_request_interval: float = 0.5
     packet_history: int = 1024
+    # Per-viewer send-side bandwidth estimation picks each viewer's simulcast layer; off: highest layer alive.
+    bandwidth_estimation: bool = True
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def _parse_rtc(table: _Table) -> RtcConfig:
         "consent_failures",
         "keyframe_request_interval",
         "packet_history",
+        "bandwidth_estimation",
     )
     table.reject_unknown(fields)
     defaults = RtcConfig()
@@ -207,6 +210,7 @@ def _parse_rtc(table: _Table) -> RtcConfig:
             "keyframe_request_interval", defaults.keyframe_request_interval
         ),
         packet_history=packet_history,
+        bandwidth_estimation=table.boolean("bandwidth_estimation", defaults.bandwidth_estimation),
     )
 
 
@@ -455,6 +459,9 @@ class _Table:
 
     def string(self, name: str, default: str) -> str:
         return self._get(name, default, "a string", lambda v: isinstance(v, str))
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return self._get(name, default, "true or false", lambda v: isinstance(v, bool))
 
     def optional_string(self, name: str, check: Callable[[str], str | None] | None = None) -> str | None:
         value = self._get(name, None, "a string", lambda v: isinstance(v, str))

@@ -65,6 +65,7 @@ class ViewerSession(PeerSession):
         # Per-viewer bandwidth estimation (send-side, from transport-wide CC feedback; REMB/RR as fallback).
         transport_cc = any(d.profile.transport_cc_id is not None for d in self.down_tracks)
         self.bandwidth = ViewerBandwidth(transport_cc=transport_cc)
+        self._estimate_layers = config.rtc.bandwidth_estimation
         for down in self.down_tracks:
             down.bandwidth = self.bandwidth
         self._probe_task: Optional[asyncio.Task[None]] = None
@@ -86,7 +87,7 @@ class ViewerSession(PeerSession):
         return extension_links(self.location)
 
     def on_connected(self) -> None:
-        if self.video is not None and self.video.source.simulcast:
+        if self.video is not None and self.video.source.simulcast and self._estimate_layers:
             self.bandwidth.select(self.video.source.layers)  # the first layer must fit the initial estimate
         for down in self.down_tracks:
             down.start()
@@ -96,7 +97,7 @@ class ViewerSession(PeerSession):
     def _reselect(self) -> None:
         """After feedback: the layer the estimate carries (unless the viewer pinned one), probes for upgrades."""
         down = self.video
-        if down is None or not down.source.simulcast or not down.active:
+        if down is None or not down.source.simulcast or not down.active or not self._estimate_layers:
             return
         if down.pinned is None or down.pinned.is_automatic:
             before = self.bandwidth.choice
