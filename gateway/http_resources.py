@@ -6,10 +6,8 @@ Bearer auth, problem details (RFC 9457), CORS, trickle-ICE PATCH (RFC 8840) and 
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from typing import Awaitable, Callable, Iterable, Optional
+from typing import Awaitable, Callable, Optional
 
 from litestar import Request
 from litestar.response.base import ASGIResponse
@@ -17,48 +15,22 @@ from litestar.response.base import ASGIResponse
 from gateway import metrics
 from gateway.auth import bearer_token_matches
 from gateway.config import Config
+from gateway.http_responses import (
+    SDP,
+    STREAM_NAME,
+    TRICKLE,
+    media_type,
+    preflight_response,
+    problem,
+    read_body,
+    respond,
+)
 from gateway.ice_servers import ice_server_links
 from gateway.peer_session import PeerSession
 from gateway.sdp import OfferRejected, SdpError
 from gateway.sessions import SessionManager, StreamBusy, StreamNotLive
 
 log = logging.getLogger(__name__)
-
-SDP = "application/sdp"
-TRICKLE = "application/trickle-ice-sdpfrag"
-EXPOSED = "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After, WWW-Authenticate"
-STREAM_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-MAX_BODY = 64 * 1024
-
-Headers = list[tuple[str, str]]
-
-
-def cors(config: Config) -> Headers:
-    return [("Access-Control-Allow-Origin", config.http.cors_allow_origin), ("Access-Control-Expose-Headers", EXPOSED)]
-
-
-def respond(config: Config, status: int, body: bytes = b"", media_type: Optional[str] = None, headers: Iterable[tuple[str, str]] = ()) -> ASGIResponse:
-    all_headers = cors(config) + list(headers)
-    return ASGIResponse(body=body, status_code=status, media_type=media_type, headers=all_headers)
-
-
-def problem(config: Config, status: int, title: str, detail: str, headers: Iterable[tuple[str, str]] = ()) -> ASGIResponse:
-    """RFC 9457 problem details; RFC 9725 §4.2 lets clients fall back to the status class."""
-    metrics.HTTP_REJECTED.labels(str(status)).inc()
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-    return respond(config, status, body, "application/problem+json", headers)
-
-
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-async def read_body(request: Request) -> bytes:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise ValueError(f"body larger than {MAX_BODY} bytes")
-    return body
-
 
 def check_token(config: Config, request: Request, expected: Optional[str]) -> Optional[ASGIResponse]:
     """RFC 9725 §4.5: Bearer tokens (RFC 6750); a stream without a configured token needs none."""
@@ -114,36 +86,17 @@ async def create_session(
         return problem(config, 503, "Service Unavailable", "the gateway cannot open media sockets", [("Retry-After", "5")])
     headers = [("Location", session.location), ("ETag", session.etag)]
     headers += [("Link", link) for link in ice_server_links(config.ice_servers)]
-    headers += extension_links(session)
+    headers += session.extension_links()
     return respond(config, 201, session.answer_sdp().encode(), SDP, headers)
-
-
-def extension_links(session: PeerSession) -> Headers:
-    """Link headers for protocol extensions (RFC 9725 §4.9); none yet in this version."""
-    return []
 
 
 def options(request: Request) -> ASGIResponse:
     """RFC 9725 §4.2 / Fetch CORS: Accept-Post for OPTIONS; preflights get the allowed methods and headers."""
-    config: Config = request.app.state.manager.config
-    headers = [
-        ("Accept-Post", SDP),
-        ("Access-Control-Allow-Methods", "POST, OPTIONS"),
-        ("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match"),
-        ("Access-Control-Max-Age", "86400"),
-    ]
-    return respond(config, 204, headers=headers)
+    return preflight_response(request.app.state.manager.config, "POST, OPTIONS", [("Accept-Post", SDP)])
 
 
 def session_options(request: Request) -> ASGIResponse:
-    config: Config = request.app.state.manager.config
-    headers = [
-        ("Accept-Patch", TRICKLE),
-        ("Access-Control-Allow-Methods", "PATCH, DELETE, OPTIONS"),
-        ("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match"),
-        ("Access-Control-Max-Age", "86400"),
-    ]
-    return respond(config, 204, headers=headers)
+    return preflight_response(request.app.state.manager.config, "PATCH, DELETE, OPTIONS", [("Accept-Patch", TRICKLE)])
 
 
 def find_session(request: Request, kind: str, stream: str, session_id: str) -> tuple[Optional[PeerSession], Config]:

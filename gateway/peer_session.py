@@ -99,6 +99,10 @@ class PeerSession:
     def on_connected(self) -> None:
         pass
 
+    def extension_links(self) -> list[tuple[str, str]]:
+        """Link headers for protocol extensions in the 201 (RFC 9725 §4.9); none by default."""
+        return []
+
     async def close(self, reason: str) -> None:
         """Release everything; called once by SessionManager.end."""
         self.ended = True

@@ -74,6 +74,7 @@ class SessionManager:
         session = ViewerSession(self, stream, offer, self.config)
         stream.viewers.add(session)
         self.sessions[session.id] = session
+        self._publish_viewer_count(stream)
         await self._start(session)
         log.info("viewer %s on stream %s", session.id, stream_name)
         return session
@@ -106,7 +107,14 @@ class SessionManager:
                     await self.end(viewer, "the publisher left")
         elif stream is not None and isinstance(session, ViewerSession):
             stream.viewers.discard(session)
+            self._publish_viewer_count(stream)
         await session.close(reason)
+
+    @staticmethod
+    def _publish_viewer_count(stream: Stream) -> None:
+        """The `viewercount` event (WHEP draft-02 §4.9.1.4) to every viewer of the stream."""
+        for viewer in stream.viewers:
+            viewer.events.publish("viewercount", {"viewercount": len(stream.viewers)})
 
     async def close_all(self) -> None:
         for session in list(self.sessions.values()):

@@ -10,7 +10,7 @@ import pytest
 from gateway.rtcp import GenericNack, PictureLossIndication, parse_compound
 from gateway.rtp import RtpError, build_header, parse_rtp, seq_newer
 from gateway.sdp import Codec
-from gateway.sfu.down_track import DownTrack
+from gateway.sfu.down_track import DownTrack, RetransmissionBudget
 from gateway.sfu.egress import EgressProfile
 from gateway.sfu.published_track import PublishedTrack
 
@@ -73,7 +73,7 @@ class Wire:
         return len(data)
 
 
-def video_track(upstream: Wire, history: int = 64) -> PublishedTrack:
+def video_track(upstream: Wire, history: int = 64, rids=None) -> PublishedTrack:
     codec = Codec(96, "VP8", 90000, None, {}, ["nack", "nack pli", "ccm fir"])
     track = PublishedTrack(
         kind="video",
@@ -82,20 +82,24 @@ def video_track(upstream: Wire, history: int = 64) -> PublishedTrack:
         rtx_payload_type=97,
         extensions={"urn:3gpp:video-orientation": 3},
         feedback=codec.feedback,
+        rids=rids,
         history_size=history,
-        keyframe_interval=0.5,
+        keyframe_interval=0.0,
         local_ssrc=0xAAAA,
         send_rtcp=upstream.send_rtcp,
     )
-    track.ssrc = 0x1234
+    for i, layer in enumerate(track.layers):
+        layer.ssrc = 0x1234 + i
     return track
 
 
 def viewer(track: PublishedTrack, wire: Wire, rtx: bool = True) -> DownTrack:
     profile = EgressProfile(100, 101 if rtx else None, 9, "v0", ((3, 5),))
-    down = DownTrack(track, profile, ssrc=0x5555, rtx_ssrc=0x6666 if rtx else None, cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
-    down.seq_offset, down.ts_offset = 1000, 500
-    return down
+    return DownTrack(track, profile, ssrc=0x5555, rtx_ssrc=0x6666 if rtx else None, cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
+
+
+def feed(track: PublishedTrack, seq: int, payload: bytes, ts: int = 1000, layer: int = 0, now: float = 0.0, **kw) -> None:
+    track.on_packet(track.layers[layer], parse_rtp(rtp(seq, payload, ts=ts, ssrc=0x1234 + layer, **kw)), now)
 
 
 def test_viewer_starts_at_a_keyframe_and_gets_rewritten_headers() -> None:
@@ -104,15 +108,17 @@ def test_viewer_starts_at_a_keyframe_and_gets_rewritten_headers() -> None:
     down = viewer(track, wire)
     down.start()  # no keyframe held yet: asks the publisher for one
     assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
-    track.on_packet(parse_rtp(rtp(10, VP8_DELTA, exts=[(3, b"\x01")])), 0.0)
+    feed(track, 10, VP8_DELTA, exts=[(3, b"\x01")])
     assert wire.rtp == []  # a delta frame before the first keyframe is useless to a new decoder
-    track.on_packet(parse_rtp(rtp(11, VP8_KEY, ts=3000, exts=[(3, b"\x01")], marker=True)), 0.01)
-    track.on_packet(parse_rtp(rtp(12, VP8_DELTA, ts=6000, exts=[(1, b"x"), (3, b"\x02")])), 0.02)
+    feed(track, 11, VP8_KEY, ts=3000, exts=[(3, b"\x01")], marker=True, now=0.01)
+    feed(track, 12, VP8_DELTA, ts=6000, exts=[(1, b"x"), (3, b"\x02")], now=0.02)
     first, second = (parse_rtp(p) for p in wire.rtp)
-    assert (first.sequence_number, first.timestamp, first.ssrc, first.payload_type) == (1011, 3500, 0x5555, 100)
+    assert (first.ssrc, first.payload_type) == (0x5555, 100)
     assert first.marker and first.payload == VP8_KEY
     assert first.extensions == {9: b"v0", 5: b"\x01"}  # our mid, orientation moved to the viewer's id
-    assert second.sequence_number == 1012 and second.extensions == {9: b"v0", 5: b"\x02"}  # unknown ext 1 dropped
+    assert second.sequence_number == (first.sequence_number + 1) & 0xFFFF
+    assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 3000  # the publisher's spacing is kept
+    assert second.extensions == {9: b"v0", 5: b"\x02"}  # unknown ext 1 dropped
 
 
 def test_viewer_nack_is_answered_on_rtx_with_the_original_sequence_number() -> None:
@@ -121,33 +127,36 @@ def test_viewer_nack_is_answered_on_rtx_with_the_original_sequence_number() -> N
     down = viewer(track, wire)
     down.start()
     for seq in range(20, 25):
-        track.on_packet(parse_rtp(rtp(seq, VP8_KEY if seq == 20 else VP8_DELTA, ts=seq * 3000)), seq / 100)
+        feed(track, seq, VP8_KEY if seq == 20 else VP8_DELTA, ts=seq * 3000, now=seq / 100)
+    sent = [parse_rtp(p) for p in wire.rtp]
     wire.rtp.clear()
-    down.on_nack([1022, 999])  # 999 maps to a packet never held
+    down.on_nack([sent[2].sequence_number, (sent[0].sequence_number - 500) & 0xFFFF])  # the second was never sent
     (rtx,) = (parse_rtp(p) for p in wire.rtp)
-    assert rtx.ssrc == 0x6666 and rtx.payload_type == 101 and rtx.timestamp == 22 * 3000 + 500
-    assert rtx.payload[:2] == (1022).to_bytes(2, "big") and rtx.payload[2:] == VP8_DELTA
+    assert rtx.ssrc == 0x6666 and rtx.payload_type == 101 and rtx.timestamp == sent[2].timestamp
+    assert rtx.payload[:2] == sent[2].sequence_number.to_bytes(2, "big") and rtx.payload[2:] == VP8_DELTA
     plain = Wire()
     no_rtx = viewer(video_track(Wire()), plain, rtx=False)
-    no_rtx.source.on_packet(parse_rtp(rtp(5, VP8_KEY)), 0.0)
-    no_rtx.on_nack([1005])
+    no_rtx.start()
+    feed(no_rtx.source, 5, VP8_KEY)
+    first = parse_rtp(plain.rtp[-1])
+    no_rtx.on_nack([first.sequence_number])
     again = parse_rtp(plain.rtp[-1])
-    assert again.sequence_number == 1005 and again.ssrc == 0x5555 and again.payload == VP8_KEY
+    assert (again.sequence_number, again.ssrc, again.payload) == (first.sequence_number, 0x5555, VP8_KEY)
 
 
 def test_publisher_losses_are_nacked_and_duplicates_dropped() -> None:
     upstream = Wire()
     track = video_track(upstream)
-    track.on_packet(parse_rtp(rtp(100, VP8_KEY)), 0.0)
-    track.on_packet(parse_rtp(rtp(104, VP8_DELTA)), 0.01)
+    feed(track, 100, VP8_KEY)
+    feed(track, 104, VP8_DELTA, now=0.01)
     nack = parse_compound(upstream.rtcp[-1])[0]
     assert isinstance(nack, GenericNack) and nack.media_ssrc == 0x1234 and nack.lost == [101, 102, 103]
-    track.on_packet(parse_rtp(rtp(102, VP8_DELTA)), 0.02)  # retransmission arrives
-    track.retry_nacks(0.5)
+    feed(track, 102, VP8_DELTA, now=0.02)  # retransmission arrives
+    track.layers[0].retry_nacks(0.5)
     assert parse_compound(upstream.rtcp[-1])[0].lost == [101, 103]
-    packets = track.packets
-    track.on_packet(parse_rtp(rtp(104, VP8_DELTA)), 0.6)
-    assert track.packets == packets  # duplicate not counted nor forwarded
+    packets = track.layers[0].packets
+    feed(track, 104, VP8_DELTA, now=0.6)
+    assert track.layers[0].packets == packets  # duplicate not counted nor forwarded
 
 
 def test_late_joiner_is_replayed_everything_since_the_last_keyframe() -> None:
@@ -155,21 +164,24 @@ def test_late_joiner_is_replayed_everything_since_the_last_keyframe() -> None:
     track = video_track(upstream)
     now = time.monotonic()
     for seq in range(1, 6):
-        track.on_packet(parse_rtp(rtp(seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000)), now + seq / 30)
+        feed(track, seq, VP8_KEY if seq == 3 else VP8_DELTA, ts=seq * 3000, now=now + seq / 30)
     down = viewer(track, wire)
     down.start()
-    assert [parse_rtp(p).sequence_number for p in wire.rtp] == [1003, 1004, 1005]
+    replayed = [parse_rtp(p) for p in wire.rtp]
+    assert [p.payload for p in replayed] == [VP8_KEY, VP8_DELTA, VP8_DELTA]  # packets 3, 4 and 5
+    s0 = replayed[0].sequence_number
+    assert [p.sequence_number for p in replayed] == [s0, (s0 + 1) & 0xFFFF, (s0 + 2) & 0xFFFF]
     assert upstream.rtcp == []  # no keyframe request needed
-    track.on_packet(parse_rtp(rtp(6, VP8_DELTA, ts=18000)), now + 0.2)
-    assert parse_rtp(wire.rtp[-1]).sequence_number == 1006
+    feed(track, 6, VP8_DELTA, ts=18000, now=now + 0.2)
+    assert parse_rtp(wire.rtp[-1]).sequence_number == (s0 + 3) & 0xFFFF
 
 
 def test_a_stale_keyframe_is_not_replayed_a_fresh_one_is_requested() -> None:
     upstream, wire = Wire(), Wire()
     track = video_track(upstream)
     old = time.monotonic() - 5.0  # the last keyframe arrived five seconds ago
-    track.on_packet(parse_rtp(rtp(1, VP8_KEY)), old)
-    track.on_packet(parse_rtp(rtp(2, VP8_DELTA, ts=4000)), old + 0.03)
+    feed(track, 1, VP8_KEY, now=old)
+    feed(track, 2, VP8_DELTA, ts=4000, now=old + 0.03)
     viewer(track, wire).start()
     assert wire.rtp == []  # no burst of old pictures
     assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
@@ -179,3 +191,188 @@ def test_viewers_with_the_same_profile_share_one_template() -> None:
     track = video_track(Wire())
     a, b = viewer(track, Wire()), viewer(track, Wire())
     assert a.profile is b.profile
+
+
+# ---- simulcast: one layer per viewer, switching at keyframes ---------------------------------------------
+T0 = 0.0  # the simulcast scenarios start "one second ago" on the real clock (set per test below)
+
+
+@pytest.fixture(autouse=True)
+def _scenario_clock() -> None:
+    global T0
+    T0 = time.monotonic() - 1.0
+
+
+def vp8_key(width: int, height: int) -> bytes:
+    """A VP8 keyframe payload start stating its size (RFC 6386 §9.1), behind a minimal descriptor."""
+    return bytes([0x10, 0x00, 0x00, 0x00, 0x9D, 0x01, 0x2A]) + width.to_bytes(2, "little") + height.to_bytes(2, "little")
+
+
+def simulcast_track(upstream: Wire) -> PublishedTrack:
+    track = video_track(upstream, rids=["q", "h", "f"])
+    sizes = [(320, 180), (640, 360), (1280, 720)]
+    for i, size in enumerate(sizes):  # each layer sends a keyframe: sizes become known, layers alive
+        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=T0 + 1.0)
+    track.refresh(T0 + 1.0)
+    return track
+
+
+def test_layers_are_ordered_by_size_not_rid_and_viewer_gets_the_highest_alive() -> None:
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream, rids=["0", "1", "2"])  # OBS naming: "0" is the full resolution
+    for i, size in enumerate([(1280, 720), (640, 360), (320, 180)]):
+        feed(track, 100, vp8_key(*size), ts=9000, layer=i, now=T0 + 1.0)
+    track.refresh(T0 + 1.0)
+    assert [l.rid for l in track.ordered_layers] == ["2", "1", "0"]
+    down = viewer(track, wire)
+    down.start()
+    assert down.current is track.by_rid["0"] and down.reason == "highest active layer"
+
+
+def test_switch_happens_at_the_targets_keyframe_with_continuous_sequence_numbers() -> None:
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()  # replays the top layer's keyframe
+    assert down.current is top
+    feed(track, 101, VP8_DELTA, ts=12000, layer=2, now=T0 + 1.03)
+    # The top layer dies (nothing since 1.03 s) while the others keep sending: the viewer targets the middle
+    # one and asks it for a keyframe.
+    mid.last_packet = low.last_packet = T0 + 1.55
+    track.refresh(T0 + 1.6)
+    assert not top.active and down.target is mid and down.current is top
+    assert isinstance(parse_compound(upstream.rtcp[-1])[0], PictureLossIndication)
+    assert parse_compound(upstream.rtcp[-1])[0].media_ssrc == mid.ssrc
+    before = len(wire.rtp)
+    feed(track, 200, VP8_DELTA, ts=15000, layer=1, now=T0 + 1.61)  # not a keyframe: no switch yet
+    assert len(wire.rtp) == before
+    feed(track, 201, vp8_key(640, 360), ts=18000, layer=1, now=T0 + 1.7)
+    feed(track, 202, VP8_DELTA, ts=21000, layer=1, now=T0 + 1.73)
+    out = [parse_rtp(p) for p in wire.rtp]
+    seqs = [p.sequence_number for p in out]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]  # one continuous stream across the switch
+    assert all(0 < (b.timestamp - a.timestamp) & 0xFFFFFFFF < 0x80000000 for a, b in zip(out, out[1:]))
+    assert {p.ssrc for p in out} == {0x5555} and down.current is mid and down.switches == 1
+    assert down not in top.subscribers  # the dead layer no longer costs this viewer anything
+
+
+def test_pinned_layer_and_return_to_automatic() -> None:
+    from whep.layer_request import LayerRequest
+
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    down.pin(LayerRequest(max_width=700))
+    assert down.target is mid and down.reason == "pinned by the viewer"
+    down.pin(LayerRequest(rid="q"))
+    assert down.target is low
+    down.pin(LayerRequest())
+    assert down.target is top and down.reason == "highest active layer"
+
+
+def test_nack_after_a_switch_maps_back_to_the_right_layer() -> None:
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    from whep.layer_request import LayerRequest
+
+    down.pin(LayerRequest(rid="q"))
+    feed(track, 300, vp8_key(320, 180), ts=30000, layer=0, now=T0 + 1.1)
+    feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=T0 + 1.13)
+    sent = [parse_rtp(p) for p in wire.rtp]
+    wire.rtp.clear()
+    down.on_nack([sent[0].sequence_number, sent[-1].sequence_number])  # one from the top layer, one from the low
+    resent = [parse_rtp(p).payload[2:] for p in wire.rtp]  # RTX: original sequence number first
+    assert resent == [vp8_key(1280, 720), b"\x10\x00\x00low-delta"]
+
+
+def vp8_temporal(picture_id: int, tl0: int, tid: int, key: bool = False, sync: bool = False) -> bytes:
+    """A VP8 payload with the full descriptor (RFC 7741 §4.2): X, S, 15-bit picture id, TL0PICIDX, TID/Y."""
+    descriptor = bytes(
+        [0x90, 0xE0, 0x80 | (picture_id >> 8), picture_id & 0xFF, tl0 & 0xFF, (tid << 6) | (0x20 if sync else 0)]
+    )
+    header = bytes([0x10, 0x00, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00]) if key else bytes([0x11, 0x00, 0x00])
+    return descriptor + header + b"frame"
+
+
+def test_pinning_a_temporal_layer_lowers_the_frame_rate_with_continuous_ids() -> None:
+    from simulcast.vp8 import parse_descriptor
+    from whep.layer_request import LayerRequest
+
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream)
+    down = viewer(track, wire)
+    down.start()
+    pattern = [0, 2, 1, 2]  # L1T3
+    now = time.monotonic()
+    feed(track, 1, vp8_temporal(100, 10, 0, key=True), ts=3000, now=now)
+    down.pin(LayerRequest(temporal_layer_id=0))
+    tl0 = 10
+    for i in range(1, 12):
+        tid = pattern[i % 4]
+        tl0 += tid == 0
+        feed(track, 1 + i, vp8_temporal(100 + i, tl0, tid), ts=3000 * (i + 1), now=now + i / 30)
+    out = [parse_rtp(p) for p in wire.rtp]
+    descriptors = [parse_descriptor(p.payload) for p in out]
+    assert [d.tid for d in descriptors] == [0, 0, 0]  # the keyframe and the two later base-layer frames
+    assert [p.sequence_number for p in out] == [(out[0].sequence_number + i) & 0xFFFF for i in range(3)]
+    pids = [d.picture_id for d in descriptors]
+    assert pids == [pids[0], pids[0] + 1, pids[0] + 2]  # no gap where frames were left out
+    assert down.temporal_layer == 0
+    down.pin(LayerRequest())  # back to every temporal layer (raising waits for a sync frame or keyframe)
+    assert down.codec_munger.target_temporal == 3
+
+
+def test_a_pending_switch_asks_again_until_the_keyframe_comes() -> None:
+    """Chromium ignores a second keyframe request within 300 ms: the gateway repeats it (rate limited)."""
+    from whep.layer_request import LayerRequest
+
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    for layer in track.layers:
+        layer._keyframe_interval = 0.5
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    down.pin(LayerRequest(rid="h"))
+    plis = lambda: [p for p in upstream.rtcp if isinstance(parse_compound(p)[0], PictureLossIndication) and parse_compound(p)[0].media_ssrc == mid.ssrc]
+    first = len(plis())
+    assert first == 1 and down in track.switching
+    for layer in track.layers:
+        layer.last_packet = T0 + 2.0
+    track.refresh(T0 + 2.0)  # about 1 s after the pin's request (T0 is a second ago): asked again
+    track.refresh(T0 + 2.1)  # 100 ms later: within the 0.5 s rate limit, not asked
+    assert len(plis()) == first + 1
+    feed(track, 400, vp8_key(640, 360), ts=90000, layer=1, now=T0 + 2.2)
+    assert down.current is mid and down not in track.switching
+    track.refresh(T0 + 3.0)
+    assert len(plis()) == first + 1  # switched: no more requests
+
+
+def test_repeated_nacks_are_answered_once_per_interval_and_within_a_budget() -> None:
+    """A congested viewer re-NACKs the same packets; resending all of them would flood its link further."""
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream, history=1024)
+    down = viewer(track, wire)
+    down.start()
+    big = VP8_KEY + bytes(1100)
+    now = time.monotonic()
+    for seq in range(1, 201):
+        feed(track, seq, big if seq == 1 else VP8_DELTA + bytes(1100), ts=seq * 3000, now=now)
+    out = [parse_rtp(p).sequence_number for p in wire.rtp]
+    wire.rtp.clear()
+    down._budget._refilled -= 1.0  # a second has passed: the bucket is full
+    down.on_nack(out[:2])  # two 1.1 kB packets fit the floor's 250 ms burst (3,125 bytes)
+    down.on_nack(out[:2])  # the same packets again at once: not resent
+    assert len(wire.rtp) == 2
+    wire.rtp.clear()
+    down._budget._refilled -= 1.0
+    down.on_nack(out[3:200])  # 197 packets (~230 kB) at once: only the budget's worth goes out
+    # At most a 250 ms burst at 25% of what was sent in the last second (here never measured: the floor).
+    budget_bytes = RetransmissionBudget.FLOOR_BPS / 8 * 0.25
+    assert 0 < len(wire.rtp) <= budget_bytes / 1100 + 1

@@ -166,12 +166,10 @@ def test_media_id_checked_when_known():
         choose_layer(LayerRequest(media_id="0", rid="h"), LAYERS, media_id="1")
 
 
-@pytest.mark.parametrize(
-    "request_", [LayerRequest(temporal_layer_id=0), LayerRequest(rid="h", max_temporal_layer_id=1)]
-)
-def test_temporal_selection_rejected(request_):
-    with pytest.raises(LayerNotFound, match="temporal layer selection is not supported"):
-        choose_layer(request_, LAYERS)
+def test_temporal_constraints_leave_the_spatial_choice_alone():
+    """Temporal layers are applied by the caller (VP8/VP9 munger); only spatial fields pick the layer."""
+    assert choose_layer(LayerRequest(temporal_layer_id=0), LAYERS) is None  # spatial stays automatic
+    assert choose_layer(LayerRequest(rid="h", max_temporal_layer_id=1), LAYERS) is MID
 
 
 def test_no_layers():

@@ -54,7 +54,7 @@ def test_chromium_offer_prefers_its_first_codec_and_keeps_mid_extension() -> Non
     plan = negotiate_publish(offer)
     video = next(t for t in plan.tracks if t.kind == "video")
     assert video.codec.name == "VP8" and video.rtx_payload_type == 97
-    assert set(video.feedback) == {"nack", "nack pli", "ccm fir"}
+    assert set(video.feedback) == {"nack", "nack pli", "ccm fir", "transport-cc"}
     assert video.extensions[EXT_MID] == 9
     offer_h264 = parse_offer(fixture("chromium156-simulcast-h264.sdp"))
     video = next(t for t in negotiate_publish(offer_h264).tracks if t.kind == "video")

@@ -43,7 +43,7 @@ from litestar import Request
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 
-from gateway.http_resources import cors, problem, read_body, respond
+from gateway.http_responses import cors, preflight_response, problem, read_body, respond
 from whep.layer_request import LAYER_REL
 
 if TYPE_CHECKING:
@@ -313,9 +313,4 @@ def delete_event_stream(request: Request, events: ViewerEvents, stream_id: str) 
 def extension_options(request: Request, methods: str) -> ASGIResponse:
     """OPTIONS / CORS preflight for the extension URLs: e.g. methods "POST, OPTIONS" for {session}/sse and
     {session}/layer, "GET, DELETE, OPTIONS" for {session}/sse/{id}. (A browser POSTing application/json preflights.)"""
-    headers = [
-        ("Access-Control-Allow-Methods", methods),
-        ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
-        ("Access-Control-Max-Age", "86400"),
-    ]
-    return respond(_config(request), 204, headers=headers)
+    return preflight_response(_config(request), methods)

@@ -167,18 +167,23 @@ def choose_layer(
     reports it as `target` in the layers event until it becomes active.
 
     `media_id` is the m-line index of the video these layers belong to; a request naming another m-line is
-    rejected. Raises LayerNotFound (a ValueError) for unknown rid/spatial layer/m-line, temporal constraints
-    (not offered) or an empty layer list.
+    rejected. Temporal constraints (temporalLayerId, maxTemporalLayerId) do not affect the spatial choice: the
+    caller applies them to VP8/VP9 temporal layers. Raises LayerNotFound (a ValueError) for unknown rid/spatial
+    layer/m-line or an empty layer list.
     """
     if request.is_automatic:
         return None
     if media_id is not None and request.media_id is not None and request.media_id != media_id:
         raise LayerNotFound(f"mediaId {request.media_id!r} is not a video m-line with layers (use {media_id!r})")
-    if request.temporal_layer_id is not None or request.max_temporal_layer_id is not None:
-        raise LayerNotFound(
-            "temporal layer selection is not supported: every temporal layer is forwarded and the layers event "
-            "lists no temporalLayerId"
-        )
+    spatial = (
+        request.rid,
+        request.spatial_layer_id,
+        request.max_width,
+        request.max_height,
+        request.max_spatial_layer_id,
+    )
+    if all(value is None for value in spatial):
+        return None  # only a temporal constraint: the spatial layer stays the server's choice
     if not layers:
         raise LayerNotFound("the stream has no video layers to choose from")
     if request.rid is not None:

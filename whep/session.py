@@ -24,7 +24,10 @@ from gateway.rtcp import (
 )
 from gateway.sdp import Offer
 from gateway.sfu.down_track import DownTrack
+from gateway.sfu.published_track import PublishedTrack
 from gateway.sfu.stream import Stream
+from whep.events import ViewerEvents, extension_links
+from whep.layer_request import LayerRequest, layers_event
 from whep.offer_answer import negotiate_play
 
 if TYPE_CHECKING:
@@ -59,10 +62,48 @@ class ViewerSession(PeerSession):
             self._by_ssrc[down.ssrc] = down
             if down.rtx_ssrc is not None:
                 self._by_ssrc[down.rtx_ssrc] = down
+        # WHEP extensions (draft-ietf-wish-whep-02 §4.9): server-sent events and layer selection.
+        self.events = ViewerEvents()
+        self.video = next((d for d in self.down_tracks if d.kind == "video"), None)
+        self._video_mline = next((str(m.index) for m in offer.media if m.kind == "video"), "0")
+        if self.video is not None:
+            self.video.on_switch = lambda down: self.publish_layers()
+            self.video.source.on_layers_changed.append(self._layers_changed)
+        self.events.publish("active", {})
+
+    def extension_links(self) -> list[tuple[str, str]]:
+        return extension_links(self.location)
 
     def on_connected(self) -> None:
         for down in self.down_tracks:
             down.start()
+        self.publish_layers()
+
+    # ---- layers and events -------------------------------------------------------------------------
+    def _layers_changed(self, track: PublishedTrack) -> None:
+        self.publish_layers()
+
+    def publish_layers(self) -> None:
+        """The `layers` event (§4.9.1.3): the stream's layers and which one this viewer receives and why."""
+        down = self.video
+        if down is None or self.ended:
+            return
+        current = down.current.as_info() if down.current is not None else None
+        target = down.target.as_info() if down.target is not None else None
+        pinned = down.pinned is not None and not down.pinned.is_automatic
+        infos = [layer.as_info() for layer in down.source.layers]
+        self.events.publish("layers", layers_event(infos, current, target, pinned, down.reason, media_id=self._video_mline))
+
+    def pin(self, request: LayerRequest) -> None:
+        """§4.9.2 layer selection; ValueError (LayerNotFound) when the request names no layer of this stream."""
+        if self.video is None:
+            raise ValueError("this session receives no video")
+        temporal = request.temporal_layer_id is not None or request.max_temporal_layer_id is not None
+        if temporal and self.video.codec_munger is None:
+            raise ValueError(f"temporal layer selection needs VP8 or VP9; this stream sends {self.video.source.codec.name}")
+        self.video.source.pinned_layer(request)  # validates: raises for an unknown rid / spatial layer
+        self.video.pin(request)
+        self.publish_layers()
 
     def on_rtp(self, data: bytes, arrival_ms: int) -> None:
         metrics.count_drop("rtp_from_viewer")  # viewers answer recvonly; nothing to forward
@@ -97,6 +138,10 @@ class ViewerSession(PeerSession):
     async def close(self, reason: str) -> None:
         for down in self.down_tracks:
             down.stop()
+        if self.video is not None and self._layers_changed in self.video.source.on_layers_changed:
+            self.video.source.on_layers_changed.remove(self._layers_changed)
+        self.events.publish("inactive", {})
+        self.events.close()
         await super().close(reason)
 
     def info(self) -> dict:

@@ -14,6 +14,9 @@ from gateway.sdp import (
     AUDIO_CODECS,
     EXT_AUDIO_LEVEL,
     EXT_MID,
+    EXT_REPAIRED_RID,
+    EXT_RID,
+    EXT_TRANSPORT_CC,
     EXT_VIDEO_ORIENTATION,
     VIDEO_CODECS,
     AnsweredMedia,
@@ -26,9 +29,11 @@ from gateway.sdp import (
     require_one_track_per_kind,
 )
 
-PUBLISH_EXTENSIONS = (EXT_MID, EXT_AUDIO_LEVEL, EXT_VIDEO_ORIENTATION)
-VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir")
-AUDIO_FEEDBACK = ("nack",)
+# transport-wide-cc: we send TWCC feedback (simulcast/twcc.py) so the publisher's congestion control ramps up;
+# Chrome and OBS enable their top simulcast layer only with such feedback.
+PUBLISH_EXTENSIONS = (EXT_MID, EXT_RID, EXT_REPAIRED_RID, EXT_AUDIO_LEVEL, EXT_VIDEO_ORIENTATION, EXT_TRANSPORT_CC)
+VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "transport-cc")
+AUDIO_FEEDBACK = ("nack", "transport-cc")
 
 
 @dataclass
@@ -41,6 +46,7 @@ class PublishedTrackPlan:
     feedback: list[str]
     ssrc: Optional[int]
     rtx_ssrc: Optional[int]
+    rids: Optional[list[str]] = None  # simulcast layers (RFC 8853), None for a plain track
 
 
 @dataclass
@@ -74,6 +80,29 @@ def _offered_ssrcs(media: OfferedMedia) -> tuple[Optional[int], Optional[int]]:
     return (media.ssrcs[0] if media.ssrcs else None), None
 
 
+def simulcast_rids(media: OfferedMedia) -> Optional[list[str]]:
+    """The rids a simulcast offer sends (RFC 8853 §5.1: a=simulcast:send, first alternative of each stream)."""
+    if media.kind != "video" or not media.simulcast:
+        return None
+    words = media.simulcast.split()
+    if len(words) < 2 or words[0] != "send":
+        return None
+    declared = {rid for rid, direction in media.rids if direction == "send"}
+    rids = []
+    for stream in words[1].split(";"):
+        rid = stream.split(",")[0].lstrip("~")
+        if rid not in declared:
+            raise OfferRejected(f"a=simulcast names rid {rid!r} that has no a=rid:{rid} send line (RFC 8853 §5.1)")
+        if rid not in rids:
+            rids.append(rid)
+    return rids or None
+
+
+def simulcast_answer_lines(rids: list[str]) -> list[str]:
+    """RFC 8853 §5.3: the answerer receives every offered layer (OBS aborts if any is refused)."""
+    return [f"a=rid:{rid} recv" for rid in rids] + ["a=simulcast:recv " + ";".join(rids)]
+
+
 def negotiate_publish(offer: Offer) -> PublishPlan:
     require_bundle(offer)
     require_one_track_per_kind(offer)
@@ -103,15 +132,21 @@ def negotiate_publish(offer: Offer) -> PublishPlan:
         if rtx is not None:
             answered.append(Codec(rtx.payload_type, "RTX", rtx.clock_rate, None, {"apt": str(codec.payload_type)}, []))
         extensions = {uri: media.extensions[uri] for uri in PUBLISH_EXTENSIONS if uri in media.extensions}
+        rids = simulcast_rids(media)
+        if rids and EXT_RID not in extensions and not media.ssrcs:
+            raise OfferRejected(
+                f"simulcast in media section {media.mid} needs the rtp-stream-id header extension (RFC 8852) to tell layers apart"
+            )
         answer.append(
             AnsweredMedia(
                 media,
                 "recvonly",
                 codecs=answered,
                 extensions=sorted((i, uri) for uri, i in extensions.items()),
+                extra_lines=simulcast_answer_lines(rids) if rids else [],
             )
         )
-        ssrc, rtx_ssrc = _offered_ssrcs(media)
+        ssrc, rtx_ssrc = _offered_ssrcs(media) if not rids else (None, None)
         tracks.append(
             PublishedTrackPlan(
                 kind=media.kind,
@@ -122,6 +157,7 @@ def negotiate_publish(offer: Offer) -> PublishPlan:
                 feedback=feedback,
                 ssrc=ssrc,
                 rtx_ssrc=rtx_ssrc if rtx is not None else None,
+                rids=rids,
             )
         )
     if not tracks:

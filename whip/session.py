@@ -1,8 +1,9 @@
 """A WHIP publisher session: demultiplexes the publisher's RTP into its PublishedTracks.
 
 Packet path (ingest half): aioice socket -> RTCDtlsTransport (SRTP unprotect) -> PublisherSession.on_rtp
--> route by SSRC (learned from the offer or by payload type) -> RTX unwrapped (RFC 4588 §4) ->
-PublishedTrack.on_packet -> DownTrack.forward for every viewer (see gateway/sfu/).
+-> route by SSRC to (track, layer); an SSRC seen for the first time is placed by its mid / rid / repaired-rid
+header extensions (RFC 8843 §9.2, RFC 8852) or, for a plain track, its payload type -> RTX unwrapped
+(RFC 4588 §4) -> PublishedTrack.on_packet -> DownTrack.forward for the layer's viewers (see gateway/sfu/).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from gateway.config import Config
 from gateway.peer_session import PeerSession
 from gateway.rtcp import Bye, RtcpError, SenderReport, build_receiver_report, build_sdes_cname, parse_compound
 from gateway.rtp import RtpError, RtpPacket, parse_rtp
-from gateway.sdp import Offer
-from gateway.sfu.published_track import NACK_RETRY_INTERVAL, PublishedTrack
+from gateway.sdp import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, Offer
+from gateway.sfu.published_track import PublishedTrack
+from simulcast.layer import Layer
+from simulcast.twcc import TwccRecorder
 from whip.offer_answer import PublishPlan
+
+Route = tuple[PublishedTrack, Layer, bool]  # track, layer, is RTX
 
 if TYPE_CHECKING:
     from gateway.sessions import SessionManager
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVER_REPORT_INTERVAL = 1.0
+FEEDBACK_INTERVAL = 0.05  # TWCC feedback, NACK retries, layer liveness
 
 
 class PublisherSession(PeerSession):
@@ -39,8 +45,8 @@ class PublisherSession(PeerSession):
         self.local_ssrc = random.getrandbits(32) or 1
         self.cname = f"whipgate-{self.id[:8]}"
         self.tracks: dict[str, PublishedTrack] = {}
-        self._by_ssrc: dict[int, tuple[PublishedTrack, bool]] = {}
-        self._by_payload_type: dict[int, tuple[PublishedTrack, bool]] = {}
+        self._by_ssrc: dict[int, Route] = {}
+        self._by_payload_type: dict[int, PublishedTrack] = {}
         for t in plan.tracks:
             track = PublishedTrack(
                 kind=t.kind,
@@ -49,21 +55,30 @@ class PublisherSession(PeerSession):
                 rtx_payload_type=t.rtx_payload_type,
                 extensions=t.extensions,
                 feedback=t.feedback,
+                rids=t.rids,
                 history_size=config.rtc.packet_history,
                 keyframe_interval=config.rtc.keyframe_request_interval,
                 local_ssrc=self.local_ssrc,
                 send_rtcp=self.transport.send_rtcp,
             )
             self.tracks[t.mid] = track
-            self._by_payload_type[t.codec.payload_type] = (track, False)
+            self._by_payload_type[t.codec.payload_type] = track
             if t.rtx_payload_type is not None:
-                self._by_payload_type[t.rtx_payload_type] = (track, True)
-            if t.ssrc is not None:
-                track.ssrc = t.ssrc
-                self._by_ssrc[t.ssrc] = (track, False)
-            if t.rtx_ssrc is not None:
-                track.rtx_ssrc = t.rtx_ssrc
-                self._by_ssrc[t.rtx_ssrc] = (track, True)
+                self._by_payload_type[t.rtx_payload_type] = track
+            layer = track.layers[0]
+            if t.ssrc is not None and not track.simulcast:
+                layer.ssrc = t.ssrc
+                self._by_ssrc[t.ssrc] = (track, layer, False)
+            if t.rtx_ssrc is not None and not track.simulcast:
+                layer.rtx_ssrc = t.rtx_ssrc
+                self._by_ssrc[t.rtx_ssrc] = (track, layer, True)
+        # Extension ids are negotiated per m= section but BUNDLE peers use one id per URI (RFC 8843 §9.2).
+        self._mid_ids = {t.extensions[EXT_MID] for t in self.tracks.values() if EXT_MID in t.extensions}
+        # Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01): one sequence
+        # space for the whole transport, fed back to the publisher's own estimator.
+        twcc_ids = {t.extensions[EXT_TRANSPORT_CC] for t in self.tracks.values() if EXT_TRANSPORT_CC in t.extensions}
+        self._twcc_id = next(iter(twcc_ids)) if twcc_ids else None
+        self._twcc = TwccRecorder() if self._twcc_id is not None else None
         self._rtcp_task: Optional[asyncio.Task[None]] = None
 
     # ---- RTP in ------------------------------------------------------------------------------------
@@ -73,35 +88,56 @@ class PublisherSession(PeerSession):
         except RtpError:
             metrics.count_drop("rtp_malformed")
             return
+        if self._twcc is not None:
+            seq = packet.extensions.get(self._twcc_id)
+            if seq is not None and len(seq) >= 2:
+                self._twcc.record((seq[0] << 8) | seq[1], time.monotonic_ns() // 1000)
         route = self._by_ssrc.get(packet.ssrc)
         if route is None:
             route = self._learn_ssrc(packet)
             if route is None:
-                metrics.count_drop("rtp_unknown_stream")
                 return
-        track, is_rtx = route
+        track, layer, is_rtx = route
         if is_rtx:
-            packet = self._unwrap_rtx(packet, track)
+            packet = self._unwrap_rtx(packet, track, layer)
             if packet is None:
                 return
-        track.on_packet(packet, time.monotonic())
+        track.on_packet(layer, packet, time.monotonic())
 
-    def _learn_ssrc(self, packet: RtpPacket) -> Optional[tuple[PublishedTrack, bool]]:
-        """An SSRC the offer did not list: its payload type tells the track (unique per BUNDLE, RFC 8843 §9.2)."""
-        route = self._by_payload_type.get(packet.payload_type)
-        if route is None:
+    def _learn_ssrc(self, packet: RtpPacket) -> Optional[Route]:
+        """Place an SSRC seen for the first time: mid then rid/repaired-rid extensions, else the payload type."""
+        track: Optional[PublishedTrack] = None
+        for mid_id in self._mid_ids:
+            mid = packet.extensions.get(mid_id)
+            if mid is not None:
+                track = self.tracks.get(mid.decode(errors="replace"))
+                break
+        if track is None:
+            track = self._by_payload_type.get(packet.payload_type)
+        if track is None:
+            metrics.count_drop("rtp_unknown_stream")
             return None
-        track, is_rtx = route
-        if is_rtx:
-            track.rtx_ssrc = packet.ssrc
+        is_rtx = packet.payload_type == track.rtx_payload_type
+        if track.simulcast:
+            ext_id = track.extensions.get(EXT_REPAIRED_RID if is_rtx else EXT_RID)
+            rid = packet.extensions.get(ext_id) if ext_id is not None else None
+            layer = track.by_rid.get(rid.decode(errors="replace")) if rid is not None else None
+            if layer is None:
+                metrics.count_drop("rtp_unknown_layer")  # no (known) rid yet: the next packets will carry it
+                return None
         else:
-            track.ssrc = packet.ssrc
+            layer = track.layers[0]
+        if is_rtx:
+            layer.rtx_ssrc = packet.ssrc
+        else:
+            layer.ssrc = packet.ssrc
+        route = (track, layer, is_rtx)
         self._by_ssrc[packet.ssrc] = route
         return route
 
-    def _unwrap_rtx(self, packet: RtpPacket, track: PublishedTrack) -> Optional[RtpPacket]:
+    def _unwrap_rtx(self, packet: RtpPacket, track: PublishedTrack, layer: Layer) -> Optional[RtpPacket]:
         """RFC 4588 §4: the payload starts with the original sequence number (OSN)."""
-        if packet.payload_size < 2 or track.ssrc is None:
+        if packet.payload_size < 2 or layer.ssrc is None:
             metrics.count_drop("rtx_padding" if packet.payload_size < 2 else "rtx_before_media")
             return None
         data = packet.data
@@ -112,14 +148,14 @@ class PublisherSession(PeerSession):
         rebuilt[0] &= 0xDF  # padding was stripped
         rebuilt[1] = (rebuilt[1] & 0x80) | track.payload_type
         rebuilt[2:4] = osn.to_bytes(2, "big")
-        rebuilt[8:12] = track.ssrc.to_bytes(4, "big")
+        rebuilt[8:12] = layer.ssrc.to_bytes(4, "big")
         return RtpPacket(
             bytes(rebuilt),
             packet.marker,
             track.payload_type,
             osn,
             packet.timestamp,
-            track.ssrc,
+            layer.ssrc,
             packet.extensions,
             start,
             len(rebuilt),
@@ -136,25 +172,32 @@ class PublisherSession(PeerSession):
         for packet in packets:
             if isinstance(packet, SenderReport):
                 route = self._by_ssrc.get(packet.ssrc)
-                if route is not None and not route[1]:
-                    route[0].on_sender_report(packet.ntp_timestamp, packet.rtp_timestamp, now)
+                if route is not None and not route[2]:
+                    route[0].on_sender_report(route[1], packet.ntp_timestamp, packet.rtp_timestamp, now)
             elif isinstance(packet, Bye):
                 log.info("publisher %s of %s sent RTCP BYE", self.id, self.stream_name)
 
     def on_connected(self) -> None:
         self._rtcp_task = asyncio.create_task(self._rtcp_loop())
         for track in self.tracks.values():
-            if track.down_tracks:
-                track.request_keyframe()
+            for down in track.down_tracks:
+                if down.target is not None:
+                    down.target.request_keyframe()
 
     async def _rtcp_loop(self) -> None:
-        """NACK retries every 100 ms and receiver reports every second (RFC 3550 §6.2 allows 5% of rate)."""
+        """Every 50 ms: TWCC feedback, NACK retries, layer liveness; every second receiver reports (RFC 3550 §6.2)."""
         next_report = time.monotonic() + RECEIVER_REPORT_INTERVAL
         while not self.ended:
-            await asyncio.sleep(NACK_RETRY_INTERVAL)
+            await asyncio.sleep(FEEDBACK_INTERVAL)
             now = time.monotonic()
+            if self._twcc is not None and self._twcc.pending:
+                media_ssrc = next((l.ssrc for t in self.tracks.values() for l in t.layers if l.ssrc), 0)
+                for feedback in self._twcc.build_feedback(self.local_ssrc, media_ssrc):
+                    self.transport.send_rtcp(feedback)
             for track in self.tracks.values():
-                track.retry_nacks(now)
+                for layer in track.layers:
+                    layer.retry_nacks(now)
+                track.refresh(now)
             if now >= next_report:
                 next_report = now + RECEIVER_REPORT_INTERVAL
                 self._send_receiver_reports()
@@ -162,7 +205,10 @@ class PublisherSession(PeerSession):
     def _send_receiver_reports(self) -> None:
         now = time.monotonic()  # the clock SR arrivals were stamped with, for DLSR
         blocks = [
-            t.stats.report_block(t.ssrc, now) for t in self.tracks.values() if t.ssrc is not None and t.stats.started
+            layer.stats.report_block(layer.ssrc, now)
+            for track in self.tracks.values()
+            for layer in track.layers
+            if layer.ssrc is not None and layer.stats.started
         ]
         if blocks:
             self.transport.send_rtcp(build_receiver_report(self.local_ssrc, blocks) + build_sdes_cname(self.local_ssrc, self.cname))

@@ -1,127 +1,272 @@
-"""One published track as one viewer receives it.
+"""One published track as one viewer receives it: exactly one layer, as one continuous RTP stream.
 
-Per packet (synchronous, no coroutine): pack this viewer's sequence number, timestamp and SSRC in front of the
-profile's shared header tail and payload, protect, send. Sequence numbers and timestamps are the publisher's plus per-viewer offsets,
-so gaps stay gaps and the viewer's NACKs map back to the original packets. Video starts at a keyframe.
+Per packet (synchronous, no coroutine): the RtpMunger maps the layer's sequence number and timestamp into
+this viewer's continuous space, the VP8/VP9 munger keeps picture ids continuous across switches, the bytes are
+packed in front of the profile's shared header tail, protected and sent. A switch to another layer happens only
+at a keyframe of the target layer (RFC 8853 §1 leaves this to the SFU; a decoder cannot start elsewhere).
 """
 
 from __future__ import annotations
 
-import random
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from gateway import metrics
 from gateway.rtcp import build_sdes_cname, build_sender_report
 from gateway.rtp import RtpPacket
 from gateway.sfu.egress import EgressProfile, Template, assemble
+from simulcast import vp8, vp9
+from simulcast.rtp_munger import RtpMunger
 
 if TYPE_CHECKING:
     from gateway.sfu.published_track import PublishedTrack
+    from simulcast.layer import Layer
+    from whep.layer_request import LayerRequest
+
+
+class RetransmissionBudget:
+    """What a viewer's NACKs may cost. On a congested link the viewer NACKs the same packets again and again;
+    answering all of them floods the link further (measured: 28,000 resends in 6 s at 150 kbit/s). So each
+    packet is resent at most once per MIN_INTERVAL, and resends spend at most SHARE of what the viewer was sent
+    over the last second (never less than FLOOR_BPS), with a 250 ms burst."""
+
+    MIN_INTERVAL = 0.1
+    SHARE = 0.25
+    FLOOR_BPS = 100_000
+    SLOTS = 1024
+
+    __slots__ = ("_seq", "_time", "_tokens", "_refilled", "_window_start", "_window_octets", "_rate_bps")
+
+    def __init__(self) -> None:
+        self._seq = [-1] * self.SLOTS
+        self._time = [0.0] * self.SLOTS
+        self._tokens = self.FLOOR_BPS / 8 * 0.25  # start with a full burst
+        self._refilled = time.monotonic()
+        self._window_start = self._refilled
+        self._window_octets = 0
+        self._rate_bps = 0.0
+
+    def allow(self, out_seq: int, size: int, octets_sent: int, now: float) -> bool:
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:
+            self._rate_bps = (octets_sent - self._window_octets) * 8 / elapsed
+            self._window_start, self._window_octets = now, octets_sent
+        slot = out_seq & (self.SLOTS - 1)
+        if self._seq[slot] == out_seq and now - self._time[slot] < self.MIN_INTERVAL:
+            return False
+        byte_rate = max(self.FLOOR_BPS, self.SHARE * self._rate_bps) / 8
+        self._tokens = min(self._tokens + byte_rate * (now - self._refilled), byte_rate * 0.25)
+        self._refilled = now
+        if self._tokens < size:
+            return False
+        self._tokens -= size
+        self._seq[slot] = out_seq
+        self._time[slot] = now
+        return True
 
 
 class DownTrack:
-    __slots__ = (
-        "source",
-        "profile",
-        "ssrc",
-        "rtx_ssrc",
-        "cname",
-        "_send_rtp",
-        "_send_rtcp",
-        "seq_offset",
-        "ts_offset",
-        "active",
-        "waiting_keyframe",
-        "packets_sent",
-        "octets_sent",
-        "retransmissions",
-        "_rtx_seq",
-        "fraction_lost",
-        "jitter",
-        "keyframe_requests",
-    )
-
     def __init__(
         self,
         source: "PublishedTrack",
         profile: EgressProfile,
         *,
         ssrc: int,
-        rtx_ssrc: int | None,
+        rtx_ssrc: Optional[int],
         cname: str,
         send_rtp: Callable[[bytes], int],
         send_rtcp: Callable[[bytes], int],
     ) -> None:
         self.source = source
+        self.kind = source.kind
         self.profile = source.profile(profile)
         self.ssrc = ssrc
         self.rtx_ssrc = rtx_ssrc
         self.cname = cname
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
-        self.seq_offset = random.getrandbits(16)
-        self.ts_offset = random.getrandbits(32)
+        self.munger = RtpMunger(source.codec.clock_rate)
+        codec_mungers = {"vp8": vp8.Vp8Munger, "vp9": vp9.Vp9Munger}
+        self.codec_munger = codec_mungers[source.codec_key]() if source.codec_key in codec_mungers else None
+        self.current: Optional["Layer"] = None  # the layer being forwarded
+        self.target: Optional["Layer"] = None  # the layer wanted; forwarded from its next keyframe
+        self.pinned: Optional["LayerRequest"] = None  # WHEP layer extension: a viewer's own choice
+        self.reason = "automatic"
         self.active = False
-        self.waiting_keyframe = source.kind == "video"
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
-        self._rtx_seq = random.getrandbits(16)
+        self._budget = RetransmissionBudget()
+        self.switches = 0
+        self._rtx_seq = 0
         self.fraction_lost = 0
         self.jitter = 0
         self.keyframe_requests = 0
+        self.on_switch: Optional[Callable[["DownTrack"], None]] = None
 
+    # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """The viewer's transport is up: join the fan-out and start video at a keyframe."""
+        """The viewer's transport is up: join, pick a layer, start it from a held keyframe or ask for one."""
         self.active = True
         self.source.attach(self)
-        if self.waiting_keyframe and not self.source.replay_from_keyframe(self):
-            self.source.request_keyframe()
+        self.retarget(request_keyframe=False)
+        target = self.target
+        if target is None:
+            return
+        run = target.keyframe_run() if self.kind == "video" else None
+        if run:
+            parse = self.source.parse_descriptor
+            for i, packet in enumerate(run):
+                payload = packet.data[packet.payload_offset : packet.payload_end]
+                descriptor = parse(payload) if parse else None
+                self.forward(self.profile.build(packet), packet, target, i == 0, descriptor, payload)
+        elif self.kind == "video":
+            target.request_keyframe()
 
     def stop(self) -> None:
         self.active = False
         self.source.detach(self)
 
+    # ---- choosing the layer ------------------------------------------------------------------------
+    def choose(self) -> Optional["Layer"]:
+        if self.pinned is not None and not self.pinned.is_automatic:
+            try:
+                layer = self.source.pinned_layer(self.pinned)
+            except ValueError:  # the pinned layer is gone from the stream: back to automatic
+                layer = None
+            if layer is not None:
+                self.reason = "pinned by the viewer"
+                return layer
+        self.reason = "highest active layer"
+        return self.source.best_layer()
+
+    def retarget(self, request_keyframe: bool = True) -> None:
+        new = self.choose()
+        old = self.target
+        if new is old:
+            return
+        self.target = new
+        if new is not None:
+            new.subscribe(self)
+            if new is not self.current:
+                self.source.switching.add(self)
+                if request_keyframe:
+                    new.request_keyframe()
+            else:
+                self.source.switching.discard(self)
+        if old is not None and old is not self.current and old is not new:
+            old.unsubscribe(self)
+
+    def pin(self, request: Optional["LayerRequest"]) -> None:
+        self.pinned = request
+        if self.codec_munger is not None:
+            temporal = None
+            if request is not None:
+                temporal = request.temporal_layer_id if request.temporal_layer_id is not None else request.max_temporal_layer_id
+            # Fewer temporal layers: a lower frame rate at the same resolution (RFC 7741 §4.2 TID / Y).
+            self.codec_munger.target_temporal = temporal if temporal is not None else type(self.codec_munger)().target_temporal
+        self.retarget()
+
+    @property
+    def temporal_layer(self) -> Optional[int]:
+        return self.codec_munger.temporal if self.codec_munger is not None else None
+
     # ---- the forwarding path -----------------------------------------------------------------------
-    def forward(self, template: Template, packet: RtpPacket, keyframe: bool) -> int:
-        if self.waiting_keyframe:
-            if not keyframe:
+    def forward(
+        self,
+        template: Template,
+        packet: RtpPacket,
+        layer: "Layer",
+        keyframe: bool,
+        descriptor: object = None,
+        payload: Optional[bytes] = None,
+    ) -> int:
+        """Send one packet of `layer` to this viewer if it is the layer it receives; 1 if sent, else 0.
+
+        `descriptor` and `payload` (VP8/VP9 only) are parsed once per incoming packet by the track."""
+        if layer is not self.current:
+            if layer is not self.target or (self.kind == "video" and not keyframe):
                 return 0
-            self.waiting_keyframe = False
-        data = assemble(
-            template,
-            (packet.sequence_number + self.seq_offset) & 0xFFFF,
-            (packet.timestamp + self.ts_offset) & 0xFFFFFFFF,
-            self.ssrc,
-        )
-        if not self._send_rtp(data):
+            self._switch(layer, packet, descriptor)
+        if descriptor is not None and self.codec_munger is not None:
+            template = self._rewrite_payload(template, payload, descriptor)  # type: ignore[assignment]
+            if template is None:  # a picture this viewer does not get (older than a switch, temporal layer)
+                self.munger.drop(packet.sequence_number)
+                return 0
+        mapped = self.munger.map(packet.sequence_number, packet.timestamp)
+        if mapped is None:
+            return 0
+        out_seq, out_ts = mapped
+        if not self._send_rtp(assemble(template, out_seq, out_ts, self.ssrc)):
             return 0
         self.packets_sent += 1
         self.octets_sent += packet.payload_end - packet.payload_offset
         return 1
 
+    def _rewrite_payload(self, template: Template, payload: bytes, descriptor: object) -> Optional[Template]:
+        """Picture ids, TL0PICIDX, KEYIDX continued for this viewer; the shared template when nothing changes."""
+        rewritten = self.codec_munger.rewrite(payload, descriptor)  # type: ignore[union-attr]
+        if rewritten is None:
+            return None
+        if rewritten is payload:  # the munger returns its input untouched when no field changes
+            return template
+        tail = template[1]
+        return template[0], tail[: len(tail) - len(payload)] + bytes(rewritten)
+
+    def _switch(self, layer: "Layer", packet: RtpPacket, descriptor: object = None) -> None:
+        old = self.current
+        self.current = layer
+        self.source.switching.discard(self)
+        self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), layer.offer_index)
+        if self.codec_munger is not None and descriptor is not None:
+            self.codec_munger.switch_to(descriptor, layer.offer_index)
+        if old is not None:
+            self.switches += 1
+            if old is not self.target:
+                old.unsubscribe(self)
+        if self.on_switch is not None:
+            self.on_switch(self)
+
     # ---- viewer feedback ---------------------------------------------------------------------------
     def on_nack(self, lost: list[int]) -> None:
         """Resend what the viewer lost: on RTX when negotiated (RFC 4588 §4), else the packet again."""
+        layers = self.source.layers
+        now = time.monotonic()
         for out_seq in lost:
-            packet = self.source.packet((out_seq - self.seq_offset) & 0xFFFF)
+            origin = self.munger.unmap(out_seq)
+            packet = layers[origin.layer].packet(origin.seq) if origin is not None else None
             if packet is None:
                 metrics.count_drop("nack_not_in_history")
                 continue
-            out_ts = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
+            if not self._budget.allow(out_seq, len(packet.data), self.octets_sent, now):
+                metrics.count_drop("nack_over_budget")
+                continue
+            out_ts = (packet.timestamp + origin.ts_offset) & 0xFFFFFFFF
+            template = self.profile.build(packet)
+            parse = self.source.parse_descriptor
+            if parse is not None and self.codec_munger is not None:
+                payload = packet.data[packet.payload_offset : packet.payload_end]
+                descriptor = parse(payload)
+                rewritten = self._rewrite_payload(template, payload, descriptor) if descriptor is not None else None
+                if rewritten is None:
+                    metrics.count_drop("nack_not_in_history")
+                    continue
+                template = rewritten
             if self.profile.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-                data = assemble(self.profile.build_rtx(packet, out_seq), self._rtx_seq, out_ts, self.rtx_ssrc)
+                rtx = self.profile.as_rtx(template, packet.payload_end - packet.payload_offset, out_seq)
+                data = assemble(rtx, self._rtx_seq, out_ts, self.rtx_ssrc)
             else:
-                data = assemble(self.profile.build(packet), out_seq, out_ts, self.ssrc)
+                data = assemble(template, out_seq, out_ts, self.ssrc)
             if self._send_rtp(data):
                 self.retransmissions += 1
                 metrics.RETRANSMISSIONS.inc()
 
     def on_keyframe_request(self) -> None:
         self.keyframe_requests += 1
-        self.source.request_keyframe()
+        layer = self.target or self.current
+        if layer is not None:
+            layer.request_keyframe()
 
     def on_receiver_report(self, fraction_lost: int, jitter: int) -> None:
         self.fraction_lost = fraction_lost
@@ -135,7 +280,7 @@ class DownTrack:
             build_sender_report(
                 self.ssrc,
                 ntp_timestamp,
-                (rtp_timestamp + self.ts_offset) & 0xFFFFFFFF,
+                (rtp_timestamp + self.munger.ts_offset) & 0xFFFFFFFF,
                 self.packets_sent & 0xFFFFFFFF,
                 self.octets_sent & 0xFFFFFFFF,
             )
@@ -144,14 +289,17 @@ class DownTrack:
 
     def stats(self) -> dict:
         return {
-            "kind": self.source.kind,
+            "kind": self.kind,
             "codec": self.source.codec.name,
             "ssrc": self.ssrc,
+            "layer": self.current.rid if self.current is not None else None,
+            "target_layer": self.target.rid if self.target is not None else None,
+            "reason": self.reason,
+            "switches": self.switches,
+            "temporal_layer": self.temporal_layer,
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmissions": self.retransmissions,
             "fraction_lost": self.fraction_lost,
             "jitter": self.jitter,
-            "waiting_keyframe": self.waiting_keyframe,
-            "at": time.time(),
         }

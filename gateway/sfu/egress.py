@@ -51,9 +51,10 @@ class EgressProfile:
         header = build_header(packet.marker, self.payload_type, 0, 0, 0, self.extensions(packet))
         return (header[0] << 8) | header[1], bytes(header[12:]) + packet.data[packet.payload_offset : packet.payload_end]
 
-    def build_rtx(self, packet: RtpPacket, original_seq: int) -> Template:
-        """RFC 4588 §4: an RTX packet's payload is the original sequence number, then the original payload."""
+    def as_rtx(self, template: Template, payload_size: int, original_seq: int) -> Template:
+        """RFC 4588 §4: the RTX form of a template: RTX payload type, then the original sequence number and payload."""
         assert self.rtx_payload_type is not None
-        header = build_header(packet.marker, self.rtx_payload_type, 0, 0, 0, self.extensions(packet))
-        payload = packet.data[packet.payload_offset : packet.payload_end]
-        return (header[0] << 8) | header[1], bytes(header[12:]) + original_seq.to_bytes(2, "big") + payload
+        first, tail = template
+        split = len(tail) - payload_size
+        first = (first & 0xFF80) | self.rtx_payload_type
+        return first, tail[:split] + original_seq.to_bytes(2, "big") + tail[split:]

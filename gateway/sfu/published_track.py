@@ -1,36 +1,29 @@
-"""The receive side of one published track (one audio or video m= section of a WHIP session).
+"""One published track (one audio or video m= section of a WHIP session) and its fan-out.
 
-Owns: the packet history that answers viewers' NACKs, receive statistics for our receiver reports, loss
-detection and NACKs upstream, rate-limited keyframe requests upstream, keyframe tracking so a new viewer can
-start at once, and the synchronous fan-out of every packet to the track's DownTracks.
+A track has one Layer per encoding: one for a plain track, one per rid for simulcast (RFC 8853). Each packet
+is accounted by its layer (simulcast/layer.py), then handed synchronously to the DownTracks subscribed to that
+layer: each viewer receives exactly one layer, switching at keyframes (gateway/sfu/down_track.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from gateway import metrics
-from gateway.rtcp import build_fir, build_generic_nack, build_pli
-from gateway.rtp import RtpPacket, seq_newer
+from gateway.rtp import RtpPacket
 from gateway.sfu.egress import EgressProfile, Template
-from gateway.sfu.receive_stats import ReceiveStats
-from simulcast.keyframe import is_keyframe_start
+from simulcast import vp8, vp9
+from simulcast.layer import Layer
+from whep.layer_request import LayerRequest, choose_layer
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     from gateway.sdp import Codec
     from gateway.sfu.down_track import DownTrack
 
 log = logging.getLogger(__name__)
-
-NACK_MAX_GAP = 256  # a larger jump is a stream restart, not loss
-NACK_MAX_TRIES = 3
-NACK_RETRY_INTERVAL = 0.1
-REPLAY_MAX_PACKETS = 400  # longest keyframe-to-now run replayed to a joining viewer
-# Replay only a recent keyframe: older pictures would arrive as a burst behind live audio; asking the
-# publisher for a fresh keyframe (one PLI round trip) is then the faster way to a live picture.
-REPLAY_MAX_AGE = 1.0
 
 
 class PublishedTrack:
@@ -43,10 +36,11 @@ class PublishedTrack:
         rtx_payload_type: Optional[int],
         extensions: dict[str, int],
         feedback: list[str],
+        rids: Optional[list[str]],
         history_size: int,
         keyframe_interval: float,
         local_ssrc: int,
-        send_rtcp: Callable[[bytes], int],
+        send_rtcp: "Callable[[bytes], int]",
     ) -> None:
         self.kind = kind
         self.mid = mid
@@ -55,28 +49,115 @@ class PublishedTrack:
         self.payload_type = codec.payload_type
         self.rtx_payload_type = rtx_payload_type
         self.extensions = extensions  # publisher's uri -> id
-        self.nack_enabled = "nack" in feedback
-        self.pli_enabled = "nack pli" in feedback
-        self.fir_enabled = "ccm fir" in feedback
-        self.ssrc: Optional[int] = None
-        self.rtx_ssrc: Optional[int] = None
-        self.stats = ReceiveStats(codec.clock_rate)
-        self._mask = history_size - 1
-        self.history: list[Optional[RtpPacket]] = [None] * history_size
-        self.keyframe_seq: Optional[int] = None
-        self.keyframe_ts: Optional[int] = None
-        self.keyframe_time = 0.0
-        self.keyframes = 0
-        self._keyframe_interval = keyframe_interval
-        self._last_keyframe_request = 0.0
-        self._fir_seq = 0
-        self._local_ssrc = local_ssrc
-        self._send_rtcp = send_rtcp
-        self._missing: dict[int, list[float]] = {}  # seq -> [tries, next attempt time]
+        self.simulcast = bool(rids)
+        self.layers = [
+            Layer(
+                kind=kind,
+                codec_key=self.codec_key,
+                clock_rate=codec.clock_rate,
+                rid=rid,
+                offer_index=i,
+                history_size=history_size,
+                nack_enabled="nack" in feedback,
+                pli_enabled="nack pli" in feedback,
+                fir_enabled="ccm fir" in feedback,
+                keyframe_interval=keyframe_interval,
+                local_ssrc=local_ssrc,
+                send_rtcp=send_rtcp,
+            )
+            for i, rid in enumerate(rids or [None])
+        ]
+        self.by_rid = {layer.rid: layer for layer in self.layers if layer.rid is not None}
+        # VP8/VP9 carry picture ids that must stay continuous across a viewer's layer switches.
+        self.parse_descriptor = {"vp8": vp8.parse_descriptor, "vp9": vp9.parse_descriptor}.get(self.codec_key)
         self.down_tracks: tuple["DownTrack", ...] = ()
+        # Viewers waiting for a keyframe of their target layer. Chromium honours one keyframe request per 300 ms
+        # per simulcast sender (and then makes one on every layer), so a request can be lost to an earlier one:
+        # refresh() asks again, rate limited per layer, until each has switched.
+        self.switching: set["DownTrack"] = set()
         self._profiles: dict[tuple, EgressProfile] = {}
-        self.packets = 0
-        self.bytes = 0
+        self.on_layers_changed: list["Callable[[PublishedTrack], None]"] = []
+
+    # ---- the fan-out -------------------------------------------------------------------------------
+    def on_packet(self, layer: Layer, packet: RtpPacket, now: float) -> None:
+        keyframe = layer.accept(packet, now)
+        if keyframe is None:
+            return
+        if keyframe and self.simulcast and layer.size is not None:
+            self._order_layers()
+        subscribers = layer.subscribers
+        if not subscribers:
+            return
+        descriptor = payload = None
+        if self.parse_descriptor is not None:
+            payload = packet.data[packet.payload_offset : packet.payload_end]
+            descriptor = self.parse_descriptor(payload)
+        templates: dict[EgressProfile, Template] = {}
+        sent = 0
+        for down in subscribers:
+            profile = down.profile
+            template = templates.get(profile)
+            if template is None:
+                template = templates[profile] = profile.build(packet)
+            try:
+                sent += down.forward(template, packet, layer, keyframe, descriptor, payload)
+            except Exception:  # one viewer's failure (e.g. an SRTP error) must not cost the others the packet
+                metrics.count_drop("forward_error")
+                log.exception("forwarding to a viewer failed")
+        metrics.forwarded_packets[self.kind] += sent
+
+    # ---- layers ------------------------------------------------------------------------------------
+    @property
+    def ordered_layers(self) -> list[Layer]:
+        """Lowest to highest spatial layer."""
+        return sorted(self.layers, key=lambda layer: layer.spatial_id)
+
+    def _order_layers(self) -> bool:
+        """Order by what layers carry: picture area when known (from keyframes), else measured bitrate."""
+        ranked = sorted(
+            self.layers,
+            key=lambda l: ((l.size[0] * l.size[1]) if l.size else 0, l.bitrate, -l.offer_index if l.rid else 0),
+        )
+        changed = False
+        for spatial_id, layer in enumerate(ranked):
+            if layer.spatial_id != spatial_id:
+                layer.spatial_id = spatial_id
+                changed = True
+        return changed
+
+    def refresh(self, now: float) -> bool:
+        """Every 50 ms: rates, liveness and order; viewers move when a layer dies or appears; pending switches
+        get their keyframe request repeated."""
+        changed = False
+        for layer in self.layers:
+            changed |= layer.refresh(now)
+        changed |= self._order_layers()
+        if changed:
+            for down in self.down_tracks:
+                down.retarget()
+            for callback in self.on_layers_changed:
+                callback(self)
+        for down in self.switching:
+            if down.target is not None and down.target.active:
+                down.target.request_keyframe(now)
+        return changed
+
+    def best_layer(self) -> Optional[Layer]:
+        """Automatic choice until bandwidth estimation exists: the highest layer that is alive."""
+        alive = [layer for layer in self.layers if layer.active]
+        if not alive:
+            return self.layers[0] if len(self.layers) == 1 else None
+        return max(alive, key=lambda layer: layer.spatial_id)
+
+    def pinned_layer(self, request: "LayerRequest") -> Optional[Layer]:
+        """The layer a WHEP layer request names (whep/layer_request.py rules); ValueError if it names none."""
+        chosen = choose_layer(request, [layer.as_info() for layer in self.layers])
+        if chosen is None:
+            return None
+        return next(layer for layer in self.layers if layer.spatial_id == chosen.spatial_id)
+
+    def layer_by_ssrc(self, ssrc: int) -> Optional[Layer]:
+        return next((layer for layer in self.layers if layer.ssrc == ssrc), None)
 
     # ---- viewers -----------------------------------------------------------------------------------
     def profile(self, profile: EgressProfile) -> EgressProfile:
@@ -88,127 +169,23 @@ class PublishedTrack:
 
     def detach(self, down: "DownTrack") -> None:
         self.down_tracks = tuple(d for d in self.down_tracks if d is not down)
+        self.switching.discard(down)
+        for layer in self.layers:
+            layer.unsubscribe(down)
 
-    def replay_from_keyframe(self, down: "DownTrack") -> bool:
-        """Send a joining viewer everything since the last keyframe we hold; False if we hold none whole."""
-        start = self.keyframe_seq
-        if start is None or not self.stats.started or time.monotonic() - self.keyframe_time > REPLAY_MAX_AGE:
-            return False
-        count = ((self.stats.max_seq - start) & 0xFFFF) + 1
-        if count > min(REPLAY_MAX_PACKETS, len(self.history)):
-            return False
-        run = []
-        for i in range(count):
-            packet = self.history[(start + i) & self._mask]
-            if packet is None or packet.sequence_number != (start + i) & 0xFFFF:
-                return False
-            run.append(packet)
-        for i, packet in enumerate(run):
-            down.forward(down.profile.build(packet), packet, i == 0)
-        return True
+    def on_sender_report(self, layer: Layer, ntp_timestamp: int, rtp_timestamp: int, arrival: float) -> None:
+        """Keep LSR for our reports; translate the SR for the viewers receiving this layer (RFC 3550 §6.4.1)."""
+        layer.stats.on_sender_report(ntp_timestamp, arrival)
+        for down in layer.subscribers:
+            if down.current is layer:
+                down.send_sender_report(ntp_timestamp, rtp_timestamp)
 
-    # ---- incoming media ----------------------------------------------------------------------------
-    def on_packet(self, packet: RtpPacket, now: float) -> None:
-        seq = packet.sequence_number
-        slot = seq & self._mask
-        previous = self.history[slot]
-        if previous is not None and previous.sequence_number == seq:
-            metrics.count_drop("rtp_duplicate")
-            return
-        self.history[slot] = packet
-        stats = self.stats
-        if stats.started and self.nack_enabled:
-            self._detect_loss(seq, now)
-        stats.update(seq, packet.timestamp, now)
-        self.packets += 1
-        self.bytes += packet.payload_size
-        # A keyframe may begin in several packets (STAP-A with SPS/PPS, then FU-A IDR): only the first packet of a
-        # new keyframe picture (a new timestamp) is where a decoder can start.
-        keyframe = (
-            self.kind == "video"
-            and packet.timestamp != self.keyframe_ts
-            and is_keyframe_start(self.codec_key, packet.data[packet.payload_offset : packet.payload_end])
-        )
-        if keyframe and (self.keyframe_seq is None or seq_newer(seq, self.keyframe_seq)):
-            self.keyframe_seq = seq
-            self.keyframe_ts = packet.timestamp
-            self.keyframe_time = now
-            self.keyframes += 1
-        downs = self.down_tracks
-        if not downs:
-            return
-        templates: dict[EgressProfile, Template] = {}
-        sent = 0
-        for down in downs:
-            profile = down.profile
-            template = templates.get(profile)
-            if template is None:
-                template = templates[profile] = profile.build(packet)
-            try:
-                sent += down.forward(template, packet, keyframe)
-            except Exception:  # one viewer's failure (e.g. an SRTP error) must not cost the others the packet
-                metrics.count_drop("forward_error")
-                log.exception("forwarding to a viewer failed")
-        metrics.forwarded_packets[self.kind] += sent
-
-    def _detect_loss(self, seq: int, now: float) -> None:
-        missing = self._missing
-        if seq in missing:
-            del missing[seq]  # a retransmission or a late packet filled the gap
-            return
-        gap = (seq - self.stats.max_seq - 1) & 0xFFFF
-        if 0 < gap < NACK_MAX_GAP:
-            lost = [(self.stats.max_seq + 1 + i) & 0xFFFF for i in range(gap)]
-            for s in lost:
-                missing[s] = [1, now + NACK_RETRY_INTERVAL]
-            self._send_nack(lost)
-
-    def retry_nacks(self, now: float) -> None:
-        """Called every NACK_RETRY_INTERVAL by the publisher session: re-NACK what is still missing."""
-        missing = self._missing
-        if not missing:
-            return
-        due = []
-        for seq, state in list(missing.items()):
-            if state[0] >= NACK_MAX_TRIES or not seq_newer(seq, (self.stats.max_seq - NACK_MAX_GAP) & 0xFFFF):
-                del missing[seq]
-            elif state[1] <= now:
-                state[0] += 1
-                state[1] = now + NACK_RETRY_INTERVAL
-                due.append(seq)
-        if due:
-            self._send_nack(due)
-
-    def _send_nack(self, seqs: list[int]) -> None:
-        if self.ssrc is None:
-            return
-        self._send_rtcp(build_generic_nack(self._local_ssrc, self.ssrc, seqs))
-        metrics.NACKS_SENT.inc(len(seqs))
-
-    def request_keyframe(self, now: Optional[float] = None) -> bool:
-        """PLI (RFC 4585 §6.3.1) or else FIR (RFC 5104 §4.3.1) upstream, at most once per interval."""
-        if self.kind != "video" or self.ssrc is None:
-            return False
-        now = time.monotonic() if now is None else now
-        if now - self._last_keyframe_request < self._keyframe_interval:
-            return False
-        self._last_keyframe_request = now
-        if self.pli_enabled or not self.fir_enabled:
-            self._send_rtcp(build_pli(self._local_ssrc, self.ssrc))
-        else:
-            self._fir_seq = (self._fir_seq + 1) & 0xFF
-            self._send_rtcp(build_fir(self._local_ssrc, self.ssrc, self._fir_seq))
-        metrics.KEYFRAME_REQUESTS.inc()
-        return True
-
-    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, arrival: float) -> None:
-        """Keep LSR for our reports and translate the SR for every viewer (lip sync, RFC 3550 §6.4.1)."""
-        self.stats.on_sender_report(ntp_timestamp, arrival)
-        for down in self.down_tracks:
-            down.send_sender_report(ntp_timestamp, rtp_timestamp)
-
-    def packet(self, seq: int) -> Optional[RtpPacket]:
-        packet = self.history[seq & self._mask]
-        if packet is not None and packet.sequence_number == seq:
-            return packet
-        return None
+    def info(self) -> dict:
+        return {
+            "kind": self.kind,
+            "mid": self.mid,
+            "codec": self.codec.name,
+            "simulcast": self.simulcast,
+            "viewers": len(self.down_tracks),
+            "layers": [layer.info() for layer in self.ordered_layers],
+        }

@@ -31,16 +31,5 @@ class Stream:
             "connected": bool(self.publisher and self.publisher.transport.connected),
             "viewers": len(self.viewers),
             "started": self.started,
-            "tracks": [
-                {
-                    "kind": t.kind,
-                    "mid": t.mid,
-                    "codec": t.codec.name,
-                    "packets": t.packets,
-                    "bytes": t.bytes,
-                    "keyframes": t.keyframes,
-                    "lost": t.stats.lost if t.stats.started else 0,
-                }
-                for t in tracks
-            ],
+            "tracks": [t.info() for t in tracks],
         }

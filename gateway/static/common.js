@@ -100,8 +100,18 @@ export function iceServersFromLinks(links) {
     });
 }
 
+/** A Link target made absolute; URIs that are not URLs (stun:, turn:) are kept as they are. */
+function resolveLinkUri(uri, base) {
+  if (/^(stuns?|turns?):/i.test(uri)) return uri;
+  try {
+    return new URL(uri, base).href;
+  } catch {
+    return uri;
+  }
+}
+
 /** The human-readable reason in an error answer: problem details' `detail` if present, else the body text. */
-async function errorDetail(response) {
+export async function errorDetail(response) {
   try {
     const type = response.headers.get("Content-Type") || "";
     if (type.includes("json")) {
@@ -115,7 +125,7 @@ async function errorDetail(response) {
   }
 }
 
-function authHeaders(token) {
+export function authHeaders(token) {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
@@ -131,6 +141,7 @@ export class HttpSession {
     this.url = null; // the session resource (Location), absolute
     this.etag = null;
     this.iceServers = [];
+    this.links = []; // every Link of the 201, as [{uri (absolute), params}]
     this.closed = false;
     this.deleted = false;
   }
@@ -161,8 +172,11 @@ export class HttpSession {
       throw new SessionClosed();
     }
 
+    // Extension URLs (e.g. WHEP server-sent events and layer selection) are relative to the answering URL too.
+    const links = parseLinkHeader(response.headers.get("Link"));
+    this.links = links.map((link) => ({ ...link, uri: resolveLinkUri(link.uri, response.url || this.endpoint) }));
     // Keep the server's ICE servers for a later ICE restart; the running gathering is not affected.
-    this.iceServers = iceServersFromLinks(parseLinkHeader(response.headers.get("Link")));
+    this.iceServers = iceServersFromLinks(links);
     if (this.iceServers.length) {
       try {
         pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this.iceServers });
@@ -171,6 +185,12 @@ export class HttpSession {
       }
     }
     await pc.setRemoteDescription({ type: "answer", sdp: answer });
+  }
+
+  /** The absolute URI of the first Link with this rel (e.g. "urn:ietf:params:whep:ext:core:layer"), or null. */
+  linkFor(rel) {
+    const link = this.links.find((l) => (l.params.rel || "").split(/\s+/).includes(rel));
+    return link ? link : null;
   }
 
   async deleteResource() {
