@@ -10,7 +10,7 @@ import pytest
 from gateway.rtcp import GenericNack, PictureLossIndication, parse_compound
 from gateway.rtp import RtpError, build_header, parse_rtp, seq_newer
 from gateway.sdp import Codec
-from gateway.sfu.down_track import DownTrack
+from gateway.sfu.down_track import DownTrack, RetransmissionBudget
 from gateway.sfu.egress import EgressProfile
 from gateway.sfu.published_track import PublishedTrack
 
@@ -388,3 +388,27 @@ def test_every_packet_to_a_viewer_carries_the_next_transport_wide_sequence_numbe
     for seq, packet in zip(seqs, sent):  # every packet is in the send log with its size, for the estimator
         logged = bandwidth.log.lookup(seq)
         assert logged is not None and logged[1] == len(packet.data)  # what send_rtp reported on the wire
+
+
+def test_repeated_nacks_are_answered_once_per_interval_and_within_a_budget() -> None:
+    """A congested viewer re-NACKs the same packets; resending all of them would flood its link further."""
+    upstream, wire = Wire(), Wire()
+    track = video_track(upstream, history=1024)
+    down = viewer(track, wire)
+    down.start()
+    big = VP8_KEY + bytes(1100)
+    now = time.monotonic()
+    for seq in range(1, 201):
+        feed(track, seq, big if seq == 1 else VP8_DELTA + bytes(1100), ts=seq * 3000, now=now)
+    out = [parse_rtp(p).sequence_number for p in wire.rtp]
+    wire.rtp.clear()
+    down._budget._refilled -= 1.0  # a second has passed: the bucket is full
+    down.on_nack(out[:2])  # two 1.1 kB packets fit the floor's 250 ms burst (3,125 bytes)
+    down.on_nack(out[:2])  # the same packets again at once: not resent
+    assert len(wire.rtp) == 2
+    wire.rtp.clear()
+    down._budget._refilled -= 1.0
+    down.on_nack(out[3:200])  # 197 packets (~230 kB) at once: only the budget's worth goes out
+    # At most a 250 ms burst at 25% of what was sent in the last second (here never measured: the floor).
+    budget_bytes = RetransmissionBudget.FLOOR_BPS / 8 * 0.25
+    assert 0 < len(wire.rtp) <= budget_bytes / 1100 + 1

@@ -25,6 +25,47 @@ if TYPE_CHECKING:
     from whep.layer_request import LayerRequest
 
 
+class RetransmissionBudget:
+    """What a viewer's NACKs may cost. On a congested link the viewer NACKs the same packets again and again;
+    answering all of them floods the link further (measured: 28,000 resends in 6 s at 150 kbit/s). So each
+    packet is resent at most once per MIN_INTERVAL, and resends spend at most SHARE of what the viewer was sent
+    over the last second (never less than FLOOR_BPS), with a 250 ms burst."""
+
+    MIN_INTERVAL = 0.1
+    SHARE = 0.25
+    FLOOR_BPS = 100_000
+    SLOTS = 1024
+
+    __slots__ = ("_seq", "_time", "_tokens", "_refilled", "_window_start", "_window_octets", "_rate_bps")
+
+    def __init__(self) -> None:
+        self._seq = [-1] * self.SLOTS
+        self._time = [0.0] * self.SLOTS
+        self._tokens = self.FLOOR_BPS / 8 * 0.25  # start with a full burst
+        self._refilled = time.monotonic()
+        self._window_start = self._refilled
+        self._window_octets = 0
+        self._rate_bps = 0.0
+
+    def allow(self, out_seq: int, size: int, octets_sent: int, now: float) -> bool:
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:
+            self._rate_bps = (octets_sent - self._window_octets) * 8 / elapsed
+            self._window_start, self._window_octets = now, octets_sent
+        slot = out_seq & (self.SLOTS - 1)
+        if self._seq[slot] == out_seq and now - self._time[slot] < self.MIN_INTERVAL:
+            return False
+        byte_rate = max(self.FLOOR_BPS, self.SHARE * self._rate_bps) / 8
+        self._tokens = min(self._tokens + byte_rate * (now - self._refilled), byte_rate * 0.25)
+        self._refilled = now
+        if self._tokens < size:
+            return False
+        self._tokens -= size
+        self._seq[slot] = out_seq
+        self._time[slot] = now
+        return True
+
+
 class DownTrack:
     def __init__(
         self,
@@ -56,6 +97,7 @@ class DownTrack:
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
+        self._budget = RetransmissionBudget()
         self.switches = 0
         self._rtx_seq = 0
         self.fraction_lost = 0
@@ -235,11 +277,15 @@ class DownTrack:
     def on_nack(self, lost: list[int]) -> None:
         """Resend what the viewer lost: on RTX when negotiated (RFC 4588 §4), else the packet again."""
         layers = self.source.layers
+        now = time.monotonic()
         for out_seq in lost:
             origin = self.munger.unmap(out_seq)
             packet = layers[origin.layer].packet(origin.seq) if origin is not None else None
             if packet is None:
                 metrics.count_drop("nack_not_in_history")
+                continue
+            if not self._budget.allow(out_seq, len(packet.data), self.octets_sent, now):
+                metrics.count_drop("nack_over_budget")
                 continue
             out_ts = (packet.timestamp + origin.ts_offset) & 0xFFFFFFFF
             template = self.profile.build(packet)
