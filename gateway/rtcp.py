@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Union
 
+from gateway import metrics
+
 __all__ = [
     "RtcpError",
     "ReportBlock",
@@ -260,6 +262,15 @@ def parse_compound(data: bytes) -> list[RtcpPacket]:
         packets.append(packet)
         offset = packet_end
     return packets
+
+
+def parse_or_count(data: bytes) -> list[RtcpPacket]:
+    """parse_compound for the receive path: a malformed compound is dropped and counted, never raised."""
+    try:
+        return parse_compound(data)
+    except RtcpError:
+        metrics.count_drop("rtcp_malformed")
+        return []
 
 
 def _parse_report_blocks(data: bytes, pos: int, count: int) -> list[ReportBlock]:

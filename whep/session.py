@@ -21,10 +21,9 @@ from gateway.rtcp import (
     PictureLossIndication,
     ReceiverReport,
     Remb,
-    RtcpError,
     SenderReport,
     TransportCcFeedback,
-    parse_compound,
+    parse_or_count,
 )
 from gateway.sdp import Offer
 from gateway.sfu.down_track import DownTrack
@@ -155,11 +154,7 @@ class ViewerSession(PeerSession):
         metrics.count_drop("rtp_from_viewer")  # viewers answer recvonly; nothing to forward
 
     def on_rtcp(self, data: bytes) -> None:
-        try:
-            packets = parse_compound(data)
-        except RtcpError:
-            metrics.count_drop("rtcp_malformed")
-            return
+        packets = parse_or_count(data)
         by_ssrc = self._by_ssrc
         feedback = False
         for packet in packets:

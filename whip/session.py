@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 from gateway import metrics
 from gateway.config import Config
 from gateway.peer_session import PeerSession
-from gateway.rtcp import Bye, RtcpError, SenderReport, build_receiver_report, build_sdes_cname, parse_compound
+from gateway.rtcp import Bye, SenderReport, build_receiver_report, build_sdes_cname, parse_or_count
 from gateway.rtp import RtpError, RtpPacket, parse_rtp
 from gateway.sdp import EXT_MID, EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC, Offer
 from gateway.sfu.published_track import PublishedTrack
@@ -163,11 +163,7 @@ class PublisherSession(PeerSession):
 
     # ---- RTCP in and out ---------------------------------------------------------------------------
     def on_rtcp(self, data: bytes) -> None:
-        try:
-            packets = parse_compound(data)
-        except RtcpError:
-            metrics.count_drop("rtcp_malformed")
-            return
+        packets = parse_or_count(data)
         now = time.monotonic()
         for packet in packets:
             if isinstance(packet, SenderReport):
