@@ -6,6 +6,8 @@ is 127.0.0.1 and nothing leaves the test. Needs root (for `ip netns`) and Debian
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import pathlib
@@ -14,11 +16,12 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
 
+from netlab import wait_for
 from conftest import Gateway, launch_gateway
 
 pytestmark = pytest.mark.browser
@@ -172,11 +175,10 @@ def gateway_config(request: pytest.FixtureRequest) -> dict[str, Any]:
     return getattr(request, "param", {})
 
 
-@pytest.fixture
-def netns_gateway(netns: str, tmp_path: pathlib.Path, gateway_config: dict[str, Any]) -> Iterator[Gateway]:
-    # A short Retry-After so a waiting player retries quickly.
-    config = {"whep": {"retry_after": 1}, **gateway_config}
-    gw = launch_gateway(tmp_path / "gw", config, netns=netns)
+@contextlib.contextmanager
+def gateway_in_netns(netns: str, workdir: pathlib.Path, config: dict[str, Any]) -> Iterator[Gateway]:
+    """A gateway inside the namespace, ready, stopped on exit. A short Retry-After so players retry quickly."""
+    gw = launch_gateway(workdir, {"whep": {"retry_after": 1}, **config}, netns=netns)
     try:
         _wait_ready_in_netns(gw, netns)
         yield gw
@@ -184,11 +186,12 @@ def netns_gateway(netns: str, tmp_path: pathlib.Path, gateway_config: dict[str, 
         gw.stop()
 
 
-@pytest.fixture
-def browser(netns: str, tmp_path: pathlib.Path, fake_video: pathlib.Path) -> Iterator[Any]:
+@contextlib.contextmanager
+def chromium_in_netns(netns: str, workdir: pathlib.Path, fake_video: pathlib.Path) -> Iterator[Any]:
+    """Debian chromium inside the namespace (through a wrapper script), driven by Playwright."""
     from playwright.sync_api import sync_playwright
 
-    wrapper = tmp_path / "chromium-in-netns"
+    wrapper = workdir / "chromium-in-netns"
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {CHROMIUM} "$@"\n')
     wrapper.chmod(0o755)
     with sync_playwright() as p:
@@ -203,6 +206,18 @@ def browser(netns: str, tmp_path: pathlib.Path, fake_video: pathlib.Path) -> Ite
             b.close()
 
 
+@pytest.fixture
+def netns_gateway(netns: str, tmp_path: pathlib.Path, gateway_config: dict[str, Any]) -> Iterator[Gateway]:
+    with gateway_in_netns(netns, tmp_path / "gw", gateway_config) as gw:
+        yield gw
+
+
+@pytest.fixture
+def browser(netns: str, tmp_path: pathlib.Path, fake_video: pathlib.Path) -> Iterator[Any]:
+    with chromium_in_netns(netns, tmp_path, fake_video) as b:
+        yield b
+
+
 class PageLog:
     """Console messages and page errors of one page, for failure messages."""
 
@@ -213,17 +228,6 @@ class PageLog:
 
     def __str__(self) -> str:
         return "\n".join(self.lines[-40:])
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float, describe: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(describe())
-        time.sleep(0.25)
 
 
 # ----------------------------------------------------------------------------------------------------- media test
@@ -255,7 +259,7 @@ def test_publish_page_to_play_page(netns_gateway: Gateway, browser: Any, codec: 
         )
 
     publisher.goto(f"{base}/publish?stream={stream}&codec={codec}&autostart=1")
-    _wait_for(
+    wait_for(
         lambda: (s := pub_stats())["state"] == "live" and s["video"].get("framesSent", 0) > 0,
         MEDIA_DEADLINE,
         lambda: report(f"the publish page did not go live with {codec}"),
@@ -276,7 +280,7 @@ def test_publish_page_to_play_page(netns_gateway: Gateway, browser: Any, codec: 
             and a.get("packetsReceived", 0) > 0
         )
 
-    _wait_for(playing, MEDIA_DEADLINE, lambda: report(f"the player did not play the {codec} stream"))
+    wait_for(playing, MEDIA_DEADLINE, lambda: report(f"the player did not play the {codec} stream"))
     got = play_stats()
     print(f"{codec}: publisher {json.dumps(pub_stats())}\nplayer {json.dumps(got)}")
     assert got["video"]["codec"].lower() == f"video/{codec.lower()}", report("player receives another codec")
@@ -301,12 +305,12 @@ def test_publish_page_to_play_page(netns_gateway: Gateway, browser: Any, codec: 
     # Stop buttons DELETE the sessions; the stream then disappears from the list.
     player.click("#stop")
     publisher.click("#stop")
-    _wait_for(
+    wait_for(
         lambda: play_stats()["state"] == "stopped" and pub_stats()["state"] == "stopped",
         5,
         lambda: report("the pages did not stop"),
     )
-    _wait_for(
+    wait_for(
         lambda: not any(
             s["stream"] == stream for s in player.evaluate("fetch('/api/streams').then(r => r.json())")
         ),
@@ -331,7 +335,7 @@ def test_player_waits_for_publisher(netns_gateway: Gateway, browser: Any) -> Non
     def report(what: str) -> str:
         return f"{what}\nplayer: {json.dumps(player.evaluate('window.whipgateStats'))}\n{logs[0]}\n{gw.log()[-3000:]}"
 
-    _wait_for(
+    wait_for(
         lambda: player.evaluate("window.whipgateStats")["state"] == "waiting",
         10,
         lambda: report("the player did not report a stream that is not live"),
@@ -341,7 +345,7 @@ def test_player_waits_for_publisher(netns_gateway: Gateway, browser: Any) -> Non
     publisher = context.new_page()
     logs.append(PageLog(publisher, "publish"))
     publisher.goto(f"{base}/publish?stream=later&autostart=1")
-    _wait_for(
+    wait_for(
         lambda: (s := player.evaluate("window.whipgateStats"))["state"] == "live"
         and s["video"].get("framesDecoded", 0) > 10,
         MEDIA_DEADLINE + 10,
@@ -377,18 +381,18 @@ def test_pages_send_bearer_tokens(netns_gateway: Gateway, browser: Any) -> None:
         return f"{what}\n{pages}" + "\n".join(map(str, logs)) + f"\n{gw.log()[-3000:]}"
 
     publisher.goto(f"{base}/publish?stream=secure&token=wrong&autostart=1")
-    _wait_for(lambda: pub_stats()["state"] == "error", 10, lambda: report("the wrong token gave no error"))
+    wait_for(lambda: pub_stats()["state"] == "error", 10, lambda: report("the wrong token gave no error"))
     assert "401" in publisher.inner_text("#status")
 
     publisher.goto(f"{base}/publish?stream=secure&token=pub-secret&autostart=1")
-    _wait_for(lambda: pub_stats()["state"] == "live", MEDIA_DEADLINE, lambda: report("publisher not live"))
+    wait_for(lambda: pub_stats()["state"] == "live", MEDIA_DEADLINE, lambda: report("publisher not live"))
 
     player.goto(f"{base}/play?stream=secure&autostart=1")  # no token
-    _wait_for(lambda: play_stats()["state"] == "error", 10, lambda: report("playing without a token gave no error"))
+    wait_for(lambda: play_stats()["state"] == "error", 10, lambda: report("playing without a token gave no error"))
     assert "401" in player.inner_text("#status")
 
     player.goto(f"{base}/play?stream=secure&token=play-secret&autostart=1")
-    _wait_for(
+    wait_for(
         lambda: (s := play_stats())["state"] == "live" and s["video"].get("framesDecoded", 0) > 10,
         MEDIA_DEADLINE,
         lambda: report("the player with the right token did not play"),

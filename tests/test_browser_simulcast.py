@@ -33,8 +33,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import Gateway, launch_gateway
-from test_browser import CHROMIUM, CHROMIUM_FLAGS, NETNS_PORT, PageLog, _wait_ready_in_netns, netns  # noqa: F401
+from conftest import Gateway
+from netlab import wait_for
+from test_browser import NETNS_PORT, PageLog, chromium_in_netns, gateway_in_netns, netns  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.netns]
 
@@ -74,45 +75,17 @@ def fake_video_720p(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture
 def sim_gateway(netns: str, tmp_path: pathlib.Path) -> Iterator[Gateway]:
-    gw = launch_gateway(tmp_path / "gw", {"whep": {"retry_after": 1}}, netns=netns)
-    try:
-        _wait_ready_in_netns(gw, netns)
+    with gateway_in_netns(netns, tmp_path / "gw", {}) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture
 def chromium(netns: str, tmp_path: pathlib.Path, fake_video_720p: pathlib.Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    wrapper = tmp_path / "chromium-in-netns"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {CHROMIUM} "$@"\n')
-    wrapper.chmod(0o755)
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(wrapper),
-            args=CHROMIUM_FLAGS + [f"--use-file-for-fake-video-capture={fake_video_720p}"],
-            timeout=60_000,
-        )
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium_in_netns(netns, tmp_path, fake_video_720p) as b:
+        yield b
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, describe: Callable[[], str], step: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(describe())
-        time.sleep(step)
 
 
 class Session:
@@ -598,7 +571,7 @@ def test_pins_close_together_each_get_their_layer(sim_gateway: Gateway, chromium
         both_switched,
         5,
         lambda: s.report(f"5 s after pins 150 ms apart (a -> q, b -> h) only these switched: {reached}"),
-        step=0.1,
+        interval=0.1,
     )
     print(f"\npins 150 ms apart: a on q after {reached['a']:.2f} s, b on h after {reached['b']:.2f} s")
     s.context.close()
