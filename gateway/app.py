@@ -9,6 +9,7 @@ from litestar.response.base import ASGIResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import aiortc_adapter
+from gateway.cluster import make_registry
 from gateway.config import Config
 from gateway.pages import pages_router
 from gateway.sessions import SessionManager
@@ -28,6 +29,17 @@ def metrics_endpoint() -> ASGIResponse:
     return ASGIResponse(body=generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+@get("/readyz", sync_to_thread=False)
+def readyz(request: Request) -> ASGIResponse:
+    """Readiness: 503 "degraded" while the registry (Redis) is unreachable; local sessions keep working."""
+    import json
+
+    registry = request.app.state.manager.registry
+    healthy = registry is None or registry.healthy
+    body = {"status": "ready" if healthy else "degraded", "registry": "ok" if healthy else "unreachable"}
+    return ASGIResponse(body=json.dumps(body).encode(), status_code=200 if healthy else 503, media_type="application/json")
+
+
 @get("/api/streams", sync_to_thread=False)
 def list_streams(request: Request) -> list[dict]:
     return request.app.state.manager.stream_list()
@@ -35,16 +47,19 @@ def list_streams(request: Request) -> list[dict]:
 
 def create_app(config: Config) -> Litestar:
     manager = SessionManager(config)
+    manager.registry = make_registry(config, load=lambda: len(manager.sessions), on_stream_lost=manager.stream_lost)
 
     async def startup() -> None:
         aiortc_adapter.install_shims()
+        await manager.registry.start()
         log.info("whipgate listening on %s:%d", config.http.host, config.http.port)
 
     async def shutdown() -> None:
         await manager.close_all()
+        await manager.registry.close()
 
     app = Litestar(
-        route_handlers=[*whip_handlers, *whep_handlers, healthz, metrics_endpoint, list_streams, pages_router],
+        route_handlers=[*whip_handlers, *whep_handlers, healthz, readyz, metrics_endpoint, list_streams, pages_router],
         on_startup=[startup],
         on_shutdown=[shutdown],
         openapi_config=None,

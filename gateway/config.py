@@ -81,6 +81,16 @@ class StreamAuth:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    # "memory": the embedded in-process registry (one node). Else a Redis URL: several gateways serve as one.
+    registry: str = "memory"
+    node_id: str = ""  # empty: "<hostname>:<http port>"
+    public_url: str = ""  # this node's base URL for redirects; empty: http://<http.listen>
+    ttl: float = 10.0  # seconds a node's and its streams' registry entries live without a heartbeat
+    viewer_mode: str = "redirect"  # WHEP POST to a node without the stream: 307 to the node that has it
+
+
+@dataclass(frozen=True)
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
@@ -88,6 +98,7 @@ class Config:
     streams: Mapping[str, StreamAuth] = field(default_factory=lambda: MappingProxyType({}))
     whep_retry_after: int = 5
     log_level: str = "info"
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 class ConfigError(Exception):
@@ -136,7 +147,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, listen: str | Non
 def parse_config(data: dict, *, source: str = DEFAULT_SOURCE) -> Config:
     """Validate an already-decoded TOML document; `source` names it in error messages."""
     root = _Table(source, "", data)
-    root.reject_unknown(("http", "rtc", "ice_servers", "streams", "whep", "log"))
+    root.reject_unknown(("http", "rtc", "ice_servers", "streams", "whep", "log", "cluster"))
     return Config(
         http=_parse_http(root.table("http")),
         rtc=_parse_rtc(root.table("rtc")),
@@ -144,6 +155,34 @@ def parse_config(data: dict, *, source: str = DEFAULT_SOURCE) -> Config:
         streams=_parse_streams(root.table("streams")),
         whep_retry_after=_parse_whep(root.table("whep")),
         log_level=_parse_log_level(root.table("log")),
+        cluster=_parse_cluster(root.table("cluster")),
+    )
+
+
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _parse_cluster(table: _Table) -> ClusterConfig:
+    table.reject_unknown(("registry", "node_id", "public_url", "ttl", "viewer_mode"))
+    defaults = ClusterConfig()
+    registry = table.string("registry", defaults.registry)
+    if registry != "memory" and not registry.startswith(("redis://", "rediss://", "unix://")):
+        raise table.error("registry", f'must be "memory" or a Redis URL (redis://host:port/db), got {registry!r}')
+    node_id = table.string("node_id", defaults.node_id)
+    if node_id and not _NODE_ID_RE.fullmatch(node_id):
+        raise table.error("node_id", "may contain letters, digits, '.', '_', ':' and '-' (at most 64)")
+    public_url = table.string("public_url", defaults.public_url).rstrip("/")
+    if public_url and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", public_url):
+        raise table.error("public_url", f"must be an http:// or https:// URL, got {public_url!r}")
+    mode = table.string("viewer_mode", defaults.viewer_mode)
+    if mode != "redirect":
+        raise table.error("viewer_mode", f'only "redirect" is implemented (relay is planned), got {mode!r}')
+    return ClusterConfig(
+        registry=registry,
+        node_id=node_id,
+        public_url=public_url,
+        ttl=table.positive_number("ttl", defaults.ttl),
+        viewer_mode=mode,
     )
 
 

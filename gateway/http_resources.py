@@ -28,7 +28,7 @@ from gateway.http_responses import (
 from gateway.ice_servers import ice_server_links
 from gateway.peer_session import PeerSession
 from gateway.sdp import OfferRejected, SdpError
-from gateway.sessions import SessionManager, StreamBusy, StreamNotLive
+from gateway.sessions import SessionManager, StreamBusy, StreamElsewhere, StreamNotLive
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ async def create_session(
         return problem(config, 422, "Unprocessable Content", str(exc))
     except StreamBusy:
         return problem(config, 409, "Conflict", f"stream {stream!r} already has a live publisher")
+    except StreamElsewhere as moved:
+        # RFC 9725 §4.5: 307 keeps the method and body, so the client re-POSTs its offer to the owner.
+        return respond(config, 307, headers=[("Location", moved.url)])
     except StreamNotLive:
         return problem(
             config,

@@ -14,6 +14,7 @@ from typing import Awaitable, Optional, Union
 from gateway import metrics
 from gateway.config import Config
 from gateway.peer_session import PeerSession
+from gateway.registry import Registry, StreamInfo
 from gateway.sdp import parse_offer
 from gateway.sfu.stream import Stream
 from whep.session import ViewerSession
@@ -31,9 +32,18 @@ class StreamNotLive(Exception):
     """WHEP: the stream has no publisher (409 + Retry-After)."""
 
 
+class StreamElsewhere(Exception):
+    """WHEP: another node of the cluster holds the stream; `url` is its WHEP endpoint (307)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 class SessionManager:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, registry: Optional[Registry] = None) -> None:
         self.config = config
+        self.registry = registry  # set by the app; None in unit tests (this node alone)
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, PeerSession] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -61,14 +71,28 @@ class SessionManager:
         stream = self.streams.setdefault(stream_name, Stream(stream_name))
         stream.publisher = session  # claimed before the first await: a concurrent POST gets 409
         self.sessions[session.id] = session
+        if self.registry is not None:
+            claimed = await self.registry.claim_stream(
+                StreamInfo(
+                    name=stream_name,
+                    node_id=self.registry.node.node_id,
+                    session_id=session.id,
+                    codecs=[t.codec.name for t in session.tracks.values()],
+                )
+            )
+            if not claimed:  # another node has a publisher on this key
+                await self.end(session, "the stream key is live on another node")
+                raise StreamBusy(stream_name)
         await self._start(session)
         log.info("publisher %s on stream %s (%s)", session.id, stream_name, ", ".join(
             f"{t.kind} {t.codec.name}" for t in session.tracks.values()))
         return session
 
     async def play(self, stream_name: str, sdp: str) -> ViewerSession:
-        offer = parse_offer(sdp)
         stream = self.streams.get(stream_name)
+        if stream is None or stream.publisher is None:
+            await self._find_elsewhere(stream_name)  # routing first: the owner parses the offer
+        offer = parse_offer(sdp)
         if stream is None or stream.publisher is None:
             raise StreamNotLive(stream_name)
         session = ViewerSession(self, stream, offer, self.config)
@@ -78,6 +102,17 @@ class SessionManager:
         await self._start(session)
         log.info("viewer %s on stream %s", session.id, stream_name)
         return session
+
+    async def _find_elsewhere(self, stream_name: str) -> None:
+        """Raise StreamElsewhere when another node holds the stream (cluster.viewer_mode = "redirect")."""
+        if self.registry is None:
+            return
+        info = await self.registry.get_stream(stream_name)
+        if info is None or info.node_id == self.registry.node.node_id:
+            return
+        node = await self.registry.get_node(info.node_id)
+        if node is not None:
+            raise StreamElsewhere(f"{node.base_url}/whep/{stream_name}")
 
     async def _start(self, session: PeerSession) -> None:
         try:
@@ -103,6 +138,8 @@ class SessionManager:
             if stream is not None and stream.publisher is session:
                 stream.publisher = None
                 del self.streams[session.stream_name]
+                if self.registry is not None:
+                    self.spawn(self.registry.release_stream(session.stream_name, session.id))
                 for viewer in list(stream.viewers):
                     await self.end(viewer, "the publisher left")
         elif stream is not None and isinstance(session, ViewerSession):
@@ -110,11 +147,18 @@ class SessionManager:
             self._publish_viewer_count(stream)
         await session.close(reason)
 
-    @staticmethod
-    def _publish_viewer_count(stream: Stream) -> None:
-        """The `viewercount` event (WHEP draft-02 §4.9.1.4) to every viewer of the stream."""
+    def _publish_viewer_count(self, stream: Stream) -> None:
+        """The `viewercount` event (WHEP draft-02 §4.9.1.4) to every viewer, and the count in the registry."""
         for viewer in stream.viewers:
             viewer.events.publish("viewercount", {"viewercount": len(stream.viewers)})
+        if self.registry is not None and stream.publisher is not None:
+            self.spawn(self.registry.update_stream(stream.name, viewers=len(stream.viewers)))
+
+    def stream_lost(self, stream_name: str, session_id: str) -> None:
+        """The registry found this node's claim taken over elsewhere: end the local publisher."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            self.spawn(self.end(session, "the stream key was claimed by another node"))
 
     async def close_all(self) -> None:
         for session in list(self.sessions.values()):
