@@ -4,7 +4,8 @@ Both sides do the real work of a forwarding SFU on this machine: rewrite the hea
 with libsrtp (pylibsrtp, AES-CM-128-HMAC-SHA1-80), and send a UDP datagram over loopback (asyncio/uvloop
 datagram transport) to a sink socket.
 
-- whipgate: gateway.sfu PublishedTrack.on_packet -> DownTrack.forward, synchronous per incoming packet.
+- whipgate: gateway.sfu PublishedTrack.on_packet -> DownTrack.forward, synchronous per incoming packet; once plain
+  and once as browsers get it (+TWCC: a transport-wide sequence number stamped and logged for the estimator).
 - baseline: what a Python developer would write with aiortc's own classes today: one asyncio task and queue
   per viewer (the shape of aiortc's RTCRtpSender), aiortc.rtp.RtpPacket parse/serialize per viewer.
 
@@ -34,6 +35,7 @@ from gateway.sdp import Codec  # noqa: E402
 from gateway.sfu.down_track import DownTrack  # noqa: E402
 from gateway.sfu.egress import EgressProfile  # noqa: E402
 from gateway.sfu.published_track import PublishedTrack  # noqa: E402
+from simulcast.viewer_bandwidth import ViewerBandwidth  # noqa: E402
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 PAYLOAD = bytes([0x90, 0x80, 0x05, 0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A]) + os.urandom(1091)  # 1100-byte VP8 keyframe-ish
@@ -55,14 +57,14 @@ async def open_sink() -> tuple[socket.socket, tuple[str, int], asyncio.DatagramT
     return sink, sink.getsockname(), transport
 
 
-async def run_whipgate(packets: list[bytes], viewers: int) -> float:
+async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = False) -> float:
     sink, addr, transport = await open_sink()
     codec = Codec(96, "VP8", 90000, None, {}, ["nack", "nack pli"])
     track = PublishedTrack(
         kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
-        history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
+        rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
     )
-    track.ssrc = 0x1234
+    track.layers[0].ssrc = 0x1234
     for i in range(viewers):
         protect = srtp_session().protect
 
@@ -71,13 +73,15 @@ async def run_whipgate(packets: list[bytes], viewers: int) -> float:
             transport.sendto(out, addr)
             return len(out)
 
-        down = DownTrack(track, EgressProfile(100, None, 1, "0", ()), ssrc=1000 + i, rtx_ssrc=None, cname="b", send_rtp=send, send_rtcp=lambda b: 0)
-        down.active = True
-        down.waiting_keyframe = False
-        track.attach(down)
+        profile = EgressProfile(100, None, 1, "0", (), transport_cc_id=3 if transport_cc else None)
+        down = DownTrack(track, profile, ssrc=1000 + i, rtx_ssrc=None, cname="b", send_rtp=send, send_rtcp=lambda b: 0)
+        if transport_cc:
+            down.bandwidth = ViewerBandwidth(transport_cc=True)
+        down.start()
+    layer = track.layers[0]
     start = time.process_time()
     for data in packets:
-        track.on_packet(parse_rtp(data), 0.0)
+        track.on_packet(layer, parse_rtp(data), 0.0)
     cpu = time.process_time() - start
     transport.close()
     sink.close()
@@ -139,13 +143,16 @@ async def main() -> None:
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     packets = incoming(args.packets)
     print(f"fan-out of {args.packets} x 1112-byte RTP packets, event loop: {loop_name}, python {sys.version.split()[0]}")
-    print(f"{'viewers':>8} | {'whipgate us/pkt':>15} {'pkts/s/core':>12} | {'baseline us/pkt':>15} {'pkts/s/core':>12} | {'speed-up':>8}")
+    print(f"{'viewers':>8} | {'whipgate us/pkt':>15} {'pkts/s/core':>12} | {'+TWCC us/pkt':>12} {'pkts/s/core':>12} | "
+          f"{'baseline us/pkt':>15} {'pkts/s/core':>12} | {'speed-up':>8}")
     for viewers in [int(v) for v in args.viewers.split(",")]:
         ours = await run_whipgate(packets, viewers)
+        twcc = await run_whipgate(packets, viewers, transport_cc=True)
         base = await run_baseline(packets, viewers)
         n = args.packets * viewers
-        o_us, b_us = ours / n * 1e6, base / n * 1e6
-        print(f"{viewers:>8} | {o_us:>15.2f} {1e6 / o_us:>12,.0f} | {b_us:>15.2f} {1e6 / b_us:>12,.0f} | {b_us / o_us:>7.1f}x")
+        o_us, t_us, b_us = ours / n * 1e6, twcc / n * 1e6, base / n * 1e6
+        print(f"{viewers:>8} | {o_us:>15.2f} {1e6 / o_us:>12,.0f} | {t_us:>12.2f} {1e6 / t_us:>12,.0f} | "
+              f"{b_us:>15.2f} {1e6 / b_us:>12,.0f} | {b_us / t_us:>7.1f}x")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from netlab import wait_for
+from netlab import make_fake_video, wait_for
 from conftest import Gateway, launch_gateway
 
 pytestmark = pytest.mark.browser
@@ -134,20 +134,9 @@ def netns() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def fake_video(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A short y4m clip for Chromium's fake camera: 30 fps instead of the built-in device's 20."""
-    import imageio_ffmpeg
-
-    path = tmp_path_factory.mktemp("media") / "testsrc2.y4m"
     v = FAKE_VIDEO
-    subprocess.run(
-        [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size={v['width']}x{v['height']}:rate={v['fps']}",
-            "-t", str(v["seconds"]), "-pix_fmt", "yuv420p", str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
+    path = tmp_path_factory.mktemp("media") / "testsrc2.y4m"
+    return make_fake_video(path, width=v["width"], height=v["height"], fps=v["fps"], seconds=v["seconds"])
 
 
 def _wait_ready_in_netns(gw: Gateway, ns: str, timeout: float = 20.0) -> None:

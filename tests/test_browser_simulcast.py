@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import time
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from conftest import Gateway
-from netlab import wait_for
+from netlab import make_fake_video, wait_for
 from test_browser import NETNS_PORT, PageLog, chromium_in_netns, gateway_in_netns, netns  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.netns]
@@ -57,20 +56,9 @@ SAMPLE_MS = 100
 @pytest.fixture(scope="session")
 def fake_video_720p(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """testsrc2 1280x720@30 for Chromium's fake camera (the clip loops)."""
-    import imageio_ffmpeg
-
-    path = tmp_path_factory.mktemp("media720") / "testsrc2-720p30.y4m"
     v = FAKE_VIDEO
-    subprocess.run(
-        [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size={v['width']}x{v['height']}:rate={v['fps']}",
-            "-t", str(v["seconds"]), "-pix_fmt", "yuv420p", str(path),
-        ],
-        check=True,
-        timeout=120,
-    )
-    return path
+    path = tmp_path_factory.mktemp("media720") / "testsrc2-720p30.y4m"
+    return make_fake_video(path, width=v["width"], height=v["height"], fps=v["fps"], seconds=v["seconds"])
 
 
 @pytest.fixture
