@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Optional, Union
+from typing import Awaitable, Optional
 
 from gateway import metrics
 from gateway.config import Config
@@ -168,7 +168,3 @@ class SessionManager:
 
     def stream_list(self) -> list[dict]:
         return [s.info() for s in self.streams.values() if s.publisher is not None]
-
-    def session_info(self, session_id: str) -> Union[dict, None]:
-        session = self.sessions.get(session_id)
-        return session.info() if session else None

@@ -26,11 +26,6 @@ def assemble(template: Template, seq: int, timestamp: int, ssrc: int, transport_
     return _WITH_TRANSPORT_SEQ[len(head)].pack(template[0], seq, timestamp, ssrc, head, transport_seq) + template[2]
 
 
-def payload_start(template: Template, payload_size: int) -> int:
-    """Where the payload begins in the template's last part."""
-    return len(template[2]) - payload_size
-
-
 class EgressProfile:
     __slots__ = ("payload_type", "rtx_payload_type", "mid_id", "mid_value", "extension_map", "transport_cc_id", "key")
 

@@ -156,9 +156,6 @@ class PublishedTrack:
             return None
         return next(layer for layer in self.layers if layer.spatial_id == chosen.spatial_id)
 
-    def layer_by_ssrc(self, ssrc: int) -> Optional[Layer]:
-        return next((layer for layer in self.layers if layer.ssrc == ssrc), None)
-
     # ---- viewers -----------------------------------------------------------------------------------
     def profile(self, profile: EgressProfile) -> EgressProfile:
         """The shared instance equal to `profile`, so viewers alike share one header per packet."""
