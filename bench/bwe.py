@@ -4,14 +4,19 @@ One Chromium publisher (3 simulcast layers, ~150 / 500 / 1500 kbit/s) and one Ch
 namespace behind a veth link shaped with tc tbf (tests/netlab.py). The viewer's link is unlimited, then cut to
 300 kbit/s for 15 s, then lifted. Run once with `rtc.bandwidth_estimation = true` and once with `false` (the
 baseline: the highest layer alive, as without estimation), and print side by side:
-time to downgrade after the cut (decoded size drops), loss while capped, time to upgrade after the lift, and the
-share of the 300 kbit/s the viewer actually received (goodput) while capped.
+time from the cut to the gateway's decision (its SSE `layers` event) and to the first decoded frame of the lower
+layer, loss in the first 5 s after the cut and over the whole capped period, time to upgrade after the lift, and
+the share of the 300 kbit/s the viewer actually received (goodput) while capped.
 
-    sudo python3 bench/bwe.py        (needs root for network namespaces; Debian chromium; about 2 minutes)
+    sudo python3 bench/bwe.py [--buffer-ms 100]   (root for network namespaces; Debian chromium; ~2 minutes)
+
+--buffer-ms is tbf's `latency`: how much queue the shaped link holds (100 ms: a shallow buffer, where loss
+starts ~25 ms after the cut; home routers often hold several hundred ms, where delay rises before loss).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import sys
@@ -28,10 +33,28 @@ CAPPED_SECONDS = 15.0
 
 
 def video(page) -> dict:
-    return (page.evaluate("window.whipgateStats") or {}).get("video") or {}
+    """Fresh inbound video stats (getStats now, not the page's once-a-second copy)."""
+    return page.evaluate("window.whipgateVideoStats()") or {}
 
 
-def run(estimation: bool, workdir: pathlib.Path) -> dict:
+def decided_at(page, since: float) -> float | None:
+    """Wall-clock time of the first SSE `layers` event after `since` whose target or current layer is "q"."""
+    for event in page.evaluate("window.whipgateEvents") or []:
+        if event["name"] != "layers" or event["time"] / 1000 < since:
+            continue
+        for selection in (event["data"].get("selection") or {}).values():
+            if any((selection.get(key) or {}).get("rid") == "q" for key in ("target", "current")):
+                return event["time"] / 1000
+    return None
+
+
+def loss_between(a: dict, b: dict) -> tuple[int, int]:
+    lost = (b.get("packetsLost") or 0) - (a.get("packetsLost") or 0)
+    received = (b.get("packetsReceived") or 0) - (a.get("packetsReceived") or 0)
+    return lost, received
+
+
+def run(estimation: bool, workdir: pathlib.Path, buffer_ms: int) -> dict:
     with NetLab() as lab:
         viewer_host = lab.add_host("viewer")
         fake = make_fake_video(workdir / "cam.y4m", width=1280, height=720, fps=30, seconds=4)
@@ -42,17 +65,22 @@ def run(estimation: bool, workdir: pathlib.Path) -> dict:
             wait_for(lambda: video(page).get("frameWidth") == 1280, 60, "viewer never reached 1280x720")
             time.sleep(3)
             before = video(page)
-            t_cut = time.monotonic()
-            viewer_host.shape(CAP_KBIT)
+            t_cut, wall_cut = time.monotonic(), time.time()
+            viewer_host.shape(CAP_KBIT, latency_ms=buffer_ms)
             downgrade = None
+            first_5s = None
             while time.monotonic() - t_cut < CAPPED_SECONDS:
-                if downgrade is None and (video(page).get("frameWidth") or 9999) < 640:
+                stats = video(page)
+                if downgrade is None and (stats.get("frameWidth") or 9999) < 640:
                     downgrade = time.monotonic() - t_cut
-                time.sleep(0.1)
+                if first_5s is None and time.monotonic() - t_cut >= 5:
+                    first_5s = loss_between(before, stats)
+                time.sleep(0.05)
             after = video(page)
             capped = time.monotonic() - t_cut
-            lost = (after.get("packetsLost") or 0) - (before.get("packetsLost") or 0)
-            received = (after.get("packetsReceived") or 0) - (before.get("packetsReceived") or 0)
+            decided = decided_at(page, wall_cut) if estimation else None
+            lost, received = loss_between(before, after)
+            lost_5s, received_5s = first_5s or (lost, received)
             goodput_kbit = ((after.get("bytesReceived") or 0) - (before.get("bytesReceived") or 0)) * 8 / capped / 1000
             t_lift = time.monotonic()
             viewer_host.shape(None)
@@ -63,7 +91,10 @@ def run(estimation: bool, workdir: pathlib.Path) -> dict:
                     break
                 time.sleep(0.1)
             return {
+                "decision_s": decided - wall_cut if decided is not None else None,
                 "downgrade_s": downgrade,
+                "loss_5s": lost_5s / max(1, lost_5s + received_5s),
+                "lost_5s": lost_5s,
                 "loss": lost / max(1, lost + received),
                 "upgrade_s": upgrade,
                 "goodput_share": goodput_kbit / CAP_KBIT,
@@ -78,25 +109,30 @@ def fmt(value, unit: str = "") -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--buffer-ms", type=int, default=100, help="tbf latency: the shaped link's queue (ms)")
+    args = parser.parse_args()
     reason = lab_unavailable(browsers=True)
     if reason:
         print(f"cannot run: {reason}")
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run(True, pathlib.Path(tmp) / "ours")
-        base = run(False, pathlib.Path(tmp) / "base")
+        ours = run(True, pathlib.Path(tmp) / "ours", args.buffer_ms)
+        base = run(False, pathlib.Path(tmp) / "base", args.buffer_ms)
     print(json.dumps({"whipgate": ours, "baseline": base}, indent=1))
-    print(f"\nlink cut from unlimited to {CAP_KBIT} kbit/s for {CAPPED_SECONDS:g} s, then lifted")
-    print(f"{'':28} | {'whipgate':>10} | {'top layer only':>14}")
+    print(f"\nlink cut from unlimited to {CAP_KBIT} kbit/s (tbf, {args.buffer_ms} ms queue) for {CAPPED_SECONDS:g} s, then lifted")
+    print(f"{'':34} | {'whipgate':>10} | {'top layer only':>14}")
     rows = [
-        ("time to downgrade", fmt(ours["downgrade_s"], " s"), fmt(base["downgrade_s"], " s")),
+        ("decision to move down (SSE)", fmt(ours["decision_s"], " s"), "-"),
+        ("time to downgrade (decoded size)", fmt(ours["downgrade_s"], " s"), fmt(base["downgrade_s"], " s")),
+        ("loss, first 5 s after the cut", fmt(ours["loss_5s"]), fmt(base["loss_5s"])),
         ("loss while capped", fmt(ours["loss"]), fmt(base["loss"])),
         ("time to upgrade after lift", fmt(ours["upgrade_s"], " s"), fmt(base["upgrade_s"], " s")),
         ("goodput / capacity (capped)", fmt(ours["goodput_share"]), fmt(base["goodput_share"])),
         ("frames decoded while capped", str(ours["frames_while_capped"]), str(base["frames_while_capped"])),
     ]
     for name, a, b in rows:
-        print(f"{name:28} | {a:>10} | {b:>14}")
+        print(f"{name:34} | {a:>10} | {b:>14}")
     return 0
 
 

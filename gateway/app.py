@@ -45,6 +45,12 @@ def list_streams(request: Request) -> list[dict]:
     return request.app.state.manager.stream_list()
 
 
+@get("/api/streams/{name:str}/viewers", sync_to_thread=False)
+def list_viewers(request: Request, name: str) -> list[dict]:
+    """Each viewer of a stream on this node: its tracks with layer, reason, bandwidth estimate and counters."""
+    return request.app.state.manager.viewer_list(name)
+
+
 def create_app(config: Config) -> Litestar:
     manager = SessionManager(config)
     manager.registry = make_registry(config, load=lambda: len(manager.sessions), on_stream_lost=manager.stream_lost)
@@ -59,10 +65,11 @@ def create_app(config: Config) -> Litestar:
         await manager.registry.close()
 
     app = Litestar(
-        route_handlers=[*whip_handlers, *whep_handlers, healthz, readyz, metrics_endpoint, list_streams, pages_router],
+        route_handlers=[*whip_handlers, *whep_handlers, healthz, readyz, metrics_endpoint, list_streams, list_viewers, pages_router],
         on_startup=[startup],
         on_shutdown=[shutdown],
         openapi_config=None,
+        logging_config=None,  # the CLI configured logging ([log] level); Litestar would reset it to INFO
     )
     app.state.manager = manager
     return app

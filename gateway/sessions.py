@@ -49,6 +49,7 @@ class SessionManager:
         self._tasks: set[asyncio.Task] = set()
         metrics.track_sessions("publisher", lambda: self.count("publisher"))
         metrics.track_sessions("viewer", lambda: self.count("viewer"))
+        metrics.track_viewers(lambda: [s.layer_summary() for s in self.sessions.values() if isinstance(s, ViewerSession)])
 
     def count(self, kind: str) -> int:
         return sum(1 for s in self.sessions.values() if s.kind == kind)
@@ -168,3 +169,6 @@ class SessionManager:
 
     def stream_list(self) -> list[dict]:
         return [s.info() for s in self.streams.values() if s.publisher is not None]
+
+    def viewer_list(self, stream_name: str) -> list[dict]:
+        return [s.info() for s in self.sessions.values() if isinstance(s, ViewerSession) and s.stream_name == stream_name]

@@ -107,6 +107,9 @@ BETA = 0.85  # §5.5 decrease factor
 ETA_PER_SECOND = 1.08  # §5.5 multiplicative increase, at most 8 % per second
 RATE_WINDOW_US = 500_000  # §5.5 R_hat window T, [0.5, 1] s RECOMMENDED
 MIN_RATE_SPAN_US = 100_000  # ours: R_hat needs this much arrival time to be trusted
+RECENT_RATE_WINDOW_US = 200_000  # ours: the receive rate right now, for decreases after a capacity drop
+RECENT_RATE_MIN_SPAN_US = 60_000
+DELIVERED_MIN_SPAN_US = 30_000  # ours: a loss period's delivered rate needs this much arrival time
 CONVERGENCE_SMOOTHING = 0.95  # §5.5 EMA of the receive rate at decreases
 CONVERGENCE_MIN_STD = 0.05  # ours: the standard deviation is at least 5 % of the average
 MAX_RATE_FACTOR = 1.5  # §5.5 A_hat(i) < 1.5 * R_hat(i)
@@ -297,12 +300,14 @@ class _Trendline:
 
 
 class _RateWindow:
-    """R_hat (§5.5): bytes received over the last `RATE_WINDOW_US` of arrival time, one entry per feedback
+    """R_hat (§5.5): bytes received over the last `window_us` of arrival time, one entry per feedback
     (first arrival, last arrival, bytes, size of the first-arriving packet), so nothing is kept per packet."""
 
-    __slots__ = ("_entries", "_bytes", "_newest", "bps")
+    __slots__ = ("_entries", "_bytes", "_newest", "bps", "_window", "_min_span")
 
-    def __init__(self) -> None:
+    def __init__(self, window_us: int = RATE_WINDOW_US, min_span_us: int = MIN_RATE_SPAN_US) -> None:
+        self._window = window_us
+        self._min_span = min_span_us
         self._entries: deque[tuple[int, int, int, int]] = deque()
         self._bytes = 0
         self._newest = 0
@@ -318,11 +323,11 @@ class _RateWindow:
         newest = self._newest
         entries.append((first_arrival, last_arrival, total, first_size))
         self._bytes += total
-        while len(entries) > 1 and entries[0][1] < newest - RATE_WINDOW_US:
+        while len(entries) > 1 and entries[0][1] < newest - self._window:
             self._bytes -= entries.popleft()[2]
         oldest = min(entries)  # the entry with the earliest first arrival
         span = newest - oldest[0]
-        if span >= MIN_RATE_SPAN_US:
+        if span >= self._min_span:
             # Bytes after the first arrival over the time they took (the first packet's bytes arrived
             # before the span started).
             self.bps = (self._bytes - oldest[3]) * 8_000_000 // span
@@ -363,6 +368,8 @@ class SendSideEstimator:
         "_prev_send",
         "_prev_arrival",
         "_rate",
+        "_recent_rate",
+        "_decreased",
         "_last_update_us",
         "_conv_avg",
         "_conv_var",
@@ -373,6 +380,9 @@ class SendSideEstimator:
         "_period_received",
         "_period_lost",
         "_period_start_us",
+        "_period_bytes",
+        "_period_first_arrival",
+        "_period_last_arrival",
         "_last_twcc_us",
         "_remb_bps",
         "_rr_loss",
@@ -422,7 +432,12 @@ class SendSideEstimator:
         self._prev_send: int | None = None
         self._prev_arrival = 0
         self._rate = _RateWindow()
+        # What the path delivers right now: after a capacity drop the 0.5 s R_hat still holds the old rate
+        # for half a second, and a decrease to beta x R_hat (or the §6 loss step) lands on a layer that still
+        # does not fit, then needs a second decrease and a second keyframe wait.
+        self._recent_rate = _RateWindow(RECENT_RATE_WINDOW_US, RECENT_RATE_MIN_SPAN_US)
         self._last_update_us: int | None = None
+        self._decreased = False  # any delay- or loss-based decrease yet (the end of start-up)
         self._conv_avg: float | None = None
         self._conv_var = 0.0
         self._rtt_us = 100_000
@@ -432,6 +447,9 @@ class SendSideEstimator:
         self._period_received = 0
         self._period_lost = 0
         self._period_start_us: int | None = None
+        self._period_bytes = 0  # bytes received in the loss period, and their arrival span: the delivered rate
+        self._period_first_arrival = 0
+        self._period_last_arrival = 0
         self._last_twcc_us: int | None = None
         self._remb_bps: int | None = None
         self._rr_loss: float | None = None
@@ -645,6 +663,7 @@ class SendSideEstimator:
 
         if received:
             self._rate.add(first_arrival, last_arrival, received_bytes, first_size)
+            self._recent_rate.add(first_arrival, last_arrival, received_bytes, first_size)
             if newest_send is not None and now_us > newest_send:
                 sample = now_us - newest_send
                 self._rtt_us = sample if self.feedbacks == 1 else (7 * self._rtt_us + sample) // 8
@@ -663,13 +682,22 @@ class SendSideEstimator:
         # §6 loss-based controller, over at least LOSS_MIN_PACKETS packets or LOSS_MAX_PERIOD_US.
         if self._period_start_us is None:
             self._period_start_us = now_us
+        if received:
+            if not self._period_received or first_arrival < self._period_first_arrival:
+                self._period_first_arrival = first_arrival
+            if not self._period_received or last_arrival > self._period_last_arrival:
+                self._period_last_arrival = last_arrival
+            self._period_bytes += received_bytes
         self._period_received += received
         self._period_lost = max(0, self._period_lost + lost)
         total = self._period_received + self._period_lost
         if total >= LOSS_MIN_PACKETS or (total and now_us - self._period_start_us >= LOSS_MAX_PERIOD_US):
-            self._update_loss_based(self._period_lost / total, now_us)
+            span = self._period_last_arrival - self._period_first_arrival
+            delivered = self._period_bytes * 8_000_000 // span if span >= DELIVERED_MIN_SPAN_US else 0
+            self._update_loss_based(self._period_lost / total, now_us, delivered)
             self._period_received = 0
             self._period_lost = 0
+            self._period_bytes = 0
             self._period_start_us = now_us
 
         if prober is not None:
@@ -802,11 +830,15 @@ class SendSideEstimator:
         estimate = self._delay_bps
 
         if state == STATE_DECREASE:
+            recent = self._recent_rate.bps
+            if received and recent and recent < received:
+                received = recent  # ours: the path's rate now, not half a second ago
             # §5.5: A_hat(i) = beta * R_hat(i); never upwards (R_hat can exceed A_hat during a burst).
             target = BETA * received if received else BETA * estimate
             if target < estimate:
                 self._delay_bps = target
                 self._reason = "overuse"
+                self._decreased = True
             if received:
                 # §5.5: statistics of the receive rate at decreases, EMA with smoothing 0.95.
                 avg = self._conv_avg
@@ -854,11 +886,21 @@ class SendSideEstimator:
             ceiling = MAX_RATE_FACTOR * received
             if increased > ceiling:
                 increased = max(estimate, ceiling)
+            # Ours, at start-up only (before the first decrease): never below what the path has just delivered
+            # without over-use or loss. A forwarding SFU sends the layer's rate whatever the estimate says; a
+            # viewer that joined on the top layer with the 1 Mbit/s initial guess would otherwise be moved
+            # down after a second, its link carrying twice that (8 %/s from 1 Mbit/s takes 9 s to reach
+            # 2 Mbit/s). After a decrease the receive rate includes a draining queue, so AIMD and probes rule.
+            if received > increased and not self._decreased and self._loss < LOSS_LOW:
+                increased = float(received)
         if increased > estimate:
             self._delay_bps = increased
-            self._reason = "additive increase" if near_convergence else "increase"
+            if received and increased == received:
+                self._reason = "acknowledged"
+            else:
+                self._reason = "additive increase" if near_convergence else "increase"
 
-    def _update_loss_based(self, loss: float, now_us: int) -> None:
+    def _update_loss_based(self, loss: float, now_us: int, delivered_bps: int = 0) -> None:
         """§6: >10 % loss: As_hat(i) = As_hat(i-1)(1 - 0.5p); <2 %: As_hat(i) = 1.05 As_hat(i-1).
 
         Ours: at most one decrease per feedback RTT + 300 ms. Losses behind a long queue are reported late
@@ -872,10 +914,20 @@ class SendSideEstimator:
             self._loss_decreased_us = now_us
             # The final rate is what was actually lost at.
             base = min(self._loss_bps, self._delay_bps) if self._delay_active() else self._loss_bps
-            self._loss_bps = base * (1 - 0.5 * loss)
+            decreased = base * (1 - 0.5 * loss)
+            # Ours: never above what the path delivered while losing (the period's received bytes over their
+            # arrival span). Heavy loss after a capacity drop means the sender is far above the new capacity;
+            # (1 - 0.5p) alone takes several steps (one per RTT + 300 ms) to get there, and every step is
+            # another layer switch and keyframe wait.
+            if delivered_bps and delivered_bps < decreased:
+                decreased = float(delivered_bps)
+            self._loss_bps = decreased
+            self._decreased = True
             self._reason = f"loss {loss * 100:.0f}%"
         elif loss < LOSS_LOW:
             self._loss_bps *= LOSS_INCREASE
+            if not self._decreased and delivered_bps > self._loss_bps:
+                self._loss_bps = float(delivered_bps)  # start-up: see the delay-based "acknowledged" rule
 
     def _on_probe_result(self, measured: int, target: int, success: bool) -> None:
         """A successful probe shows the path carried `measured`: raise the estimates to it, unless the
@@ -1422,15 +1474,28 @@ class LayerSelector:
             self.switches += 1
             if bitrate > self._last_bitrate:
                 self._last_up_us = now_us
-            else:
+            elif reason.startswith("down"):  # not "layer inactive": the publisher stopped it, not our estimate
                 if self._last_up_us is not None and now_us - self._last_up_us <= self.flap_window_us:
                     self._hold_us = min(self._hold_us * 2, self.max_up_hold_us)  # up then down: flapping
                 self._last_down_us = now_us
         self.current = (spatial, temporal)
         self._last_bitrate = bitrate
-        self._since.clear()
+        if bitrate > self._last_bitrate_before(previous, options):
+            # Up: options above the new one keep the time since the estimate supports them (a climb from the
+            # lowest to the top layer holds once, not once per step). Down: everything starts over.
+            for key in [key for key in self._since if key <= (spatial, temporal)]:
+                del self._since[key]
+        else:
+            self._since.clear()
         self._set_probe_target(options, index, estimate, acknowledged_bps, probe_ok_bps)
         return spatial, temporal, reason
+
+    @staticmethod
+    def _last_bitrate_before(previous: tuple[int, int] | None, options: list[tuple[int, int, int]]) -> int:
+        for spatial, temporal, bitrate in options:
+            if (spatial, temporal) == previous:
+                return bitrate
+        return 1 << 62  # no previous option (first choice, or it went away): treat as a downward move
 
     def _set_probe_target(
         self,
@@ -1443,8 +1508,10 @@ class LayerSelector:
         target = None
         for candidate in range(position + 1, len(options)):
             rate = options[candidate][2]
-            if probe_ok_bps >= rate or acknowledged_bps >= rate:
-                continue
+            if (probe_ok_bps >= rate or acknowledged_bps >= rate) and self.up_factor * rate <= estimate:
+                continue  # proven, and the estimate supports it: only the hold is missing
+            # Unproven, or proven but the estimate is short of up_factor x its rate (an estimate set by a
+            # probe does not grow by itself while the viewer receives a lower layer: 1.5 x R_hat caps it).
             target = int(min(self.up_factor * rate, self.probe_step * max(estimate, 1)))
             break
         self.probe_target_bps = target

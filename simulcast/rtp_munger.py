@@ -51,6 +51,7 @@ class _Segments:
         "_seg_extra",
         "_count",
         "_run_start",
+        "_run_first_out",
         "_started",
         "_in_start",
         "_offset",
@@ -74,6 +75,7 @@ class _Segments:
         self._seg_extra = array("q", zeros)  # per-run data for the owner (RtpMunger: the timestamp offset)
         self._count = 0  # segments ever opened; the current one is (_count - 1) & _ring
         self._run_start = 0  # _count index of the segment opened by the last switch_to
+        self._run_first_out = 0  # the first outgoing value of the last switch_to
         self._started = False
         # The current segment, cached for the per-packet fast path.
         self._in_start = 0
@@ -105,6 +107,7 @@ class _Segments:
         self._extra = extra
         self._open(first_in, first_out, layer, extra)
         self._run_start = self._count - 1
+        self._run_first_out = first_out & mask
         self._highest_in = (first_in - 1) & mask
         self._last_out = (first_out - 1) & mask
         self.layer = layer
@@ -157,6 +160,10 @@ class _Segments:
             upper = seg_out[i]
             k -= 1
         return None
+
+    def since_switch(self, out: int) -> bool:
+        """Whether outgoing value `out` was handed out at or after the last `switch_to` (not before it)."""
+        return self._started and (out - self._run_first_out) & self._mask < self._half
 
     def _find(self, out: int) -> int:
         """Ring index of the segment holding outgoing value `out`, or -1 (never sent, or too old)."""

@@ -8,19 +8,25 @@ asks `select` for the layer the estimate allows (simulcast/bwe.py holds the GCC-
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from typing import TYPE_CHECKING, Optional
 
 from gateway import metrics
-from simulcast.bwe import LayerSelector, Prober, SendLog, SendSideEstimator
+from simulcast.bwe import LayerSelector, Pacer, Prober, SendLog, SendSideEstimator
 from simulcast.twcc import parse_feedback
 
 if TYPE_CHECKING:
+    from gateway.sfu.down_track import DownTrack
+    from gateway.sfu.egress import Template
     from simulcast.layer import Layer
 
 INITIAL_BPS = 1_000_000  # the estimate before any feedback: the layer chosen at join must fit it
 MAX_BPS = 20_000_000
+PACING_FACTOR = 2.5  # GCC §4 / libwebrtc's pacing factor
+CONGESTED_PACING_FACTOR = 1.2  # ours: while over-used, holding or losing more than CONGESTED_LOSS
+CONGESTED_LOSS = 0.02
 
 
 def now_us() -> int:
@@ -33,18 +39,61 @@ class ViewerBandwidth:
         self.log = SendLog()
         # 60 ms clusters: a shorter probe fits inside a shaper's token burst and passes at line rate, which would
         # "prove" a rate the path cannot sustain (seen with tc tbf: a 25 ms probe passed 1.2 Mbit/s on 700 kbit/s).
-        self.prober = Prober(duration_us=60_000)
+        # Failed probes back off 1 s, doubling to at most 2 s: while capped a probe every 2 s costs little, and
+        # after the cap is lifted the next probe is at most 2 s away (issue #4: upgrade within 5 s of a lift).
+        self.prober = Prober(duration_us=60_000, max_backoff_us=2_000_000)
         self.estimator = SendSideEstimator(self.log, prober=self.prober, initial_bps=INITIAL_BPS, max_bps=MAX_BPS)
         # Hold an upgrade 1 s (doubling after flaps, at most 4 s): issue #4 asks for an upgrade within 5 s of a lift.
-        self.selector = LayerSelector(up_hold_us=1_000_000, max_up_hold_us=4_000_000)
+        # An up-then-down within 3 s counts as a flap (a wrong upgrade); a down later is the path changing.
+        self.selector = LayerSelector(up_hold_us=1_000_000, max_up_hold_us=4_000_000, flap_window_us=3_000_000)
         self._seq = random.getrandbits(16)
         self.choice: Optional[tuple[int, int, str]] = None  # (spatial id, temporal id, reason)
+        # GCC §4: the pacer sends at 2.5x the estimate, so a keyframe (tens of packets at once) does not hit the
+        # path as one burst, queue up at its bottleneck, read as over-use and lose its tail.
+        self.pacer = Pacer(INITIAL_BPS, factor=PACING_FACTOR)
+        self._drain: Optional[asyncio.TimerHandle] = None
 
     # ---- per packet (the forwarding path) ----------------------------------------------------------
     def next_seq(self) -> int:
         seq = self._seq
         self._seq = (seq + 1) & 0xFFFF
         return seq
+
+    def may_send_now(self, size: int) -> bool:
+        """The pacer lets a packet of `size` bytes out now (and charges it), or it must be queued."""
+        return self.pacer.can_send_now(size, now_us())
+
+    def enqueue(self, down: "DownTrack", template: "Template", seq: int, timestamp: int, ssrc: int, size: int) -> None:
+        """Queue a packet the pacer holds back; its timer sends it (with its transport-wide seq) when due."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (pure unit use): nothing could drain a queue, so send now
+            down.send_stamped(template, seq, timestamp, ssrc)
+            return
+        before = self.pacer.dropped
+        self.pacer.enqueue((down, template, seq, timestamp, ssrc), size)
+        if self.pacer.dropped != before:
+            metrics.count_drop("pacer_queue_full")
+        if self._drain is None:
+            self._schedule(loop)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = now_us()
+        due = self.pacer.next_send_us(now)
+        if due is not None:
+            self._drain = loop.call_later(max(due - now, 0) / 1_000_000, self._send_due, loop)
+
+    def _send_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._drain = None
+        for down, template, seq, timestamp, ssrc in self.pacer.poll(now_us()):
+            if down.active:
+                down.send_stamped(template, seq, timestamp, ssrc)
+        self._schedule(loop)
+
+    def close(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
 
     def sent(self, seq: int, size: int) -> None:
         cluster = self.prober.active_cluster
@@ -61,12 +110,23 @@ class ViewerBandwidth:
             metrics.count_drop("twcc_feedback_malformed")
             return
         self.estimator.on_feedback(feedback, now_us())
+        self._pace()
 
     def on_remb(self, bitrate: int) -> None:
         self.estimator.on_remb(bitrate, now_us())
+        self._pace()
 
     def on_receiver_report(self, fraction_lost: int) -> None:
         self.estimator.on_receiver_report(fraction_lost, now_us())
+        self._pace()
+
+    def _pace(self) -> None:
+        """2.5x the estimate while the path has room; close to the estimate itself while it is congested (just
+        after a downgrade the lower layer's keyframe must not overflow the queue the higher layer filled)."""
+        e = self.estimator
+        congested = e.state != "increase" or e.loss >= CONGESTED_LOSS
+        self.pacer.factor = CONGESTED_PACING_FACTOR if congested else PACING_FACTOR
+        self.pacer.set_estimate(e.estimate_bps)
 
     # ---- layer choice ------------------------------------------------------------------------------
     def select(self, layers: list["Layer"]) -> tuple[int, int, str]:
@@ -101,5 +161,6 @@ class ViewerBandwidth:
             "state": e.state,
             "loss": round(e.loss, 4),
             "estimator_reason": e.reason,
+            "pacer_queue_bytes": self.pacer.queued_bytes,
             "transport_cc": self.transport_cc,
         }

@@ -31,7 +31,21 @@ def lab() -> Any:
 
 
 def video(page: Any) -> dict:
-    return (page.evaluate("window.whipgateStats") or {}).get("video") or {}
+    """Fresh inbound video stats (getStats now, not the page's once-a-second copy)."""
+    return page.evaluate("window.whipgateVideoStats()") or {}
+
+
+def decided_at(page: Any, rid: str, since: float) -> float | None:
+    """Wall-clock time of the first SSE `layers` event after `since` naming `rid` as this viewer's target or
+    current layer: when the gateway chose it (before the keyframe wait and the trip over the shaped link)."""
+    for event in page.evaluate("window.whipgateEvents") or []:
+        if event["name"] != "layers" or event["time"] / 1000 < since:
+            continue
+        for selection in (event["data"].get("selection") or {}).values():
+            for key in ("target", "current"):
+                if (selection.get(key) or {}).get("rid") == rid:
+                    return event["time"] / 1000
+    return None
 
 
 def size(page: Any) -> tuple[int, int]:
@@ -82,10 +96,11 @@ def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: Ne
         # Cut one link to 300 kbit/s: that viewer moves down, the others stay where they are.
         lost_before = video(pages["changing"]).get("packetsLost") or 0
         received_before = video(pages["changing"]).get("packetsReceived") or 0
-        t_cut = time.monotonic()
+        t_cut, wall_cut = time.monotonic(), time.time()
         changing.shape(300)
-        wait_for(lambda: size(pages["changing"])[0] < 640, 20, lambda: "cut viewer did not move down\n" + report(gw, pages))
+        wait_for(lambda: size(pages["changing"])[0] < 640, 20, lambda: "cut viewer did not move down\n" + report(gw, pages), 0.05)
         downgrade = time.monotonic() - t_cut
+        decided = decided_at(pages["changing"], "q", wall_cut)
         wait_for(lambda: decoding(pages["changing"], SIZES["q"]), 20, lambda: "cut viewer not decoding 180p\n" + report(gw, pages))
         lost = (video(pages["changing"]).get("packetsLost") or 0) - lost_before
         received = (video(pages["changing"]).get("packetsReceived") or 0) - received_before
@@ -94,9 +109,11 @@ def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: Ne
         # Lift the cap: it climbs back (probing first).
         t_lift = time.monotonic()
         changing.shape(None)
-        wait_for(lambda: decoding(pages["changing"], SIZES["f"]), 40, lambda: "lifted viewer not back on 720p\n" + report(gw, pages))
+        wait_for(lambda: size(pages["changing"]) == SIZES["f"], 40, lambda: "lifted viewer not back on 720p\n" + report(gw, pages), 0.05)
         upgrade = time.monotonic() - t_lift
+        assert decoding(pages["changing"], SIZES["f"]), report(gw, pages)
         loss = lost / max(1, lost + received)
-        print(f"\ndowngrade after cut: {downgrade:.1f} s (as seen in decoded size), loss during it {loss:.1%} "
-              f"({lost} of {lost + received}); upgrade after lift: {upgrade:.1f} s")
+        decision = f"{decided - wall_cut:.2f} s" if decided is not None else "not seen"
+        print(f"\ndowngrade after cut: decided after {decision} (SSE), decoded at 320x180 after {downgrade:.2f} s; "
+              f"loss from the cut until then {loss:.1%} ({lost} of {lost + received}); upgrade after lift: {upgrade:.1f} s")
         assert gw.codec_violations() == ""

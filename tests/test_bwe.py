@@ -905,3 +905,102 @@ def test_per_call_costs() -> None:
     )
     assert record_us < 2.0
     assert per_packet_us < 20.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reactions measured on the shaped lab link (tests/test_bandwidth.py), pinned down here as pure units
+
+
+def _deliver(est: SendSideEstimator, log: SendLog, seq: int, send_us: int, packets: int, send_gap_us: int,
+             arrive_gap_us: int, lost_every: int = 0, size: int = 1200) -> tuple[int, int]:
+    """Log `packets` sent every send_gap_us, feed one feedback with arrivals every arrive_gap_us (every
+    `lost_every`-th reported lost). Returns the next (seq, send time)."""
+    arrivals: list[int | None] = []
+    for i in range(packets):
+        log.record((seq + i) & 0xFFFF, size, send_us + i * send_gap_us)
+        lost = lost_every and i % lost_every == lost_every - 1
+        arrivals.append(None if lost else 5 * MS + send_us + i * arrive_gap_us)
+    end = send_us + packets * send_gap_us
+    est.on_feedback(_feedback(seq, arrivals), end + 20 * MS)
+    return seq + packets, end
+
+
+def test_startup_estimate_rises_to_what_the_path_delivers() -> None:
+    """A viewer joins on a 2.4 Mbit/s layer with the 1 Mbit/s initial guess: the estimate follows the delivered
+    rate (no over-use, no loss) instead of climbing 8 %/s and moving the viewer down meanwhile."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=1_000_000)
+    seq, t = 0, 0
+    for _ in range(10):  # 10 feedbacks of 12 packets of 1200 B, one every 4 ms: 2.4 Mbit/s for 0.48 s
+        seq, t = _deliver(est, log, seq, t, 12, 4 * MS, 4 * MS)
+    assert est.estimate_bps >= 2_000_000, est.reason
+
+
+def test_startup_rule_ends_at_the_first_decrease() -> None:
+    """After a congestion event the receive rate includes a draining queue: it must not lift the estimate."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=1_000_000)
+    seq, t = 0, 0
+    for _ in range(6):  # heavy loss: a loss-based decrease
+        seq, t = _deliver(est, log, seq, t, 12, 4 * MS, 4 * MS, lost_every=3)
+    after_loss = est.estimate_bps
+    assert after_loss < 1_000_000
+    for _ in range(10):  # then 2.4 Mbit/s delivered cleanly: AIMD, not a jump to the delivered rate
+        seq, t = _deliver(est, log, seq, t, 12, 4 * MS, 4 * MS)
+    assert est.estimate_bps < 1.6 * after_loss
+
+
+def test_heavy_loss_cuts_to_the_delivered_rate_in_one_step() -> None:
+    """A link cut from 2.4 Mbit/s to 300 kbit/s: the first loss decrease lands near what now gets through
+    (one layer switch, one keyframe wait), not at (1 - 0.5 p) x the old rate."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_400_000)
+    seq, t = 0, 0
+    for _ in range(10):
+        seq, t = _deliver(est, log, seq, t, 12, 4 * MS, 4 * MS)
+    assert est.estimate_bps >= 2_000_000
+    # Cut: 7 of 8 packets lost, the survivors arrive 32 ms apart (1200 B / 32 ms = 300 kbit/s).
+    arrivals: list[int | None] = []
+    for i in range(32):
+        log.record(seq + i, 1200, t + i * 4 * MS)
+        arrivals.append(t + 5 * MS + (i // 8) * 32 * MS if i % 8 == 0 else None)
+    est.on_feedback(_feedback(seq, arrivals), t + 32 * 4 * MS + 20 * MS)
+    assert est.loss > 0.5
+    # (1 - 0.5 x 0.875) x 2.4M alone would be ~1.05M; the delivered rate is 4 x 1200 B over 96 ms = 400k.
+    assert 250_000 <= est.estimate_bps <= 450_000
+
+
+def test_selector_probes_a_proven_layer_the_estimate_does_not_carry() -> None:
+    """A probe proved 1.6 Mbit/s once, but the estimate (set by that probe) is short of 1.2 x the top layer:
+    the selector asks for another probe instead of waiting for an estimate that cannot grow while the viewer
+    receives a lower layer (the §5.5 1.5 x R_hat ceiling holds it)."""
+    selector = LayerSelector(up_hold_us=1 * SECOND)
+    layers = [(0, 150_000, True), (1, 500_000, True), (2, 1_600_000, True)]
+    selector.select(layers, 700_000, 0)
+    spatial, _, _ = selector.select(layers, 1_700_000, 2 * SECOND, probe_ok_bps=1_700_000)
+    assert spatial == 1
+    assert selector.probe_target_bps == int(1.2 * 1_600_000)
+
+
+def test_selector_climbs_two_layers_with_one_hold() -> None:
+    """Support for the top layer that started before the switch to the middle one still counts after it."""
+    selector = LayerSelector(up_hold_us=1 * SECOND)
+    assert selector.select(LAYERS, 200_000, 0)[0] == 0
+    selector.select(LAYERS, 700_000, 1 * SECOND, probe_ok_bps=700_000)  # middle supported from 1 s
+    selector.select(LAYERS, 2_000_000, 1 * SECOND + 500 * MS, probe_ok_bps=2_000_000)  # top from 1.5 s
+    assert selector.select(LAYERS, 2_000_000, 2 * SECOND, probe_ok_bps=2_000_000)[0] == 1
+    assert selector.select(LAYERS, 2_000_000, 2 * SECOND + 400 * MS, probe_ok_bps=2_000_000)[0] == 1
+    assert selector.select(LAYERS, 2_000_000, 2 * SECOND + 500 * MS, probe_ok_bps=2_000_000)[0] == 2
+
+
+def test_selector_layer_going_inactive_is_not_a_flap() -> None:
+    """The publisher pausing its top layer (CPU or its own bandwidth) moves the viewer down, but that is not a
+    wrong upgrade of ours: the upgrade hold stays as it was (doubling it would slow the climb back)."""
+    selector = LayerSelector(up_hold_us=1 * SECOND, flap_window_us=3 * SECOND)
+    selector.select(LAYERS, 700_000, 0)
+    assert selector.select(LAYERS, 2_000_000, 1 * SECOND, probe_ok_bps=2_000_000)[0] == 1
+    assert selector.select(LAYERS, 2_000_000, 2 * SECOND, probe_ok_bps=2_000_000)[0] == 2  # up after 1 s
+    gone = [(0, 150_000, True), (1, 500_000, True), (2, 1_500_000, False)]
+    assert selector.select(gone, 2_000_000, 2 * SECOND + 500 * MS)[2] == "layer inactive"
+    assert selector.select(LAYERS, 2_000_000, 2 * SECOND + 600 * MS, probe_ok_bps=2_000_000)[0] == 1
+    assert selector.select(LAYERS, 2_000_000, 3 * SECOND + 600 * MS, probe_ok_bps=2_000_000)[0] == 2  # 1 s again

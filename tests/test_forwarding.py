@@ -273,7 +273,9 @@ def test_pinned_layer_and_return_to_automatic() -> None:
     assert down.target is top and down.reason == "highest active layer"
 
 
-def test_nack_after_a_switch_maps_back_to_the_right_layer() -> None:
+def test_nack_after_a_switch_resends_the_new_layer_and_drops_what_came_before() -> None:
+    """A packet sent before a switch is useless to the viewer (its decoder restarts at the new layer's keyframe),
+    so its NACK is dropped and counted; packets after the switch map back to the new layer."""
     upstream, wire = Wire(), Wire()
     track = simulcast_track(upstream)
     low, mid, top = track.ordered_layers
@@ -286,9 +288,17 @@ def test_nack_after_a_switch_maps_back_to_the_right_layer() -> None:
     feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=T0 + 1.13)
     sent = [parse_rtp(p) for p in wire.rtp]
     wire.rtp.clear()
+    before = drops("nack_before_switch")
     down.on_nack([sent[0].sequence_number, sent[-1].sequence_number])  # one from the top layer, one from the low
     resent = [parse_rtp(p).payload[2:] for p in wire.rtp]  # RTX: original sequence number first
-    assert resent == [vp8_key(1280, 720), b"\x10\x00\x00low-delta"]
+    assert resent == [b"\x10\x00\x00low-delta"]
+    assert drops("nack_before_switch") == before + 1
+
+
+def drops(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("whipgate_dropped_total", {"reason": reason}) or 0.0
 
 
 def vp8_temporal(picture_id: int, tl0: int, tid: int, key: bool = False, sync: bool = False) -> bytes:
@@ -412,3 +422,48 @@ def test_repeated_nacks_are_answered_once_per_interval_and_within_a_budget() -> 
     # At most a 250 ms burst at 25% of what was sent in the last second (here never measured: the floor).
     budget_bytes = RetransmissionBudget.FLOOR_BPS / 8 * 0.25
     assert 0 < len(wire.rtp) <= budget_bytes / 1100 + 1
+
+
+def test_a_keyframe_burst_to_a_viewer_leaves_at_the_pacing_rate_in_order() -> None:
+    """GCC §4 pacer: 40 packets of a keyframe arrive at once; the viewer gets them at 2.5x its estimate, paced by
+    one timer (no task per packet), with transport-wide sequence numbers in send order and nothing lost."""
+    import asyncio
+
+    from simulcast.viewer_bandwidth import PACING_FACTOR, ViewerBandwidth
+
+    async def run() -> tuple[list[tuple[float, bytes]], ViewerBandwidth]:
+        upstream, wire = Wire(), Wire()
+        sent: list[tuple[float, bytes]] = []
+
+        def send_rtp(packet: bytes) -> int:
+            sent.append((time.monotonic(), packet))
+            return len(packet)
+
+        track = video_track(upstream, history=256)
+        bandwidth = ViewerBandwidth(transport_cc=True)
+        bandwidth.pacer.set_estimate(1_000_000)  # paced at 2.5 Mbit/s
+        down = DownTrack(track, EgressProfile(100, 101, 9, "0", (), transport_cc_id=4), ssrc=0x5555,
+                         rtx_ssrc=0x6666, cname="c", send_rtp=send_rtp, send_rtcp=wire.send_rtcp)
+        down.bandwidth = bandwidth
+        down.start()
+        now = time.monotonic()
+        for seq in range(1, 41):
+            feed(track, seq, (VP8_KEY if seq == 1 else VP8_DELTA) + bytes(1100), ts=3000, now=now)
+        assert len(sent) < 5  # the burst allowance only; the rest waits in the pacer
+        for _ in range(100):
+            if len(sent) == 40:
+                break
+            await asyncio.sleep(0.01)
+        bandwidth.close()
+        return sent, bandwidth
+
+    sent, bandwidth = asyncio.run(run())
+    assert len(sent) == 40 and bandwidth.pacer.dropped == 0
+    packets = [parse_rtp(p) for _, p in sent]
+    assert [p.sequence_number for p in packets] == [(packets[0].sequence_number + i) & 0xFFFF for i in range(40)]
+    twcc = [int.from_bytes(p.extensions[4], "big") for p in packets]
+    assert twcc == [(twcc[0] + i) & 0xFFFF for i in range(40)]
+    duration = sent[-1][0] - sent[0][0]
+    rate = sum(len(p) for _, p in sent[:-1]) * 8 / duration
+    print(f"\n[pacer] 40 x ~1.1 kB keyframe: {duration * 1000:.0f} ms, {rate / 1e6:.2f} Mbit/s (target {PACING_FACTOR} Mbit/s)")
+    assert 0.5 * PACING_FACTOR * 1e6 <= rate <= 1.3 * PACING_FACTOR * 1e6  # timer granularity on a loaded machine

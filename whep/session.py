@@ -78,7 +78,7 @@ class ViewerSession(PeerSession):
         self.video = next((d for d in self.down_tracks if d.kind == "video"), None)
         self._video_mline = next((str(m.index) for m in offer.media if m.kind == "video"), "0")
         if self.video is not None:
-            self.video.on_switch = lambda down: self.publish_layers()
+            self.video.on_switch = self._switched
             self.video.source.on_layers_changed.append(self._layers_changed)
         self.events.publish("active", {})
 
@@ -98,6 +98,13 @@ class ViewerSession(PeerSession):
         down = self.video
         if down is None or not down.source.simulcast or not down.active or not self._estimate_layers:
             return
+        if log.isEnabledFor(logging.DEBUG):
+            e = self.bandwidth.estimator
+            log.debug(
+                "viewer %s: estimate %d kbit/s (delay %d, loss %d), acknowledged %d, %s/%s, loss %.2f, rtt %d ms, queue %d ms",
+                self.id, e.estimate_bps // 1000, e.delay_based_bps // 1000, e.loss_based_bps // 1000,
+                e.acknowledged_bps // 1000, e.state, e.signal, e.loss, e.rtt_us // 1000, e.queuing_delay_us // 1000,
+            )
         if down.pinned is None or down.pinned.is_automatic:
             before = self.bandwidth.choice
             choice = self.bandwidth.select(down.source.layers)
@@ -119,12 +126,25 @@ class ViewerSession(PeerSession):
         down = self.video
         deadline = time.monotonic() + 0.2
         while down is not None and self.bandwidth.probing and not self.ended and time.monotonic() < deadline:
+            # Everything due since the last tick: a late tick (a busy loop) must not make the probe slower than its
+            # target rate, or it would measure our sending instead of the path and fail.
             needed = self.bandwidth.padding_needed()
-            if needed > 0 and not down.send_padding(min(needed, 1200)):
+            if needed > 0 and not down.send_padding(min(needed, 16_000)):
                 return
             await asyncio.sleep(0.002)
 
     # ---- layers and events -------------------------------------------------------------------------
+    def _switched(self, down: DownTrack) -> None:
+        """The viewer now receives another layer (at its keyframe): tell the viewer, log and count the wait."""
+        metrics.LAYER_SWITCHES.labels(down.reason.split(":")[0]).inc()
+        metrics.LAYER_SWITCH_WAIT.observe(down.last_switch_wait)
+        log.info(
+            "viewer %s: now on layer %s (%s), %d ms after it was chosen (keyframe wait)",
+            self.id, down.current.rid if down.current is not None else None, down.reason, down.last_switch_wait * 1000,
+        )
+        self.publish_layers()
+
+
     def _layers_changed(self, track: PublishedTrack) -> None:
         self.publish_layers()
 
@@ -137,7 +157,11 @@ class ViewerSession(PeerSession):
         target = down.target.as_info() if down.target is not None else None
         pinned = down.pinned is not None and not down.pinned.is_automatic
         infos = [layer.as_info() for layer in down.source.layers]
-        self.events.publish("layers", layers_event(infos, current, target, pinned, down.reason, media_id=self._video_mline))
+        data = layers_event(infos, current, target, pinned, down.reason, media_id=self._video_mline)
+        if self._estimate_layers:
+            # Ours, next to the reason: the estimate behind this viewer's automatic choice (§4.9.1.3 has no field).
+            data["selection"][self._video_mline]["estimateBps"] = self.bandwidth.estimator.estimate_bps
+        self.events.publish("layers", data)
 
     def pin(self, request: LayerRequest) -> None:
         """§4.9.2 layer selection; ValueError (LayerNotFound) when the request names no layer of this stream."""
@@ -191,6 +215,7 @@ class ViewerSession(PeerSession):
     async def close(self, reason: str) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
+        self.bandwidth.close()
         for down in self.down_tracks:
             down.stop()
         if self.video is not None and self._layers_changed in self.video.source.on_layers_changed:
@@ -198,6 +223,15 @@ class ViewerSession(PeerSession):
         self.events.publish("inactive", {})
         self.events.close()
         await super().close(reason)
+
+    def layer_summary(self) -> tuple[int, str, str]:
+        """(estimate bps, or 0 without estimation; the video layer received; why) for /metrics."""
+        down = self.video
+        estimate = self.bandwidth.estimator.estimate_bps if self._estimate_layers else 0
+        if down is None or down.current is None:
+            return estimate, "none", "no video"
+        layer = down.current.rid or str(down.current.spatial_id)
+        return estimate, layer, down.reason.split(":")[0]
 
     def info(self) -> dict:
         return super().info() | {"tracks": [d.stats() for d in self.down_tracks]}

@@ -25,11 +25,16 @@ if TYPE_CHECKING:
     from whep.layer_request import LayerRequest
 
 
+PACED_HEADER_BYTES = 16 + 8 + 10 + 28  # RTP fixed header + transport-cc extension + SRTP tag + IP/UDP: what the pacer charges
+
+
 class RetransmissionBudget:
     """What a viewer's NACKs may cost. On a congested link the viewer NACKs the same packets again and again;
     answering all of them floods the link further (measured: 28,000 resends in 6 s at 150 kbit/s). So each
     packet is resent at most once per MIN_INTERVAL, and resends spend at most SHARE of what the viewer was sent
-    over the last second (never less than FLOOR_BPS), with a 250 ms burst."""
+    over the last second (never less than FLOOR_BPS, but never more than SHARE of the viewer's bandwidth
+    estimate when there is one: on a 300 kbit/s link a 100 kbit/s floor kept the queue full), with a 250 ms
+    burst."""
 
     MIN_INTERVAL = 0.1
     SHARE = 0.25
@@ -47,7 +52,7 @@ class RetransmissionBudget:
         self._window_octets = 0
         self._rate_bps = 0.0
 
-    def allow(self, out_seq: int, size: int, octets_sent: int, now: float) -> bool:
+    def allow(self, out_seq: int, size: int, octets_sent: int, now: float, estimate_bps: int = 0) -> bool:
         elapsed = now - self._window_start
         if elapsed >= 1.0:
             self._rate_bps = (octets_sent - self._window_octets) * 8 / elapsed
@@ -55,7 +60,10 @@ class RetransmissionBudget:
         slot = out_seq & (self.SLOTS - 1)
         if self._seq[slot] == out_seq and now - self._time[slot] < self.MIN_INTERVAL:
             return False
-        byte_rate = max(self.FLOOR_BPS, self.SHARE * self._rate_bps) / 8
+        rate = max(self.FLOOR_BPS, self.SHARE * self._rate_bps)
+        if estimate_bps:
+            rate = min(rate, self.SHARE * estimate_bps)
+        byte_rate = rate / 8
         self._tokens = min(self._tokens + byte_rate * (now - self._refilled), byte_rate * 0.25)
         self._refilled = now
         if self._tokens < size:
@@ -108,6 +116,8 @@ class DownTrack:
         # A downgrade for lack of bandwidth stops the current layer at once (it no longer fits the path) and
         # leaves a short freeze until the lower layer's keyframe, instead of piling loss onto a congested link.
         self._congested = False
+        self.target_since = 0.0  # when the current target was chosen (monotonic s)
+        self.last_switch_wait = 0.0  # how long the last switch waited for its layer's keyframe (s)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,6 +175,7 @@ class DownTrack:
         if new is not None:
             new.subscribe(self)
             if new is not self.current:
+                self.target_since = time.monotonic()
                 self.source.switching.add(self)
                 if request_keyframe:
                     new.request_keyframe()
@@ -232,16 +243,31 @@ class DownTrack:
         rest = template[2]
         return template[0], template[1], rest[: len(rest) - len(payload)] + bytes(rewritten)
 
-    def _send(self, template: Template, seq: int, timestamp: int, ssrc: int) -> int:
-        """Assemble, stamp the transport-wide sequence number when negotiated, send, log for the estimator."""
+    def _send(self, template: Template, seq: int, timestamp: int, ssrc: int, paced: bool = True) -> int:
+        """Assemble, stamp the transport-wide sequence number when negotiated, send, log for the estimator.
+
+        With transport-cc, video goes through the viewer's pacer (GCC §4): at once while its budget allows,
+        else queued and sent by the pacer's timer (one timer per viewer, not a task per packet), so a keyframe
+        leaves at 2.5x the estimate instead of as one line-rate burst. Audio and probe padding are not paced."""
         bandwidth = self.bandwidth
         if template[1] and bandwidth is not None:
-            transport_seq = bandwidth.next_seq()
-            size = self._send_rtp(assemble(template, seq, timestamp, ssrc, transport_seq))
-            if size:
-                bandwidth.sent(transport_seq, size)
-            return size
+            if paced and self.kind == "video":
+                size = len(template[2]) + PACED_HEADER_BYTES
+                if not bandwidth.may_send_now(size):
+                    bandwidth.enqueue(self, template, seq, timestamp, ssrc, size)
+                    return size
+            return self.send_stamped(template, seq, timestamp, ssrc)
         return self._send_rtp(assemble(template, seq, timestamp, ssrc))
+
+    def send_stamped(self, template: Template, seq: int, timestamp: int, ssrc: int) -> int:
+        """Send now with the next transport-wide sequence number, logged for the estimator."""
+        bandwidth = self.bandwidth
+        assert bandwidth is not None
+        transport_seq = bandwidth.next_seq()
+        size = self._send_rtp(assemble(template, seq, timestamp, ssrc, transport_seq))
+        if size:
+            bandwidth.sent(transport_seq, size)
+        return size
 
     def send_padding(self, size: int) -> int:
         """Padding-only RTX packets (bandwidth probes); bytes put on the wire, 0 without RTX."""
@@ -251,7 +277,7 @@ class DownTrack:
         while size > 0:
             chunk = min(size, 255)
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            n = self._send(self.profile.padding(chunk), self._rtx_seq, self.munger.last_ts, self.rtx_ssrc)
+            n = self._send(self.profile.padding(chunk), self._rtx_seq, self.munger.last_ts, self.rtx_ssrc, paced=False)
             if not n:
                 break
             sent += n
@@ -261,6 +287,7 @@ class DownTrack:
     def _switch(self, layer: "Layer", packet: RtpPacket, descriptor: object = None) -> None:
         old = self.current
         self.current = layer
+        self.last_switch_wait = time.monotonic() - self.target_since
         self._congested = False
         self.source.switching.discard(self)
         self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), layer.offer_index)
@@ -278,13 +305,20 @@ class DownTrack:
         """Resend what the viewer lost: on RTX when negotiated (RFC 4588 §4), else the packet again."""
         layers = self.source.layers
         now = time.monotonic()
+        video = self.kind == "video"
         for out_seq in lost:
+            if video and not self.munger.since_switch(out_seq):
+                # Sent before the last layer switch: the viewer's decoder restarts at the switch's keyframe,
+                # so the packet is useless, and resending it (often a big packet of the higher layer left
+                # behind for lack of bandwidth) would only congest the link again.
+                metrics.count_drop("nack_before_switch")
+                continue
             origin = self.munger.unmap(out_seq)
             packet = layers[origin.layer].packet(origin.seq) if origin is not None else None
             if packet is None:
                 metrics.count_drop("nack_not_in_history")
                 continue
-            if not self._budget.allow(out_seq, len(packet.data), self.octets_sent, now):
+            if not self._budget.allow(out_seq, len(packet.data), self.octets_sent, now, self._estimate_bps()):
                 metrics.count_drop("nack_over_budget")
                 continue
             out_ts = (packet.timestamp + origin.ts_offset) & 0xFFFFFFFF
@@ -307,6 +341,10 @@ class DownTrack:
             if sent:
                 self.retransmissions += 1
                 metrics.RETRANSMISSIONS.inc()
+
+    def _estimate_bps(self) -> int:
+        bandwidth = self.bandwidth
+        return bandwidth.estimator.estimate_bps if bandwidth is not None and bandwidth.transport_cc else 0
 
     def on_keyframe_request(self) -> None:
         self.keyframe_requests += 1
