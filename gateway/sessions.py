@@ -62,6 +62,7 @@ class SessionManager:
         self.sessions: dict[str, PeerSession] = {}
         self._tasks: set[asyncio.Task] = set()
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
+        self._publishing: dict[str, list] = {}  # stream name -> [lock, POSTs holding or waiting for it]
         self._closing = False
         metrics.track_sessions("publisher", lambda: self.count("publisher"))
         metrics.track_sessions("viewer", lambda: self.count("viewer"))
@@ -90,7 +91,23 @@ class SessionManager:
         return token
 
     async def publish(self, stream_name: str, sdp: str, token: Optional[str] = None) -> PublisherSession:
-        """A WHIP POST. `token` is the Bearer token the publisher presented (already checked by the HTTP layer)."""
+        """A WHIP POST. `token` is the Bearer token the publisher presented (already checked by the HTTP layer).
+
+        POSTs on one stream key run one after the other (a second one sees the first's publisher: 409 or, with
+        the same token, a takeover), so two reconnects racing cannot both claim and end each other."""
+        entry = self._publishing.get(stream_name)
+        if entry is None:
+            entry = self._publishing[stream_name] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await self._publish(stream_name, sdp, token)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._publishing[stream_name]
+
+    async def _publish(self, stream_name: str, sdp: str, token: Optional[str]) -> PublisherSession:
         offer = parse_offer(sdp)
         plan = negotiate_publish(offer)
         takeover_token = self._takeover_token(stream_name, token)
