@@ -6,9 +6,18 @@ import hmac
 
 from gateway.config import Config, StreamAuth
 
-__all__ = ["bearer_token_matches", "stream_tokens"]
+__all__ = ["bearer_token", "bearer_token_matches", "stream_tokens"]
 
 _OPEN_STREAM = StreamAuth()
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an RFC 6750 §2.1 `Authorization: Bearer <token>` header value, else None."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.lstrip(" ")
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def bearer_token_matches(authorization: str | None, expected: str | None) -> bool:

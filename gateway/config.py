@@ -88,6 +88,8 @@ class ClusterConfig:
     public_url: str = ""  # this node's base URL for redirects; empty: http://<http.listen>
     ttl: float = 10.0  # seconds a node's and its streams' registry entries live without a heartbeat
     viewer_mode: str = "redirect"  # WHEP POST to a node without the stream: 307 to the node that has it
+    max_publishers: int = 0  # publishers this node takes; 0 = unlimited
+    over_capacity: str = "reject"  # WHIP POST at max_publishers: "reject" (503) or "redirect" (307 to another node)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ class Config:
     ice_servers: tuple[IceServer, ...] = ()
     streams: Mapping[str, StreamAuth] = field(default_factory=lambda: MappingProxyType({}))
     whep_retry_after: int = 5
+    # Seconds a stream's viewers wait for a publisher to come back after it left; 0: they end with it.
+    whep_publisher_grace: float = 0.0
+    # A WHIP POST with the live publisher's Bearer token replaces it (a reconnecting encoder); needs a publish_token.
+    whip_takeover: bool = False
     log_level: str = "info"
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
@@ -147,13 +153,16 @@ def load_config(path: str | os.PathLike[str] | None = None, *, listen: str | Non
 def parse_config(data: dict, *, source: str = DEFAULT_SOURCE) -> Config:
     """Validate an already-decoded TOML document; `source` names it in error messages."""
     root = _Table(source, "", data)
-    root.reject_unknown(("http", "rtc", "ice_servers", "streams", "whep", "log", "cluster"))
+    root.reject_unknown(("http", "rtc", "ice_servers", "streams", "whip", "whep", "log", "cluster"))
+    whep_retry_after, whep_publisher_grace = _parse_whep(root.table("whep"))
     return Config(
         http=_parse_http(root.table("http")),
         rtc=_parse_rtc(root.table("rtc")),
         ice_servers=_parse_ice_servers(root),
         streams=_parse_streams(root.table("streams")),
-        whep_retry_after=_parse_whep(root.table("whep")),
+        whep_retry_after=whep_retry_after,
+        whep_publisher_grace=whep_publisher_grace,
+        whip_takeover=_parse_whip(root.table("whip")),
         log_level=_parse_log_level(root.table("log")),
         cluster=_parse_cluster(root.table("cluster")),
     )
@@ -163,7 +172,7 @@ _NODE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def _parse_cluster(table: _Table) -> ClusterConfig:
-    table.reject_unknown(("registry", "node_id", "public_url", "ttl", "viewer_mode"))
+    table.reject_unknown(("registry", "node_id", "public_url", "ttl", "viewer_mode", "max_publishers", "over_capacity"))
     defaults = ClusterConfig()
     registry = table.string("registry", defaults.registry)
     if registry != "memory" and not registry.startswith(("redis://", "rediss://", "unix://")):
@@ -177,12 +186,17 @@ def _parse_cluster(table: _Table) -> ClusterConfig:
     mode = table.string("viewer_mode", defaults.viewer_mode)
     if mode != "redirect":
         raise table.error("viewer_mode", f'only "redirect" is implemented (relay is planned), got {mode!r}')
+    over_capacity = table.string("over_capacity", defaults.over_capacity)
+    if over_capacity not in ("reject", "redirect"):
+        raise table.error("over_capacity", f'must be "reject" or "redirect", got {over_capacity!r}')
     return ClusterConfig(
         registry=registry,
         node_id=node_id,
         public_url=public_url,
         ttl=table.positive_number("ttl", defaults.ttl),
         viewer_mode=mode,
+        max_publishers=table.integer("max_publishers", defaults.max_publishers, minimum=0),
+        over_capacity=over_capacity,
     )
 
 
@@ -328,10 +342,16 @@ def _parse_streams(table: _Table) -> Mapping[str, StreamAuth]:
     return MappingProxyType(streams)
 
 
-def _parse_whep(table: _Table) -> int:
-    table.reject_unknown(("retry_after",))
+def _parse_whep(table: _Table) -> tuple[int, float]:
+    table.reject_unknown(("retry_after", "publisher_grace"))
     # RFC 9110 §10.2.3: Retry-After delay-seconds is a non-negative integer.
-    return table.integer("retry_after", Config.whep_retry_after, minimum=0)
+    retry_after = table.integer("retry_after", Config.whep_retry_after, minimum=0)
+    return retry_after, table.non_negative_number("publisher_grace", Config.whep_publisher_grace)
+
+
+def _parse_whip(table: _Table) -> bool:
+    table.reject_unknown(("takeover",))
+    return table.boolean("takeover", Config.whip_takeover)
 
 
 def _parse_log_level(table: _Table) -> str:
@@ -525,6 +545,15 @@ class _Table:
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise self.error(name, f"must be {_range_text(minimum, maximum)}, got {value}")
         return value
+
+    def non_negative_number(self, name: str, default: float) -> float:
+        """Seconds that may be 0 (off): an integer or float, finite and >= 0."""
+        value = self._get(
+            name, default, "a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
+        if not math.isfinite(value) or value < 0:
+            raise self.error(name, f"must be a number >= 0, got {value}")
+        return float(value)
 
     def positive_number(self, name: str, default: float) -> float:
         """Seconds and the like: an integer or float, finite and > 0."""

@@ -28,9 +28,11 @@ from gateway.http_responses import (
 from gateway.ice_servers import ice_server_links
 from gateway.peer_session import PeerSession
 from gateway.sdp import OfferRejected, SdpError
-from gateway.sessions import SessionManager, StreamBusy, StreamElsewhere, StreamNotLive
+from gateway.sessions import OverCapacity, SessionManager, StreamBusy, StreamElsewhere, StreamNotLive
 
 log = logging.getLogger(__name__)
+
+OVER_CAPACITY_RETRY_AFTER = 5  # seconds (RFC 9110 §10.2.3) a publisher refused for capacity waits before retrying
 
 def check_token(config: Config, request: Request, expected: Optional[str]) -> Optional[ASGIResponse]:
     """RFC 9725 §4.5: Bearer tokens (RFC 6750); a stream without a configured token needs none."""
@@ -76,6 +78,16 @@ async def create_session(
     except StreamElsewhere as moved:
         # RFC 9725 §4.5: 307 keeps the method and body, so the client re-POSTs its offer to the owner.
         return respond(config, 307, headers=[("Location", moved.url)])
+    except OverCapacity as full:
+        if full.url is not None:  # RFC 9725 §4.5 load balancing: 307 to another node, same method and body
+            return respond(config, 307, headers=[("Location", full.url)])
+        return problem(
+            config,
+            503,
+            "Service Unavailable",
+            "this gateway has as many publishers as it takes (cluster.max_publishers)",
+            [("Retry-After", str(OVER_CAPACITY_RETRY_AFTER))],
+        )
     except StreamNotLive:
         return problem(
             config,

@@ -45,6 +45,10 @@ class PeerSession:
         )
 
     @property
+    def connected(self) -> bool:
+        return self.transport.connected
+
+    @property
     def location(self) -> str:
         prefix = "whip" if self.kind == "publisher" else "whep"
         return f"/{prefix}/{self.stream_name}/{self.id}"

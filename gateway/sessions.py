@@ -2,16 +2,21 @@
 
 Whatever ends a session (DELETE, ICE/DTLS failure, consent expiry, connect timeout, shutdown) goes through
 SessionManager.end, so sockets, tasks and fan-out entries are released exactly once. A publisher's end
-ends its viewers too.
+ends its viewers too, unless `whep.publisher_grace` > 0: then they wait that long for a publisher of the same
+stream key and move to it (`Stream.attach_publisher`), decoding on. With `whip.takeover` a POST with the live
+publisher's Bearer token replaces it at once, viewers moving along the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import time
 from typing import Awaitable, Optional
 
 from gateway import metrics
+from gateway.auth import bearer_token_matches, stream_tokens
 from gateway.config import Config
 from gateway.peer_session import PeerSession
 from gateway.registry import Registry, StreamInfo
@@ -40,6 +45,15 @@ class StreamElsewhere(Exception):
         self.url = url
 
 
+class OverCapacity(Exception):
+    """WHIP: this node has `cluster.max_publishers` publishers; `url` is another node's WHIP endpoint (307), or
+    None (503 + Retry-After)."""
+
+    def __init__(self, url: Optional[str]) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 class SessionManager:
     def __init__(self, config: Config, registry: Optional[Registry] = None) -> None:
         self.config = config
@@ -47,6 +61,9 @@ class SessionManager:
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, PeerSession] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._grace_timers: dict[str, asyncio.TimerHandle] = {}
+        self._publishing: dict[str, list] = {}  # stream name -> [lock, POSTs holding or waiting for it]
+        self._closing = False
         metrics.track_sessions("publisher", lambda: self.count("publisher"))
         metrics.track_sessions("viewer", lambda: self.count("viewer"))
         metrics.track_viewers(lambda: [s.layer_summary() for s in self.sessions.values() if isinstance(s, ViewerSession)])
@@ -63,15 +80,61 @@ class SessionManager:
         stream = self.streams.get(stream_name)
         return stream is not None and stream.publisher is not None
 
-    async def publish(self, stream_name: str, sdp: str) -> PublisherSession:
+    def _takeover_token(self, stream_name: str, token: Optional[str]) -> Optional[str]:
+        """The token that proves a publisher's credentials for a takeover, or None when takeover is off or cannot
+        be proven (the stream key has no publish_token: anyone could publish). RFC 9725 leaves a second POST on a
+        live key to the server; with `whip.takeover` the live publisher's own Bearer token takes over."""
+        if not self.config.whip_takeover or token is None:
+            return None
+        configured = stream_tokens(self.config, stream_name).publish_token
+        if configured is None or not bearer_token_matches(f"Bearer {token}", configured):
+            return None
+        return token
+
+    async def publish(self, stream_name: str, sdp: str, token: Optional[str] = None) -> PublisherSession:
+        """A WHIP POST. `token` is the Bearer token the publisher presented (already checked by the HTTP layer).
+
+        POSTs on one stream key run one after the other (a second one sees the first's publisher: 409 or, with
+        the same token, a takeover), so two reconnects racing cannot both claim and end each other."""
+        entry = self._publishing.get(stream_name)
+        if entry is None:
+            entry = self._publishing[stream_name] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await self._publish(stream_name, sdp, token)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._publishing[stream_name]
+
+    async def _publish(self, stream_name: str, sdp: str, token: Optional[str]) -> PublisherSession:
         offer = parse_offer(sdp)
         plan = negotiate_publish(offer)
-        if self.has_publisher(stream_name):
-            raise StreamBusy(stream_name)
+        takeover_token = self._takeover_token(stream_name, token)
+        stream = self.streams.get(stream_name)
+        previous = stream.publisher if stream is not None else None
+        if previous is not None:
+            same = (
+                takeover_token is not None
+                and isinstance(previous, PublisherSession)
+                and previous.token is not None
+                and hmac.compare_digest(previous.token.encode(), takeover_token.encode())
+            )
+            if not same:
+                raise StreamBusy(stream_name)
+        else:
+            await self._check_capacity(stream_name)
         session = PublisherSession(self, stream_name, offer, plan, self.config)
+        session.token = token
         stream = self.streams.setdefault(stream_name, Stream(stream_name))
         stream.publisher = session  # claimed before the first await: a concurrent POST gets 409
         self.sessions[session.id] = session
+        self._cancel_grace(stream_name)
+        if previous is not None:
+            # Takeover: the old session ends, its viewers stay and move to the new publisher below.
+            log.info("publisher %s takes over stream %s from %s (same credentials)", session.id, stream_name, previous.id)
+            await self.end(previous, "taken over by a new publisher with the same credentials")
         if self.registry is not None:
             claimed = await self.registry.claim_stream(
                 StreamInfo(
@@ -79,7 +142,8 @@ class SessionManager:
                     node_id=self.registry.node.node_id,
                     session_id=session.id,
                     codecs=[t.codec.name for t in session.tracks.values()],
-                )
+                ),
+                takeover_token=takeover_token,
             )
             if not claimed:  # another node has a publisher on this key
                 await self.end(session, "the stream key is live on another node")
@@ -87,7 +151,40 @@ class SessionManager:
         await self._start(session)
         log.info("publisher %s on stream %s (%s)", session.id, stream_name, ", ".join(
             f"{t.kind} {t.codec.name}" for t in session.tracks.values()))
+        if stream.viewers and stream.publisher is session:
+            await self._attach(stream, session)
         return session
+
+    async def _attach(self, stream: Stream, session: PublisherSession) -> None:
+        """Move the stream's viewers (waiting in their grace period, or still on a taken-over publisher) to
+        `session`; a viewer whose codec the new publisher does not send cannot decode it and is ended."""
+        waited = time.monotonic() - stream.publisher_left_at if stream.publisher_left_at is not None else 0.0
+        count = len(stream.viewers)
+        refused = stream.attach_publisher(session)
+        log.info("stream %s: %d viewer(s) moved to publisher %s (after %.1f s without one)",
+                 stream.name, count - len(refused), session.id, waited)
+        for viewer, problem in refused:
+            log.warning("viewer %s of %s ended: %s", viewer.id, stream.name, problem)
+            await self.end(viewer, problem)
+
+    async def _check_capacity(self, stream_name: str) -> None:
+        """`cluster.max_publishers`: a full node refuses (503) or redirects (307, RFC 9725 §4.5) the publisher
+        to the least-loaded other live node, only to one less loaded than itself (so two full nodes never
+        send a publisher back and forth)."""
+        limit = self.config.cluster.max_publishers
+        if limit <= 0 or self.count("publisher") < limit:
+            return
+        if self.config.cluster.over_capacity == "redirect" and self.registry is not None:
+            me = self.registry.node.node_id
+            own_load = len(self.sessions)
+            others = [n for n in await self.registry.list_nodes() if n.node_id != me and n.load < own_load]
+            if others:
+                target = min(others, key=lambda n: (n.load, n.node_id))
+                log.info("publisher for %s redirected to %s: this node has %d publishers (max %d)",
+                         stream_name, target.node_id, self.count("publisher"), limit)
+                raise OverCapacity(f"{target.base_url}/whip/{stream_name}")
+        log.info("publisher for %s refused: this node has %d publishers (max %d)", stream_name, self.count("publisher"), limit)
+        raise OverCapacity(None)
 
     async def play(self, stream_name: str, sdp: str) -> ViewerSession:
         stream = self.streams.get(stream_name)
@@ -129,7 +226,7 @@ class SessionManager:
             return None
         return session
 
-    async def end(self, session: PeerSession, reason: str) -> None:
+    async def end(self, session: PeerSession, reason: str, *, wait_for_publisher: bool = True) -> None:
         if self.sessions.get(session.id) is not session:
             return
         del self.sessions[session.id]
@@ -137,16 +234,42 @@ class SessionManager:
         stream = self.streams.get(session.stream_name)
         if isinstance(session, PublisherSession):
             if stream is not None and stream.publisher is session:
-                stream.publisher = None
-                del self.streams[session.stream_name]
                 if self.registry is not None:
                     self.spawn(self.registry.release_stream(session.stream_name, session.id))
-                for viewer in list(stream.viewers):
-                    await self.end(viewer, "the publisher left")
+                grace = self.config.whep_publisher_grace
+                if grace > 0 and stream.viewers and wait_for_publisher and not self._closing:
+                    stream.detach_publisher()
+                    log.info("stream %s: %d viewer(s) wait up to %g s for a publisher", stream.name, len(stream.viewers), grace)
+                    self._grace_timers[stream.name] = asyncio.get_running_loop().call_later(
+                        grace, self._grace_expired, stream
+                    )
+                else:
+                    stream.publisher = None
+                    del self.streams[session.stream_name]
+                    for viewer in list(stream.viewers):
+                        await self.end(viewer, "the publisher left")
         elif stream is not None and isinstance(session, ViewerSession):
             stream.viewers.discard(session)
             self._publish_viewer_count(stream)
+            if stream.publisher is None and not stream.viewers and self.streams.get(stream.name) is stream:
+                self._cancel_grace(stream.name)  # nobody waits any more
+                del self.streams[stream.name]
         await session.close(reason)
+
+    def _grace_expired(self, stream: Stream) -> None:
+        """`whep.publisher_grace` ran out without a publisher: the waiting viewers end."""
+        self._grace_timers.pop(stream.name, None)
+        if stream.publisher is not None or self.streams.get(stream.name) is not stream:
+            return
+        del self.streams[stream.name]
+        reason = f"no publisher came back within {self.config.whep_publisher_grace:g} s"
+        for viewer in list(stream.viewers):
+            self.spawn(self.end(viewer, reason))
+
+    def _cancel_grace(self, stream_name: str) -> None:
+        timer = self._grace_timers.pop(stream_name, None)
+        if timer is not None:
+            timer.cancel()
 
     def _publish_viewer_count(self, stream: Stream) -> None:
         """The `viewercount` event (WHEP draft-02 §4.9.1.4) to every viewer, and the count in the registry."""
@@ -156,12 +279,18 @@ class SessionManager:
             self.spawn(self.registry.update_stream(stream.name, viewers=len(stream.viewers)))
 
     def stream_lost(self, stream_name: str, session_id: str) -> None:
-        """The registry found this node's claim taken over elsewhere: end the local publisher."""
+        """The registry found this node's claim taken over elsewhere (e.g. the publisher reconnected to another
+        node with its credentials): end the local publisher, and its viewers with it (the stream lives on the
+        other node now; new viewers are redirected there)."""
         session = self.sessions.get(session_id)
         if session is not None:
-            self.spawn(self.end(session, "the stream key was claimed by another node"))
+            self.spawn(self.end(session, "the stream key was claimed by another node", wait_for_publisher=False))
 
     async def close_all(self) -> None:
+        self._closing = True
+        for timer in self._grace_timers.values():
+            timer.cancel()
+        self._grace_timers.clear()
         for session in list(self.sessions.values()):
             await self.end(session, "gateway shutting down")
         for task in list(self._tasks):

@@ -681,6 +681,19 @@ class WhepViewer(_Session):
             await asyncio.sleep(0.05)
         raise AssertionError(f"viewer media still flowing after {timeout}s ({self.frames} frames)")
 
+    async def rtp_stats(self, kind: str = "video") -> list[tuple[int, int, int]]:
+        """(ssrc, packets received, packets lost) per RTP stream of `kind` received, from aiortc's RTCP receive
+        statistics (RFC 3550 A.3: lost = extended highest sequence number - first + 1 - received, so a jump in
+        the sequence numbers shows up as loss, and a jump backwards as negative loss)."""
+        out = []
+        for receiver in self.pc.getReceivers() if self.pc is not None else []:
+            if receiver.track is None or receiver.track.kind != kind:
+                continue
+            for stats in (await receiver.getStats()).values():
+                if getattr(stats, "type", "") == "inbound-rtp":
+                    out.append((stats.ssrc, stats.packetsReceived, stats.packetsLost))
+        return out
+
     async def _close_pc(self) -> None:
         await super()._close_pc()
         for task in self._tasks:

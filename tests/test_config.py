@@ -374,3 +374,42 @@ def test_parse_config_error_names_source():
     with pytest.raises(ConfigError) as excinfo:
         parse_config({"rtc": {"ice_timeout": -1}}, source="inline")
     assert str(excinfo.value) == "inline: rtc.ice_timeout: must be a number > 0, got -1"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Publisher continuity and placement: whep.publisher_grace, whip.takeover, cluster.max_publishers/over_capacity
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["publisher_grace =", "takeover =", "max_publishers =", "over_capacity ="])
+def test_defaults_file_documents_continuity_keys(key):
+    assert key in DEFAULTS_FILE.read_text()
+
+
+def test_continuity_keys(tmp_path):
+    config = load_text(
+        tmp_path,
+        "[whep]\npublisher_grace = 12.5\n[whip]\ntakeover = true\n"
+        '[cluster]\nmax_publishers = 3\nover_capacity = "redirect"\n',
+    )
+    assert (config.whep_publisher_grace, config.whip_takeover) == (12.5, True)
+    assert (config.cluster.max_publishers, config.cluster.over_capacity) == (3, "redirect")
+    defaults = load_config(None)
+    assert (defaults.whep_publisher_grace, defaults.whip_takeover) == (0.0, False)
+    assert (defaults.cluster.max_publishers, defaults.cluster.over_capacity) == (0, "reject")
+
+
+@pytest.mark.parametrize(
+    "text, key, problem",
+    [
+        ("[whep]\npublisher_grace = -1\n", "whep.publisher_grace", "must be a number >= 0"),
+        ('[whip]\ntakeover = "yes"\n', "whip.takeover", "must be true or false"),
+        ("[whip]\ntake_over = true\n", "whip.take_over", "did you mean whip.takeover?"),
+        ("[cluster]\nmax_publishers = -2\n", "cluster.max_publishers", "must be >= 0"),
+        ('[cluster]\nover_capacity = "queue"\n', "cluster.over_capacity", 'must be "reject" or "redirect"'),
+    ],
+)
+def test_continuity_key_errors(tmp_path, text, key, problem):
+    with pytest.raises(ConfigError) as raised:
+        load_text(tmp_path, text)
+    assert raised.value.key == key and problem in raised.value.problem, str(raised.value)

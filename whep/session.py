@@ -174,6 +174,44 @@ class ViewerSession(PeerSession):
         self.video.pin(request)
         self.publish_layers()
 
+    # ---- the publisher leaves and another takes its place (gateway/sfu/stream.py) ----------------------
+    def source_left(self) -> None:
+        """The stream lost its publisher: stop forwarding, keep the counters, tell the player (§4.9.1.2)."""
+        for down in self.down_tracks:
+            down.unbind()
+        if self.video is not None and self._layers_changed in self.video.source.on_layers_changed:
+            self.video.source.on_layers_changed.remove(self._layers_changed)
+        self.events.publish("inactive", {})
+
+    def rebind(self, tracks: list[PublishedTrack]) -> Optional[str]:
+        """Receive `tracks` (a new publisher's) from now on; the reason when this viewer cannot decode them.
+
+        Each DownTrack moves to the new track of its kind (`DownTrack.rebind`: continuous sequence numbers,
+        timestamps and picture ids, a keyframe requested). A kind the new publisher does not send stays silent.
+        All or nothing: a codec this viewer did not negotiate for any kind refuses the whole rebind."""
+        moves = []
+        for down in self.down_tracks:
+            new = next((t for t in tracks if t.kind == down.kind), None)
+            if new is None:
+                log.info("viewer %s: the new publisher of %s sends no %s", self.id, self.stream_name, down.kind)
+                down.unbind()
+                continue
+            if not down.accepts(new):
+                return (
+                    f"the new publisher sends {down.kind} {new.codec.name}, this viewer negotiated "
+                    f"{down.source.codec.name} and cannot decode it"
+                )
+            moves.append((down, new))
+        if self.video is not None and self._layers_changed in self.video.source.on_layers_changed:
+            self.video.source.on_layers_changed.remove(self._layers_changed)
+        for down, new in moves:
+            down.rebind(new)
+        if self.video is not None:
+            self.video.source.on_layers_changed.append(self._layers_changed)
+        self.events.publish("active", {})
+        self.publish_layers()
+        return None
+
     def on_rtp(self, data: bytes, arrival_ms: int) -> None:
         metrics.count_drop("rtp_from_viewer")  # viewers answer recvonly; nothing to forward
 

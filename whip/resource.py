@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Request, route
 from litestar.response.base import ASGIResponse
 
-from gateway.auth import stream_tokens
+from gateway.auth import bearer_token, stream_tokens
 from gateway.http_resources import create_session, delete_session, options, patch_session, session_options
 from gateway.sessions import SessionManager
 
@@ -15,7 +15,12 @@ async def whip_endpoint(request: Request, stream: str) -> ASGIResponse:
     if request.method == "OPTIONS":
         return options(request)
     token = stream_tokens(request.app.state.manager.config, stream).publish_token
-    return await create_session(request, stream, token, SessionManager.publish)
+    presented = bearer_token(request.headers.get("authorization"))  # for a takeover (whip.takeover)
+
+    def publish(manager: SessionManager, name: str, sdp: str):
+        return manager.publish(name, sdp, token=presented)
+
+    return await create_session(request, stream, token, publish)
 
 
 @route("/whip/{stream:str}/{session_id:str}", http_method=["PATCH", "DELETE", "OPTIONS"], status_code=200)

@@ -44,6 +44,7 @@ class PublisherSession(PeerSession):
         self.answer_media = plan.answer_media
         self.local_ssrc = random.getrandbits(32) or 1
         self.cname = f"whipgate-{self.id[:8]}"
+        self.token: Optional[str] = None  # the Bearer token it presented (WHIP takeover compares it)
         self.tracks: dict[str, PublishedTrack] = {}
         self._by_ssrc: dict[int, Route] = {}
         self._by_payload_type: dict[int, PublishedTrack] = {}

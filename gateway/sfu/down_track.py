@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from gateway import metrics
 from gateway.rtcp import build_sdes_cname, build_sender_report
 from gateway.rtp import RtpPacket
+from gateway.sdp import same_codec
 from gateway.sfu.egress import EgressProfile, Template, assemble
 from simulcast import vp8, vp9
 from simulcast.rtp_munger import RtpMunger
@@ -118,6 +119,9 @@ class DownTrack:
         self._congested = False
         self.target_since = 0.0  # when the current target was chosen (monotonic s)
         self.last_switch_wait = 0.0  # how long the last switch waited for its layer's keyframe (s)
+        # The munger's layer keys are source_key + offer_index: a `rebind` to another source (a new publisher)
+        # moves source_key on, so a NACK for a packet of the previous source is never looked up in the new one.
+        self._source_key = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +145,40 @@ class DownTrack:
     def stop(self) -> None:
         self.active = False
         self.source.detach(self)
+
+    # ---- changing the source (a publisher leaves, another takes its place) ---------------------------
+    def unbind(self) -> None:
+        """The source is gone (its publisher left): leave it, keeping this viewer's RTP/picture id counters."""
+        self.source.detach(self)
+        self.current = self.target = None
+        self._congested = False
+
+    def accepts(self, source: "PublishedTrack") -> bool:
+        """Whether this viewer can decode `source` in the codec it negotiated (no transcoding)."""
+        return source.kind == self.kind and same_codec(source.codec, self.source.codec)
+
+    def rebind(self, source: "PublishedTrack") -> None:
+        """Forward `source` from now on (same kind and codec, see `accepts`). The viewer's SSRC, payload types and
+        extension ids stay; from the new source's first keyframe the RtpMunger and VP8/VP9 munger continue the
+        sequence numbers, timestamps and picture ids where they stopped (their `switch_to`, as at a layer switch),
+        so the viewer's decoder sees one stream. A keyframe is requested (or a held one replayed) at once."""
+        self.unbind()
+        old = self.source
+        by_id = {ext_id: uri for uri, ext_id in old.extensions.items()}
+        extension_map = tuple(
+            (source.extensions[by_id[src]], out)
+            for src, out in self.profile.extension_map
+            if src in by_id and by_id[src] in source.extensions
+        )
+        p = self.profile
+        mid = p.mid_value.decode()
+        self.profile = source.profile(
+            EgressProfile(p.payload_type, p.rtx_payload_type, p.mid_id, mid, extension_map, p.transport_cc_id)
+        )
+        self.source = source
+        self._source_key += 1 << 8
+        if self.active:
+            self.start()
 
     # ---- choosing the layer ------------------------------------------------------------------------
     def choose(self) -> Optional["Layer"]:
@@ -290,9 +328,10 @@ class DownTrack:
         self.last_switch_wait = time.monotonic() - self.target_since
         self._congested = False
         self.source.switching.discard(self)
-        self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), layer.offer_index)
+        key = self._source_key + layer.offer_index
+        self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), key)
         if self.codec_munger is not None and descriptor is not None:
-            self.codec_munger.switch_to(descriptor, layer.offer_index)
+            self.codec_munger.switch_to(descriptor, key)
         if old is not None:
             self.switches += 1
             if old is not self.target:
@@ -314,7 +353,8 @@ class DownTrack:
                 metrics.count_drop("nack_before_switch")
                 continue
             origin = self.munger.unmap(out_seq)
-            packet = layers[origin.layer].packet(origin.seq) if origin is not None else None
+            index = origin.layer - self._source_key if origin is not None else -1
+            packet = layers[index].packet(origin.seq) if 0 <= index < len(layers) else None
             if packet is None:
                 metrics.count_drop("nack_not_in_history")
                 continue
