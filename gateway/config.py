@@ -100,7 +100,7 @@ class Config:
     streams: Mapping[str, StreamAuth] = field(default_factory=lambda: MappingProxyType({}))
     whep_retry_after: int = 5
     # Seconds a stream's viewers wait for a publisher to come back after it left; 0: they end with it.
-    whep_publisher_grace: float = 0.0
+    whep_publisher_grace: float = 10.0
     # A WHIP POST with the live publisher's Bearer token replaces it (a reconnecting encoder); needs a publish_token.
     whip_takeover: bool = False
     log_level: str = "info"

@@ -130,6 +130,9 @@ TEST_CONFIG: dict[str, Any] = {
         "consent_failures": 4,
         "ice_timeout": 10.0,
     },
+    # Tests that a publisher's end ends its viewers run without the 10 s default wait for a returning publisher;
+    # tests/test_publisher_continuity.py sets its own.
+    "whep": {"publisher_grace": 0},
 }
 
 

@@ -395,7 +395,7 @@ def test_continuity_keys(tmp_path):
     assert (config.whep_publisher_grace, config.whip_takeover) == (12.5, True)
     assert (config.cluster.max_publishers, config.cluster.over_capacity) == (3, "redirect")
     defaults = load_config(None)
-    assert (defaults.whep_publisher_grace, defaults.whip_takeover) == (0.0, False)
+    assert (defaults.whep_publisher_grace, defaults.whip_takeover) == (10.0, False)
     assert (defaults.cluster.max_publishers, defaults.cluster.over_capacity) == (0, "reject")
 
 
