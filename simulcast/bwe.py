@@ -392,6 +392,8 @@ class SendSideEstimator:
         "_k_down",
         "feedbacks",
         "unknown_packets",
+        "last_lost",
+        "last_received",
     )
 
     def __init__(
@@ -459,6 +461,8 @@ class SendSideEstimator:
         self._k_down = k_down
         self.feedbacks = 0
         self.unknown_packets = 0  # feedback entries matching nothing in the send log
+        self.last_lost = 0  # packets the last feedback reported lost / received (for stats and tracing)
+        self.last_received = 0
 
     # --- read-only state -------------------------------------------------------------------------------
 
@@ -677,6 +681,8 @@ class SendSideEstimator:
                     while mins[0][0] <= second - MIN_RTT_WINDOW_US // 1_000_000:
                         mins.popleft()
 
+        self.last_lost = lost
+        self.last_received = received
         self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us)
 
         # §6 loss-based controller, over at least LOSS_MIN_PACKETS packets or LOSS_MAX_PERIOD_US.

@@ -101,9 +101,11 @@ class ViewerSession(PeerSession):
         if log.isEnabledFor(logging.DEBUG):
             e = self.bandwidth.estimator
             log.debug(
-                "viewer %s: estimate %d kbit/s (delay %d, loss %d), acknowledged %d, %s/%s, loss %.2f, rtt %d ms, queue %d ms",
+                "viewer %s: estimate %d kbit/s (delay %d, loss %d), acknowledged %d, %s/%s, loss %.2f (last feedback "
+                "%d lost of %d), rtt %d ms, queue %d ms",
                 self.id, e.estimate_bps // 1000, e.delay_based_bps // 1000, e.loss_based_bps // 1000,
-                e.acknowledged_bps // 1000, e.state, e.signal, e.loss, e.rtt_us // 1000, e.queuing_delay_us // 1000,
+                e.acknowledged_bps // 1000, e.state, e.signal, e.loss, e.last_lost, e.last_lost + e.last_received,
+                e.rtt_us // 1000, e.queuing_delay_us // 1000,
             )
         if down.pinned is None or down.pinned.is_automatic:
             before = self.bandwidth.choice
