@@ -148,6 +148,7 @@ class Step:
     latency_ms_p50: Optional[float] = None
     latency_ms_p99: Optional[float] = None
     latency_samples: int = 0
+    video_pps_per_viewer: float = 0.0
     ttff_ms_p50: Optional[float] = None
     ttff_ms_p95: Optional[float] = None
     no_first_frame: int = 0
@@ -238,11 +239,15 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
 
             marks = [len(v.latencies) for v in viewers]
             before = [v.snapshot() for v in viewers]
+            video_before = sum(v.video_received() for v in viewers)
             counters_before = [(v.verified, v.auth_failures, v.unknown_payloads) for v in viewers]
             cpu0, load0, t0 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(opts.duration)
             cpu1, load1, t1 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             after = [v.snapshot() for v in viewers]
+            if viewers:
+                step.video_pps_per_viewer = (sum(v.video_received() for v in viewers) - video_before) / (
+                    len(viewers) * (t1 - t0))
             step.window_s = t1 - t0
             for b, a in zip(before, after):
                 expected, received = loss_between(b, a)
@@ -300,7 +305,7 @@ def fmt(value: Optional[float], spec: str = ".1f") -> str:
 def print_step(s: Step, flush: bool = False) -> None:
     print(
         f"# {s.server:8s} {s.profile:10s} N={s.viewers:<5d} pkts={s.packets:<8d} loss={s.loss * 100:.2f}% "
-        f"µs/pkt={fmt(s.us_per_packet, '.2f')} pkts/s/core={fmt(s.packets_per_core_s, ',.0f')} "
+        f"video pkts/s/viewer={s.video_pps_per_viewer:.0f} µs/pkt={fmt(s.us_per_packet, '.2f')} pkts/s/core={fmt(s.packets_per_core_s, ',.0f')} "
         f"server-core={s.server_core_busy * 100:.0f}% load-core={s.load_core_busy * 100:.0f}% "
         f"lat p50/p99={fmt(s.latency_ms_p50, '.2f')}/{fmt(s.latency_ms_p99, '.2f')} ms ({s.latency_samples}) "
         f"ttff p50/p95={fmt(s.ttff_ms_p50, '.0f')}/{fmt(s.ttff_ms_p95, '.0f')} ms "

@@ -17,6 +17,7 @@ gateway/aiortc_adapter.py, some of whose helpers are reused here):
   §6.1.1; RTCPeerConnection does the same internally);
 - aioice `Connection.data_received` replaced per viewer instance once DTLS is up, so SRTP datagrams reach the
   viewer synchronously instead of aiortc's queue + unprotect-everything loop;
+- aioice `Connection._queue`: datagrams that arrived between the end of the DTLS handshake and the switch above;
 - `RTCDtlsTransport._rx_srtp` (the viewer's SRTP receive session, for the sampled unprotects).
 """
 
@@ -37,7 +38,7 @@ from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTrans
 from aiortc.sdp import SessionDescription, candidate_to_sdp
 
 from bench.load_media import VIDEO_CLOCK, OPUS_CLOCK, Clip, one_byte_extensions, payload_key, rtp_packet
-from gateway.aiortc_adapter import PacketSender, gather_host_candidates, set_dtls_role
+from gateway.aiortc_adapter import PacketSender, gather_host_candidates, hook_packets, set_dtls_role
 
 LOOPBACK = "127.0.0.1"
 H264_PT = 102
@@ -192,15 +193,29 @@ class Publisher:
         self.sent_at: dict[bytes, float] = {}
         self.video_packets_sent = 0
         self.audio_packets_sent = 0
+        self.keyframe_requests = 0
+        self.keyframes_sent = 0
+        self._keyframe_wanted = False
         self._sender: Optional[PacketSender] = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self, http: httpx.AsyncClient, url: str) -> None:
         await self.peer.gather()
         offer = publisher_offer(self.peer.transport_lines(), self.audio_ssrc, [l.ssrc for l in self.layers], self.rids)
+        hook_packets(self.peer.dtls, lambda data, arrival: None, self._on_rtcp)
         await self.peer.negotiate(http, url, offer)
         self._sender = PacketSender(self.peer.ice, self.peer.dtls)
         self._tasks = [asyncio.ensure_future(self._run_video()), asyncio.ensure_future(self._run_audio())]
+
+    def _on_rtcp(self, data: bytes) -> None:
+        """PLI (RFC 4585 §6.3.1) or FIR (RFC 5104 §4.3.1) from the server: start a new GOP at the next frame."""
+        pos = 0
+        while pos + 4 <= len(data):
+            fmt, pt = data[pos] & 0x1F, data[pos + 1]
+            if pt == 206 and fmt in (1, 4):
+                self.keyframe_requests += 1
+                self._keyframe_wanted = True
+            pos += 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
 
     def _extensions(self, mid: str, rid: Optional[str]) -> bytes:
         if not self.rids:
@@ -213,16 +228,27 @@ class Publisher:
     async def _run_video(self) -> None:
         fps = self.layers[0].clip.fps
         frames = len(self.layers[0].clip.video)
+        keyframes = [i for i, f in enumerate(self.layers[0].clip.video) if f.keyframe]
         loop = asyncio.get_running_loop()
         start = loop.time()
-        n = 0
+        n = 0  # frame clock
+        position = 0  # frame of the clip to send next
         send = self._sender.send_rtp  # type: ignore[union-attr]
         sent_at = self.sent_at
         perf = time.perf_counter
         exts = {layer.ssrc: self._extensions("1", layer.rid) for layer in self.layers}
         while True:
+            if self._keyframe_wanted:
+                # Answer the request like an encoder would: the next frame sent is a keyframe (the clip skips
+                # ahead to its next GOP start, so the bitstream stays valid). Every layer has its GOPs aligned.
+                self._keyframe_wanted = False
+                loop_start, index = position - position % frames, position % frames
+                if not self.layers[0].clip.video[index].keyframe:
+                    position = loop_start + next((k for k in keyframes if k > index), frames)
+            if self.layers[0].clip.video[position % frames].keyframe:
+                self.keyframes_sent += 1
             for layer in self.layers:
-                frame = layer.clip.video[n % frames]
+                frame = layer.clip.video[position % frames]
                 ts = layer.ts0 + n * VIDEO_CLOCK // fps
                 ext = exts[layer.ssrc]
                 last = len(frame.payloads) - 1
@@ -233,6 +259,7 @@ class Publisher:
                     send(packet)
                     self.video_packets_sent += 1
             n += 1
+            position += 1
             await asyncio.sleep(max(0.0, start + n / fps - loop.time()))
 
     async def _run_audio(self) -> None:
@@ -263,9 +290,10 @@ class Publisher:
 
 
 class SsrcCount:
-    __slots__ = ("received", "highest", "cycles", "base")
+    __slots__ = ("received", "highest", "cycles", "base", "video")
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, video: bool) -> None:
+        self.video = video
         self.received = 0
         self.highest = seq  # extended highest sequence number (RFC 3550 §A.1)
         self.cycles = 0
@@ -328,8 +356,16 @@ class Viewer:
         self.post_at = time.perf_counter()
         await self.peer.negotiate(http, url, offer)
         self._unprotect = self.peer.dtls._rx_srtp.unprotect
-        # From here on, datagrams of this connection come straight to on_datagram (STUN is still handled by aioice).
-        self.peer.ice._connection.data_received = self.on_datagram
+        # From here on, datagrams of this connection come straight to on_datagram (STUN is still handled by
+        # aioice). What arrived since the handshake ended (e.g. the server's replay of a held keyframe) is
+        # still queued for aiortc's receive loop, which has not run yet: take it first.
+        connection = self.peer.ice._connection
+        connection.data_received = self.on_datagram
+        queue = connection._queue
+        while not queue.empty():
+            item = queue.get_nowait()
+            if item is not None:
+                self.on_datagram(*item)
 
     def on_datagram(self, data: bytes, component: int) -> None:
         if not 127 < data[0] < 192 or len(data) < 12:
@@ -342,7 +378,7 @@ class Viewer:
         ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
         count = self.counts.get(ssrc)
         if count is None:
-            count = self.counts[ssrc] = SsrcCount(seq)
+            count = self.counts[ssrc] = SsrcCount(seq, pt_byte & 0x7F == self.video_pt)
         count.received += 1
         low = count.highest & 0xFFFF
         delta = (seq - low) & 0xFFFF
@@ -397,6 +433,9 @@ class Viewer:
 
     def snapshot(self) -> dict[int, tuple[int, int]]:
         return {ssrc: (c.received, c.highest) for ssrc, c in self.counts.items()}
+
+    def video_received(self) -> int:
+        return sum(c.received for c in self.counts.values() if c.video)
 
     @property
     def time_to_first_frame(self) -> Optional[float]:
