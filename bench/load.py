@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import statistics
@@ -179,6 +180,7 @@ class Options:
     step_timeout: float
     first_frame_timeout: float
     workdir: pathlib.Path
+    py_spy: Optional[pathlib.Path] = None
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     audio: Optional[Clip] = None
 
@@ -241,9 +243,12 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             before = [v.snapshot() for v in viewers]
             video_before = sum(v.video_received() for v in viewers)
             counters_before = [(v.verified, v.auth_failures, v.unknown_payloads) for v in viewers]
+            spy = start_py_spy(opts, server, profile, n)
             cpu0, load0, t0 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(opts.duration)
             cpu1, load1, t1 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
+            if spy is not None:
+                await asyncio.get_running_loop().run_in_executor(None, spy.wait)
             after = [v.snapshot() for v in viewers]
             if viewers:
                 step.video_pps_per_viewer = (sum(v.video_received() for v in viewers) - video_before) / (
@@ -283,11 +288,14 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
         if not steps:
             steps.append(Step(server_kind, profile, 0, note=f"aborted: {exc}"[:200]))
     finally:
-        for v in viewers:
+        async def close(v: Viewer) -> None:
             try:
                 await asyncio.wait_for(v.close(None), 5)
             except Exception:
                 pass
+
+        for i in range(0, len(viewers), 100):
+            await asyncio.gather(*(close(v) for v in viewers[i : i + 100]))
         if publisher is not None:
             try:
                 await asyncio.wait_for(publisher.close(http), 5)
@@ -296,6 +304,35 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
         await http.aclose()
         server.stop()
     return steps
+
+
+def start_py_spy(opts: Options, server: Server, profile: str, n: int) -> Optional[subprocess.Popen]:
+    """py-spy record on the server for the measuring window (collapsed stacks; --nonblocking: the server is not
+    paused to sample it, so its figures stay comparable)."""
+    if opts.py_spy is None:
+        return None
+    opts.py_spy.mkdir(parents=True, exist_ok=True)
+    out = opts.py_spy / f"{server.kind}-{profile}-{n}.txt"
+    cmd = ["py-spy", "record", "--nonblocking", "--rate", "100", "--duration", str(max(1, int(opts.duration))),
+           "--format", "raw", "--output", str(out), "--pid", str(server.pid)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top_self_time(collapsed: pathlib.Path, count: int = 15) -> list[tuple[float, str]]:
+    """Share of samples per innermost frame (self time) from py-spy's collapsed stacks."""
+    totals: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = re.sub(r":\d+\)$", ")", stack.split(";")[-1])  # per function, not per line
+        if leaf.startswith("Runner.run ") or leaf.startswith("run_forever "):
+            leaf = "(event loop's C code: uvloop polling, socket reads, idle)"
+        totals[leaf] = totals.get(leaf, 0) + int(n)
+        samples += int(n)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:count]
+    return [(100.0 * v / samples, k) for k, v in ranked] if samples else []
 
 
 def fmt(value: Optional[float], spec: str = ".1f") -> str:
@@ -382,6 +419,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--step-timeout", type=float, default=120.0, help="stop increasing N after a step this long")
     p.add_argument("--first-frame-timeout", type=float, default=10.0)
     p.add_argument("--json", metavar="FILE", help="also write every step as JSON")
+    p.add_argument("--py-spy", metavar="DIR", type=pathlib.Path,
+                   help="record the server with py-spy during every window (collapsed stacks in DIR) and print the "
+                        "top self-time frames of whipgate's largest step")
     return p.parse_args(argv)
 
 
@@ -403,7 +443,7 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
         viewers=[int(x) for x in args.viewers.split(",")], duration=args.duration, warmup=args.warmup,
         profiles=profiles, servers=["whipgate"] + (["baseline"] if args.baseline else []),
         connect_concurrency=args.connect_concurrency, step_timeout=args.step_timeout,
-        first_frame_timeout=args.first_frame_timeout, workdir=workdir,
+        first_frame_timeout=args.first_frame_timeout, workdir=workdir, py_spy=args.py_spy,
     )
     print(f"# open files limit {fds}; logs in {workdir}; cores: server 1, load 0"
           f"{'' if have_taskset() else ' (taskset unavailable: not pinned)'}", flush=True)
@@ -424,6 +464,15 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
             else:
                 steps += await run_profile(server, profile, opts)
     print_report(steps, opts)
+    if opts.py_spy is not None:
+        ours = [s for s in steps if s.server == "whipgate" and s.packets]
+        if ours:
+            largest = max(ours, key=lambda s: (s.viewers, s.packets))
+            path = opts.py_spy / f"whipgate-{largest.profile}-{largest.viewers}.txt"
+            if path.exists():
+                print(f"\npy-spy, whipgate {largest.profile} N={largest.viewers}: top self time (% of samples)")
+                for share, frame in top_self_time(path):
+                    print(f"  {share:5.1f}%  {frame}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps([asdict(s) for s in steps], indent=1))
     return steps
