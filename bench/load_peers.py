@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import secrets
 import struct
 import time
@@ -290,10 +291,11 @@ class Publisher:
 
 
 class SsrcCount:
-    __slots__ = ("received", "highest", "cycles", "base", "video")
+    __slots__ = ("received", "highest", "cycles", "base", "video", "frames")
 
     def __init__(self, seq: int, video: bool) -> None:
         self.video = video
+        self.frames = 0  # packets with the marker bit: the last packet of each video frame (RFC 6184 §5.1)
         self.received = 0
         self.highest = seq  # extended highest sequence number (RFC 3550 §A.1)
         self.cycles = 0
@@ -380,6 +382,8 @@ class Viewer:
         if count is None:
             count = self.counts[ssrc] = SsrcCount(seq, pt_byte & 0x7F == self.video_pt)
         count.received += 1
+        if pt_byte & 0x80:
+            count.frames += 1
         low = count.highest & 0xFFFF
         delta = (seq - low) & 0xFFFF
         if delta < 0x8000:
@@ -434,8 +438,10 @@ class Viewer:
     def snapshot(self) -> dict[int, tuple[int, int]]:
         return {ssrc: (c.received, c.highest) for ssrc, c in self.counts.items()}
 
-    def video_received(self) -> int:
-        return sum(c.received for c in self.counts.values() if c.video)
+    def video_received(self) -> tuple[int, int]:
+        """(video packets, video frames ended by a marker) received so far."""
+        video = [c for c in self.counts.values() if c.video]
+        return sum(c.received for c in video), sum(c.frames for c in video)
 
     @property
     def time_to_first_frame(self) -> Optional[float]:
@@ -472,6 +478,25 @@ def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_wait_seconds(pid: int) -> float:
+    """Time the process's threads spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat, field 2):
+    how much of the window another process had the core."""
+    total = 0
+    for stat in pathlib.Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
+def udp_receive_buffer_errors() -> int:
+    """Machine-wide UDP datagrams dropped because a socket's receive buffer was full (/proc/net/snmp)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:]))["RcvbufErrors"])
 
 
 def proc_rss_bytes(pid: int) -> int:
