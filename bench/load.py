@@ -79,11 +79,11 @@ def have_taskset() -> bool:
 class Server:
     """A server process (whipgate or the baseline) pinned to `core`."""
 
-    def __init__(self, kind: str, workdir: pathlib.Path, core: Optional[int]) -> None:
+    def __init__(self, kind: str, workdir: pathlib.Path, core: Optional[int], name: str = "") -> None:
         self.kind = kind
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{kind}.log"
+        self.log_path = workdir / f"{kind}{'-' + name if name else ''}.log"
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    PYTHONUNBUFFERED="1")
         if kind == "whipgate":
@@ -217,7 +217,7 @@ async def add_viewers(http: httpx.AsyncClient, url: str, publisher: Publisher, c
 
 async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Step]:
     steps: list[Step] = []
-    server = Server(server_kind, opts.workdir, core=1)
+    server = Server(server_kind, opts.workdir, core=1, name=profile)
     http = httpx.AsyncClient(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=64))
     viewers: list[Viewer] = []
     publisher: Optional[Publisher] = None
@@ -290,6 +290,9 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             if viewers:
                 step.rss_per_viewer_kb = (proc_rss_bytes(server.pid) - rss_alone) / len(viewers) / 1024
             step.step_s = time.monotonic() - t_step
+            trouble = publisher.trouble()
+            if trouble:
+                step.note = (step.note + "; " if step.note else "") + trouble
             steps.append(step)
             print_step(step, flush=True)
             if server.proc.poll() is not None:

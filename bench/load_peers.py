@@ -196,6 +196,7 @@ class Publisher:
         self.audio_packets_sent = 0
         self.keyframe_requests = 0
         self.keyframes_sent = 0
+        self.unsent = 0  # packets PacketSender could not send (no nominated pair / transport closing)
         self._keyframe_wanted = False
         self._sender: Optional[PacketSender] = None
         self._tasks: list[asyncio.Task] = []
@@ -257,7 +258,8 @@ class Publisher:
                     packet = rtp_packet(H264_PT, layer.seq, ts, layer.ssrc, i == last, payload, ext)
                     layer.seq += 1
                     sent_at[payload_key(payload)] = perf()
-                    send(packet)
+                    if not send(packet):
+                        self.unsent += 1
                     self.video_packets_sent += 1
             n += 1
             position += 1
@@ -278,6 +280,17 @@ class Publisher:
             self.audio_packets_sent += 1
             n += 1
             await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
+
+    def trouble(self) -> str:
+        """Why the publisher might not be delivering, for the step's note ('' when all is well)."""
+        problems = []
+        if self.peer.ice.state != "completed" or self.peer.dtls.state != "connected":
+            problems.append(f"publisher ICE {self.peer.ice.state} DTLS {self.peer.dtls.state}")
+        if self.unsent:
+            problems.append(f"publisher could not send {self.unsent} packets")
+        if any(t.done() for t in self._tasks):
+            problems.append("publisher send loop ended")
+        return "; ".join(problems)
 
     async def close(self, http: httpx.AsyncClient) -> None:
         for task in self._tasks:
