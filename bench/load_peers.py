@@ -39,7 +39,13 @@ from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTrans
 from aiortc.sdp import SessionDescription, candidate_to_sdp
 
 from bench.load_media import VIDEO_CLOCK, OPUS_CLOCK, Clip, one_byte_extensions, payload_key, rtp_packet
-from gateway.aiortc_adapter import PacketSender, gather_host_candidates, hook_packets, set_dtls_role
+from gateway.aiortc_adapter import (
+    PacketSender,
+    gather_host_candidates,
+    hook_packets,
+    set_dtls_role,
+    stop_aioice_consent,
+)
 
 LOOPBACK = "127.0.0.1"
 H264_PT = 102
@@ -111,6 +117,11 @@ class RawPeer:
         await self.dtls.start(dtls_params)
         if self.dtls.state != "connected":
             raise PeerFailed(f"DTLS {self.dtls.state}")
+        # aioice's own consent checks (RFC 7675) send one request and give up after 0.5 s, and close the
+        # connection after six misses in a row; when the load core is busy (joins of hundreds of viewers),
+        # this process answers late and the *bench* would kill its own publisher. The server still checks
+        # consent towards these peers, which they answer.
+        stop_aioice_consent(self.ice)
 
     async def close(self, http: Optional[httpx.AsyncClient] = None) -> None:
         if http is not None and self.location:
