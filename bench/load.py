@@ -427,6 +427,13 @@ def print_report(steps: list[Step], opts: Options) -> None:
                 ratio(b.us_per_packet if b else None, o.us_per_packet if o else None)]
             print("| " + " | ".join(row) + " |")
         mo, mb = max_viewers(steps, "whipgate", profile), max_viewers(steps, "baseline", profile)
+        carried_ours = [s for s in ours.values() if carried(s) and s.us_per_packet]
+        carried_base = [s for s in base.values() if carried(s) and s.us_per_packet]
+        if carried_ours and carried_base:
+            o, b = min(carried_ours, key=lambda s: s.viewers), max(carried_base, key=lambda s: s.viewers)
+            print(f"µs per forwarded packet, baseline at N={b.viewers} / whipgate at N={o.viewers} (the two rarely "
+                  f"carry the same N: the baseline saturates first): {ratio(b.us_per_packet, o.us_per_packet)};"
+                  f" RSS per viewer {ratio(b.rss_per_viewer_kb, o.rss_per_viewer_kb)}")
         print(f"highest N carried on one core (< {LOSS_LIMIT * 100:.1f}% loss, >= {FPS_CARRIED:.0f} fps): whipgate {mo if mo is not None else '—'}"
               f" (of the N tried), baseline {mb if mb is not None else '—'}"
               + (f"; ratio {mo / mb:.0f}x" if mo and mb else ""))
