@@ -1,0 +1,46 @@
+"""bench/load.py at a tiny size: a real gateway, a real publisher, three real viewers (ICE, DTLS, SRTP on loopback).
+
+This checks that the load tool measures something real, not how fast anything is (speed figures belong in
+BENCHMARKS.md, printed beside the baseline): packets arrive at every viewer, loss is parsed from sequence
+numbers, sampled packets authenticate and match what the publisher sent, latency and time to first keyframe
+are present, and the printed table carries the step.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(120)
+def test_load_tool_tiny_run(tmp_path: pathlib.Path) -> None:
+    out_json = tmp_path / "steps.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--viewers", "3", "--duration", "3", "--warmup", "1",
+           "--no-baseline", "--profiles", "600k", "--json", str(out_json)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=str(ROOT))
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    steps = json.loads(out_json.read_text())
+    assert len(steps) == 1, steps
+    step = steps[0]
+    assert step["server"] == "whipgate" and step["viewers"] == 3, step
+    assert step["connected"] == 3 and step["failed"] == 0, step
+    # 600 kbit/s H.264 (~97 packets/s) + Opus (50 packets/s) to each of 3 viewers for ~3 s
+    assert step["packets"] > 3 * 100 * 2, step
+    assert step["expected"] >= step["packets"] > 0, step
+    assert 0.0 <= step["loss"] < 0.05, step
+    assert 60 <= step["video_pps_per_viewer"] <= 140, step
+    assert step["server_cpu_s"] > 0 and step["us_per_packet"] > 0 and step["packets_per_core_s"] > 0, step
+    assert step["latency_samples"] > 0, step
+    assert 0 < step["latency_ms_p50"] <= step["latency_ms_p99"] < 2000, step
+    assert step["no_first_frame"] == 0 and 0 < step["ttff_ms_p50"] <= step["ttff_ms_p95"] < 10000, step
+    assert step["verified"] > 0 and step["auth_failures"] == 0 and step["unknown_payloads"] == 0, step
+    assert step["rss_per_viewer_kb"] is not None, step
+    assert "| 3 | " in run.stdout and "## 600k" in run.stdout, run.stdout
+    assert "loss" in run.stdout and "whipgate" in run.stdout, run.stdout
