@@ -87,7 +87,9 @@ class ClusterConfig:
     node_id: str = ""  # empty: "<hostname>:<http port>"
     public_url: str = ""  # this node's base URL for redirects; empty: http://<http.listen>
     ttl: float = 10.0  # seconds a node's and its streams' registry entries live without a heartbeat
-    viewer_mode: str = "redirect"  # WHEP POST to a node without the stream: 307 to the node that has it
+    viewer_mode: str = "redirect"  # WHEP POST to a node without the stream: 307 to the owner, or "relay" it here
+    relay_grace: float = 5.0  # relay mode: seconds an upstream pull outlives its last local viewer
+    relay_token: str | None = None  # relay mode: Bearer token this node sends to the origin's WHEP endpoint
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ _NODE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def _parse_cluster(table: _Table) -> ClusterConfig:
-    table.reject_unknown(("registry", "node_id", "public_url", "ttl", "viewer_mode"))
+    table.reject_unknown(("registry", "node_id", "public_url", "ttl", "viewer_mode", "relay_grace", "relay_token"))
     defaults = ClusterConfig()
     registry = table.string("registry", defaults.registry)
     if registry != "memory" and not registry.startswith(("redis://", "rediss://", "unix://")):
@@ -175,14 +177,20 @@ def _parse_cluster(table: _Table) -> ClusterConfig:
     if public_url and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", public_url):
         raise table.error("public_url", f"must be an http:// or https:// URL, got {public_url!r}")
     mode = table.string("viewer_mode", defaults.viewer_mode)
-    if mode != "redirect":
-        raise table.error("viewer_mode", f'only "redirect" is implemented (relay is planned), got {mode!r}')
+    if mode not in ("redirect", "relay"):
+        raise table.error("viewer_mode", f'must be "redirect" or "relay", got {mode!r}')
+    relay_token = table.string("relay_token", "")
+    problem = _check_bearer_token(relay_token) if relay_token else None
+    if problem:
+        raise table.error("relay_token", problem)
     return ClusterConfig(
         registry=registry,
         node_id=node_id,
         public_url=public_url,
         ttl=table.positive_number("ttl", defaults.ttl),
         viewer_mode=mode,
+        relay_grace=table.positive_number("relay_grace", defaults.relay_grace),
+        relay_token=relay_token or None,
     )
 
 

@@ -153,10 +153,13 @@ class PeerTransport:
         candidates: list[str],
         end_of_candidates: bool,
         timeout: float,
+        ice_controlling: bool = False,
     ) -> None:
-        """Begin ICE and DTLS in the background. dtls_role: "server" or "client"."""
+        """Begin ICE and DTLS in the background. dtls_role: "server" or "client"; ice_controlling for an offerer."""
         self.remote_ufrag = remote_ufrag
         rtc.set_dtls_role(self._dtls, dtls_role)
+        if ice_controlling:
+            rtc.set_ice_controlling(self._ice, True)
         remote_ice = rtc.RTCIceParameters(usernameFragment=remote_ufrag, password=remote_pwd)
         remote_dtls = rtc.RTCDtlsParameters(
             fingerprints=[rtc.RTCDtlsFingerprint(algorithm=a, value=v) for a, v in fingerprints]
