@@ -131,6 +131,7 @@ class RelayIngest(PublisherSession):
         super().__init__(manager, stream_name, None, PublishPlan([], []), config)  # type: ignore[arg-type]
         self.pull = pull
         self.connected_event = asyncio.Event()
+        self.transport.set_offerer()
 
     def apply_answer(self, answer: Offer) -> None:
         self.offer = answer
@@ -152,7 +153,6 @@ class RelayIngest(PublisherSession):
             candidates=answer.candidates,
             end_of_candidates=answer.end_of_candidates,
             timeout=self.config.rtc.ice_timeout,
-            ice_controlling=True,  # RFC 8445 §6.1.1: the offerer (both full agents) controls
         )
 
     def on_connected(self) -> None:

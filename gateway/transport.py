@@ -111,6 +111,12 @@ class PeerTransport:
 
         return guarded
 
+    def set_offerer(self) -> None:
+        """We write the offer: ICE controlling (RFC 8445 §6.1.1). Before the offer leaves, since the answerer
+        starts its checks as soon as it has our candidates, possibly before its answer reaches us; answering
+        those as controlled first and switching later ends in a role conflict neither side resolves."""
+        rtc.set_ice_controlling(self._ice, True)
+
     # ---- local description -------------------------------------------------------------------------
     async def gather(self) -> None:
         await rtc.gather_host_candidates(self._gatherer, self._addresses)
@@ -153,13 +159,10 @@ class PeerTransport:
         candidates: list[str],
         end_of_candidates: bool,
         timeout: float,
-        ice_controlling: bool = False,
     ) -> None:
-        """Begin ICE and DTLS in the background. dtls_role: "server" or "client"; ice_controlling for an offerer."""
+        """Begin ICE and DTLS in the background. dtls_role: "server" or "client"."""
         self.remote_ufrag = remote_ufrag
         rtc.set_dtls_role(self._dtls, dtls_role)
-        if ice_controlling:
-            rtc.set_ice_controlling(self._ice, True)
         remote_ice = rtc.RTCIceParameters(usernameFragment=remote_ufrag, password=remote_pwd)
         remote_dtls = rtc.RTCDtlsParameters(
             fingerprints=[rtc.RTCDtlsFingerprint(algorithm=a, value=v) for a, v in fingerprints]

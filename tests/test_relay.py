@@ -14,6 +14,10 @@ from urllib.parse import urljoin
 import httpx
 
 from clients import WhepViewer, find_stream, loopback_only
+import pytest
+
+from conftest import ROOT
+from gateway.config import ConfigError, parse_config
 from gateway.relay import relay_offer_media, relay_plan
 from gateway.sdp import EXT_MID, EXT_RID, Codec, parse_offer, write_answer, write_offer
 from gateway.sfu.published_track import PublishedTrack
@@ -21,7 +25,8 @@ from gateway.sfu.stream import Stream
 from test_media import STREAM, start_publisher, stop_all
 from test_registry import RedisServer  # noqa: F401  (the redis_server fixture comes with it)
 from test_registry import redis_server  # noqa: F401
-from test_whep_extensions import SSE_REL, links
+from simulcast_publisher import SimulcastPublisher
+from test_whep_extensions import LAYER_REL, SSE_REL, links
 from whep.offer_answer import negotiate_play
 
 TTL = 2.0
@@ -47,6 +52,24 @@ async def wait_until(check, timeout: float, what: str) -> None:
 async def viewer_count(base_url: str) -> int | None:
     entry = await find_stream(base_url, STREAM)
     return None if entry is None else entry["viewers"]
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+def test_relay_configuration_keys() -> None:
+    config = parse_config({"cluster": {"viewer_mode": "relay", "relay_grace": 2, "relay_token": "edge-secret"}})
+    assert (config.cluster.viewer_mode, config.cluster.relay_grace, config.cluster.relay_token) == ("relay", 2.0, "edge-secret")
+    defaults = parse_config({}).cluster
+    assert (defaults.viewer_mode, defaults.relay_grace, defaults.relay_token) == ("redirect", 5.0, None)
+    for bad, key in (
+        ({"viewer_mode": "proxy"}, "cluster.viewer_mode"),
+        ({"relay_grace": 0}, "cluster.relay_grace"),
+        ({"relay_token": "no spaces allowed"}, "cluster.relay_token"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            parse_config({"cluster": bad})
+        assert error.value.key == key
+    documented = (ROOT / "config.toml").read_text()
+    assert all(f"\n{key} =" in documented for key in ("viewer_mode", "relay_grace", "relay_token"))
 
 
 # ---- the offer an edge writes, and what an origin answers to it ----------------------------------------------
@@ -199,3 +222,70 @@ async def test_edge_pulls_once_for_many_viewers_ends_after_grace_and_follows_the
 
 async def _gone(base_url: str) -> bool:
     return await find_stream(base_url, STREAM) is None
+
+
+async def recent_sizes(viewer: WhepViewer, size: tuple[int, int], frames: int, timeout: float) -> bool:
+    """Wait until the viewer's last `frames` decoded pictures all have this size."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recent = viewer.frame_sizes[-frames:]
+        if len(recent) == frames and set(recent) == {size}:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_every_simulcast_layer_crosses_the_relay_and_edge_viewers_pick_their_own(gateway_factory, redis_server) -> None:
+    a = gateway_factory(origin_config(redis_server.url))
+    c = gateway_factory(edge_config(redis_server.url))
+    clients: list = []
+    http = httpx.AsyncClient(trust_env=False, timeout=10)
+    pub = SimulcastPublisher(a.base_url, STREAM, fps=15)
+    try:
+        with loopback_only():
+            await pub.start()
+
+            async def three_layers_live() -> bool:
+                entry = await find_stream(a.base_url, STREAM)
+                layers = entry["tracks"][0]["layers"] if entry and entry["tracks"] else []
+                return len(layers) == 3 and all(layer["active"] and layer["width"] for layer in layers)
+
+            await wait_until(three_layers_live, 15, "the publisher's three layers never went live on the origin")
+            sizes = {layer.rid: layer.size for layer in pub.layers}
+            viewers = {rid: WhepViewer(c.base_url, STREAM, audio=False) for rid in ("q", "h", "f", "auto")}
+            clients.extend(viewers.values())
+            await asyncio.gather(*(v.start() for v in viewers.values()))
+            for rid, viewer in viewers.items():
+                if rid != "auto":
+                    pinned = await http.post(links(viewer.response)[LAYER_REL], json={"rid": rid})
+                    assert pinned.status_code == 200, pinned.text
+            for rid in ("q", "h", "f"):
+                assert await recent_sizes(viewers[rid], sizes[rid], 10, 20), (rid, viewers[rid].resolutions)
+            await viewers["auto"].wait_frames(20, timeout=15)
+            assert set(viewers["auto"].resolutions) <= set(sizes.values())
+            numbers = viewers["f"].numbered_frames
+            assert numbers and all(x < y for x, y in zip(numbers, numbers[1:])), numbers[-20:]
+            # One WHEP session on the origin for the four edge viewers; the edge sees all three layers.
+            assert await viewer_count(a.base_url) == 1
+            assert await viewer_count(c.base_url) == 4
+            edge_layers = (await find_stream(c.base_url, STREAM))["tracks"][0]["layers"]
+            assert sorted((l["rid"], l["width"], l["height"]) for l in edge_layers) == sorted(
+                (rid, w, h) for rid, (w, h) in sizes.items()
+            ), edge_layers
+            # A late edge viewer pinned to the middle layer needs a fresh keyframe: the edge's PLI on that layer's
+            # SSRC reaches the origin, which asks the publisher (its encoder makes keyframes only on request).
+            await asyncio.sleep(1.5)  # older than any keyframe the edge may replay
+            before = {layer.rid: layer.keyframe_requests for layer in pub.layers}
+            late = WhepViewer(c.base_url, STREAM, audio=False)
+            clients.append(late)
+            await late.start()
+            assert (await http.post(links(late.response)[LAYER_REL], json={"rid": "h"})).status_code == 200
+            assert await recent_sizes(late, sizes["h"], 5, 20), late.resolutions
+            after = {layer.rid: layer.keyframe_requests for layer in pub.layers}
+            assert after["h"] > before["h"], (before, after)
+            assert await viewer_count(a.base_url) == 1
+    finally:
+        await http.aclose()
+        await stop_all(clients)
+        await pub.stop()
+    assert a.codec_violations() == "" and c.codec_violations() == ""
