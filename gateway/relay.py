@@ -33,6 +33,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from gateway import metrics
 from gateway.auth import stream_tokens
 from gateway.config import Config
 from gateway.sdp import (
@@ -339,6 +340,7 @@ class RelayPulls:
     def __init__(self, manager: "SessionManager") -> None:
         self.manager = manager
         self.pulls: dict[str, RelayPull] = {}
+        metrics.track_sessions("relay", lambda: len(self.pulls))  # whipgate_sessions{kind="relay"}: upstream pulls
         # Cluster-internal traffic: no proxy from the environment; 307s are followed (RFC 9725 §4.5).
         self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=True, trust_env=False)
 

@@ -16,7 +16,7 @@ import httpx
 from clients import WhepViewer, find_stream, loopback_only
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, deep_merge
 from gateway.config import ConfigError, parse_config
 from gateway.relay import relay_offer_media, relay_plan
 from gateway.sdp import EXT_MID, EXT_RID, Codec, parse_offer, write_answer, write_offer
@@ -289,3 +289,39 @@ async def test_every_simulcast_layer_crosses_the_relay_and_edge_viewers_pick_the
         await stop_all(clients)
         await pub.stop()
     assert a.codec_violations() == "" and c.codec_violations() == ""
+
+
+async def test_edge_authenticates_with_its_relay_token_and_ends_its_viewers_when_the_origin_dies(gateway_factory, redis_server) -> None:
+    # The origin lets WHEP clients in with "edge-secret" only; the edge's own viewers use their own token.
+    a = gateway_factory(deep_merge(origin_config(redis_server.url), {"streams": {STREAM: {"play_token": "edge-secret"}}}))
+    c = gateway_factory(deep_merge(edge_config(redis_server.url, relay_token="edge-secret"),
+                                   {"streams": {STREAM: {"play_token": "viewer-token"}}}))
+    clients: list = []
+    http = httpx.AsyncClient(trust_env=False, timeout=10)
+    try:
+        with loopback_only():
+            await start_publisher(a, clients, video_codec="VP8", width=320, height=240, fps=30)
+            refused = WhepViewer(c.base_url, STREAM, token="edge-secret")  # the edge checks its own viewers
+            clients.append(refused)
+            assert (await refused.start(expect_status=401)).status_code == 401
+            viewer = WhepViewer(c.base_url, STREAM, token="viewer-token")
+            clients.append(viewer)
+            await viewer.start()
+            await viewer.wait_frames(20, timeout=20)
+            assert set(viewer.resolutions) == {(320, 240)}
+            assert await viewer_count(a.base_url) == 1
+            sse = await http.post(links(viewer.response)[SSE_REL], content=b'["inactive"]',
+                                  headers={"Authorization": "Bearer viewer-token"})
+            assert sse.status_code == 201, sse.text
+            events_url = urljoin(links(viewer.response)[SSE_REL], sse.headers["location"])
+            reader = asyncio.create_task(read_until(http, events_url, "inactive", 30))
+            await asyncio.sleep(0.3)
+            a.proc.kill()  # no DTLS close, no DELETE: the edge finds out through consent (RFC 7675) and silence
+            a.proc.wait(5)
+            killed = time.monotonic()
+            assert (await reader)[-1] == "inactive"
+            print(f"\nedge viewer ended {time.monotonic() - killed:.1f} s after the origin died")
+            await wait_until(lambda: _gone(c.base_url), 10, "the edge kept a stream whose origin died")
+    finally:
+        await http.aclose()
+        await stop_all(clients)
