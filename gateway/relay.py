@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 from urllib.parse import urljoin
@@ -84,8 +85,16 @@ class RelayError(Exception):
     """The pull could not be set up (origin unreachable, refused, or answered something unusable)."""
 
 
+_RID_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8851 §10 rid-id (alpha-numeric, "-", "_")
+
+
 def relay_offer_media(rids: list[str]) -> list[OfferMediaSpec]:
-    """A recvonly audio and video offer; with `rids`, the video section receives simulcast (RFC 8853 §5.1)."""
+    """A recvonly audio and video offer; with `rids`, the video section receives simulcast (RFC 8853 §5.1).
+
+    Rids that are not RFC 8851 rid-ids cannot be written into a=simulcast: then the offer asks for no simulcast
+    and the origin sends the layer a normal viewer would get."""
+    if not all(_RID_ID.fullmatch(rid) for rid in rids):
+        rids = []
     simulcast = [f"a=rid:{rid} recv" for rid in rids] + (["a=simulcast:recv " + ";".join(rids)] if rids else [])
     return [
         OfferMediaSpec("audio", "0", "recvonly", list(RELAY_AUDIO_CODECS), list(RELAY_AUDIO_EXTENSIONS)),
@@ -246,10 +255,7 @@ class RelayPull:
             address=candidates[0].ip,
             port=candidates[0].port,
         )
-        headers = {"Content-Type": "application/sdp"}
-        token = self.config.cluster.relay_token or stream_tokens(self.config, self.name).play_token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {"Content-Type": "application/sdp", **self._auth_headers()}
         # A 307 (the origin moved the stream on) is followed with the same method and body (RFC 9725 §4.5).
         response = await self._http.post(self.whep_url, content=offer.encode(), headers=headers)
         if response.status_code != 201:
@@ -257,7 +263,8 @@ class RelayPull:
         location = response.headers.get("location")
         if location:
             self.resource_url = urljoin(str(response.url), location)
-        if self.closed:
+        if self.closed:  # closed (shutdown) while the POST was under way: close() found no resource to DELETE
+            await self._delete_upstream()
             return None
         ingest.apply_answer(parse_offer(response.text))
         ingest.start_transport()
@@ -316,19 +323,24 @@ class RelayPull:
                 await self.manager.end(viewer, f"the relay from the origin ended: {reason}")
         if self.ingest is not None and not self.ingest.ended:
             await self.ingest.close(reason)
-        if self.resource_url is not None:
-            # WHEP §4.3 / RFC 9725 §4.3: DELETE ends the origin's session at once (else its consent check would).
-            headers = {}
-            token = self.config.cluster.relay_token or stream_tokens(self.config, self.name).play_token
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            try:
-                await self._http.delete(self.resource_url, headers=headers)
-            except (httpx.HTTPError, OSError) as exc:
-                log.info("DELETE %s failed: %s", self.resource_url, exc)
+        await self._delete_upstream()
         task = self._task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = self.config.cluster.relay_token or stream_tokens(self.config, self.name).play_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _delete_upstream(self) -> None:
+        """WHEP §4.3 / RFC 9725 §4.3: DELETE ends the origin's session at once (else its consent check would)."""
+        url, self.resource_url = self.resource_url, None
+        if url is None:
+            return
+        try:
+            await self._http.delete(url, headers=self._auth_headers())
+        except (httpx.HTTPError, OSError) as exc:
+            log.info("DELETE %s failed: %s", url, exc)
 
     def info(self) -> dict:
         return {"stream": self.name, "origin": self.whep_url, "resource": self.resource_url, "closed": self.closed}

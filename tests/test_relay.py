@@ -140,6 +140,11 @@ def test_origin_answers_every_layer_and_the_edge_plans_them_as_a_publishers_laye
     normal = parse_offer(relay_offer_text([]))
     [down] = negotiate_play(normal, stream, "cname").down_tracks
     assert down.rid is None and down.profile.rid is None
+    # A simulcast receive offer for a plain stream gets the plain answer, and the edge plans a plain track.
+    plain_plan = negotiate_play(offer, simulcast_stream([]), "cname")
+    assert [p.rid for p in plain_plan.down_tracks] == [None] and not any("simulcast" in l for m in plain_plan.answer_media for l in m.extra_lines)
+    # Rids that are not RFC 8851 rid-ids are not written into a=simulcast.
+    assert parse_offer(relay_offer_text(["a;b", "c"])).media[1].simulcast is None
 
 
 # ---- two gateways: origin A, edge C in relay mode ------------------------------------------------------------
