@@ -11,6 +11,9 @@ What is private and why:
 - RTCDtlsTransport._tx_srtp: the SRTP session; we protect packets with it and send them on the nominated
   candidate pair's datagram transport directly (no coroutine per packet).
 - RTCDtlsTransport._set_role: the DTLS role comes from the SDP a=setup negotiation (RFC 8842 §5.1).
+- RTCIceTransport._connection (.ice_controlling): when whipgate is the offerer (an edge pulling a stream from its
+  origin, gateway/relay.py) it is the ICE controlling agent (RFC 8445 §6.1.1); aiortc sets this only inside
+  RTCPeerConnection.
 - RTCIceGatherer._connection, aioice Connection._local_candidates(_start/_end), _nominated: we gather host
   candidates only on configured addresses, and read the nominated pair to send on it.
 - aioice Connection._query_consent_task, build_request: aioice ends a connection when its consent checks fail;
@@ -55,6 +58,7 @@ __all__ = [
     "install_shims",
     "PacketSender",
     "set_dtls_role",
+    "set_ice_controlling",
 ]
 
 # (owner, attribute name, what it must be): checked by tests/test_aiortc_adapter.py.
@@ -64,6 +68,7 @@ PRIVATE_NAMES: list[tuple[str, str, str]] = [
     ("aiortc.RTCDtlsTransport", "_set_role", "function (self, role)"),
     ("aiortc.RTCDtlsTransport instance", "_tx_srtp", "pylibsrtp.Session after DTLS connects"),
     ("aiortc.RTCIceGatherer instance", "_connection", "aioice.Connection"),
+    ("aiortc.RTCIceTransport instance", "_connection", "aioice.Connection (the gatherer's), .ice_controlling"),
     ("aioice.Connection instance", "_local_candidates", "list"),
     ("aioice.Connection instance", "_local_candidates_start", "bool"),
     ("aioice.Connection instance", "_local_candidates_end", "bool"),
@@ -132,6 +137,11 @@ async def gather_host_candidates(gatherer: RTCIceGatherer, addresses: list[str])
 def set_dtls_role(dtls: RTCDtlsTransport, role: str) -> None:
     """role is "server" (we answered a=setup:passive) or "client" (a=setup:active)."""
     dtls._set_role(role)
+
+
+def set_ice_controlling(ice: RTCIceTransport, controlling: bool) -> None:
+    """RFC 8445 §6.1.1: the offerer (a full agent) is controlling; the answerer controlled (aiortc's default)."""
+    ice._connection.ice_controlling = controlling
 
 
 def hook_packets(

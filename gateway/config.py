@@ -87,9 +87,11 @@ class ClusterConfig:
     node_id: str = ""  # empty: "<hostname>:<http port>"
     public_url: str = ""  # this node's base URL for redirects; empty: http://<http.listen>
     ttl: float = 10.0  # seconds a node's and its streams' registry entries live without a heartbeat
-    viewer_mode: str = "redirect"  # WHEP POST to a node without the stream: 307 to the node that has it
+    viewer_mode: str = "redirect"  # WHEP POST to a node without the stream: 307 to the owner, or "relay" it here
     max_publishers: int = 0  # publishers this node takes; 0 = unlimited
     over_capacity: str = "reject"  # WHIP POST at max_publishers: "reject" (503) or "redirect" (307 to another node)
+    relay_grace: float = 5.0  # relay mode: seconds an upstream pull outlives its last local viewer
+    relay_token: str | None = None  # relay mode: Bearer token this node sends to the origin's WHEP endpoint
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,9 @@ _NODE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def _parse_cluster(table: _Table) -> ClusterConfig:
-    table.reject_unknown(("registry", "node_id", "public_url", "ttl", "viewer_mode", "max_publishers", "over_capacity"))
+    table.reject_unknown(
+        ("registry", "node_id", "public_url", "ttl", "viewer_mode", "max_publishers", "over_capacity", "relay_grace", "relay_token")
+    )
     defaults = ClusterConfig()
     registry = table.string("registry", defaults.registry)
     if registry != "memory" and not registry.startswith(("redis://", "rediss://", "unix://")):
@@ -184,8 +188,12 @@ def _parse_cluster(table: _Table) -> ClusterConfig:
     if public_url and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", public_url):
         raise table.error("public_url", f"must be an http:// or https:// URL, got {public_url!r}")
     mode = table.string("viewer_mode", defaults.viewer_mode)
-    if mode != "redirect":
-        raise table.error("viewer_mode", f'only "redirect" is implemented (relay is planned), got {mode!r}')
+    if mode not in ("redirect", "relay"):
+        raise table.error("viewer_mode", f'must be "redirect" or "relay", got {mode!r}')
+    relay_token = table.string("relay_token", "")
+    problem = _check_bearer_token(relay_token) if relay_token else None
+    if problem:
+        raise table.error("relay_token", problem)
     over_capacity = table.string("over_capacity", defaults.over_capacity)
     if over_capacity not in ("reject", "redirect"):
         raise table.error("over_capacity", f'must be "reject" or "redirect", got {over_capacity!r}')
@@ -197,6 +205,8 @@ def _parse_cluster(table: _Table) -> ClusterConfig:
         viewer_mode=mode,
         max_publishers=table.integer("max_publishers", defaults.max_publishers, minimum=0),
         over_capacity=over_capacity,
+        relay_grace=table.positive_number("relay_grace", defaults.relay_grace),
+        relay_token=relay_token or None,
     )
 
 

@@ -348,3 +348,64 @@ def write_answer(
         lines += m.extra_lines
         lines += m.ssrc_lines
     return "\r\n".join(lines) + "\r\n"
+
+
+# ---- writing offers (whipgate as the offerer: an edge pulling a stream from its origin, gateway/relay.py) ----
+SETUP_OFFER = "actpass"  # RFC 8842 §5.2: an offerer's a=setup is actpass
+
+
+@dataclass
+class OfferMediaSpec:
+    """One m= section of an offer we write: the codecs we accept in the order we prefer them."""
+
+    kind: str
+    mid: str
+    direction: str  # "recvonly" for a pull
+    codecs: list[Codec]
+    extensions: list[tuple[int, str]] = field(default_factory=list)
+    extra_lines: list[str] = field(default_factory=list)  # a=rid / a=simulcast (RFC 8851, RFC 8853 §5.1)
+
+
+def write_offer(
+    media: list[OfferMediaSpec],
+    *,
+    ice_ufrag: str,
+    ice_pwd: str,
+    fingerprint: str,
+    candidates: list[str],
+    address: str,
+    port: int,
+) -> str:
+    """A complete (non-trickle) offer, every section bundled on one transport (RFC 8843 §7.2), rtcp-mux."""
+    lines = [
+        "v=0",
+        f"o=whipgate {secrets.randbits(62)} 1 IN IP4 {address}",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE " + " ".join(m.mid for m in media),
+        "a=msid-semantic: WMS *",
+    ]
+    for index, m in enumerate(media):
+        lines += [
+            f"m={m.kind} {port} UDP/TLS/RTP/SAVPF " + " ".join(str(c.payload_type) for c in m.codecs),
+            f"c=IN IP4 {address}",
+            f"a=mid:{m.mid}",
+            f"a=ice-ufrag:{ice_ufrag}",
+            f"a=ice-pwd:{ice_pwd}",
+            f"a=fingerprint:{fingerprint}",
+            f"a=setup:{SETUP_OFFER}",
+        ]
+        if index == 0:  # RFC 8843 §7.2: the offerer's candidates in the BUNDLE-tagged section (the first)
+            lines += [f"a={c}" for c in candidates]
+            lines.append("a=end-of-candidates")
+        lines += [f"a=extmap:{i} {uri}" for i, uri in m.extensions]
+        lines += [f"a={m.direction}", "a=rtcp-mux", "a=rtcp-rsize"]
+        for c in m.codecs:
+            lines.append(f"a=rtpmap:{c.payload_type} {c.rtpmap()}")
+            for fb in c.feedback:
+                lines.append(f"a=rtcp-fb:{c.payload_type} {fb}")
+            fmtp = c.fmtp_line()
+            if fmtp:
+                lines.append(f"a=fmtp:{c.payload_type} {fmtp}")
+        lines += m.extra_lines
+    return "\r\n".join(lines) + "\r\n"

@@ -20,6 +20,7 @@ from gateway.auth import bearer_token_matches, stream_tokens
 from gateway.config import Config
 from gateway.peer_session import PeerSession
 from gateway.registry import Registry, StreamInfo
+from gateway.relay import RelayPulls
 from gateway.sdp import parse_offer
 from gateway.sfu.stream import Stream
 from whep.session import ViewerSession
@@ -64,6 +65,8 @@ class SessionManager:
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
         self._publishing: dict[str, list] = {}  # stream name -> [lock, POSTs holding or waiting for it]
         self._closing = False
+        # cluster.viewer_mode = "relay": streams held by other nodes are pulled here (gateway/relay.py).
+        self.relays: Optional[RelayPulls] = RelayPulls(self) if config.cluster.viewer_mode == "relay" else None
         metrics.track_sessions("publisher", lambda: self.count("publisher"))
         metrics.track_sessions("viewer", lambda: self.count("viewer"))
         metrics.track_viewers(lambda: [s.layer_summary() for s in self.sessions.values() if isinstance(s, ViewerSession)])
@@ -188,9 +191,14 @@ class SessionManager:
 
     async def play(self, stream_name: str, sdp: str) -> ViewerSession:
         stream = self.streams.get(stream_name)
+        offer = None
         if stream is None or stream.publisher is None:
-            await self._find_elsewhere(stream_name)  # routing first: the owner parses the offer
-        offer = parse_offer(sdp)
+            if self.relays is not None and self.registry is not None:
+                offer = parse_offer(sdp)  # a bad offer must not start a pull
+                stream = await self.relays.stream(stream_name) or stream
+            else:
+                await self._find_elsewhere(stream_name)  # routing first: the owner parses the offer
+        offer = offer or parse_offer(sdp)
         if stream is None or stream.publisher is None:
             raise StreamNotLive(stream_name)
         session = ViewerSession(self, stream, offer, self.config)
@@ -293,6 +301,8 @@ class SessionManager:
         self._grace_timers.clear()
         for session in list(self.sessions.values()):
             await self.end(session, "gateway shutting down")
+        if self.relays is not None:
+            await self.relays.close_all()
         for task in list(self._tasks):
             task.cancel()
 

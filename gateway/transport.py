@@ -111,6 +111,12 @@ class PeerTransport:
 
         return guarded
 
+    def set_offerer(self) -> None:
+        """We write the offer: ICE controlling (RFC 8445 §6.1.1). Before the offer leaves, since the answerer
+        starts its checks as soon as it has our candidates, possibly before its answer reaches us; answering
+        those as controlled first and switching later ends in a role conflict neither side resolves."""
+        rtc.set_ice_controlling(self._ice, True)
+
     # ---- local description -------------------------------------------------------------------------
     async def gather(self) -> None:
         await rtc.gather_host_candidates(self._gatherer, self._addresses)

@@ -48,6 +48,9 @@ async def test_private_attributes_exist_on_live_objects() -> None:
     candidates = gatherer.getLocalCandidates()
     assert [c.ip for c in candidates] == ["127.0.0.1"]
     ice = adapter.RTCIceTransport(gatherer)
+    assert ice._connection is connection and connection.ice_controlling is False
+    adapter.set_ice_controlling(ice, True)  # an offerer (gateway/relay.py)
+    assert connection.ice_controlling is True
     dtls = adapter.RTCDtlsTransport(ice, [adapter.RTCCertificate.generateCertificate()])
     assert hasattr(dtls, "_tx_srtp") and hasattr(dtls, "_rx_srtp")
     adapter.set_dtls_role(dtls, "server")

@@ -26,13 +26,13 @@ from gateway.rtcp import (
     parse_or_count,
 )
 from gateway.sdp import Offer
-from gateway.sfu.down_track import DownTrack
+from gateway.sfu.down_track import DownTrack, LayerDownTrack
 from gateway.sfu.published_track import PublishedTrack
 from gateway.sfu.stream import Stream
 from whep.events import ViewerEvents, extension_links
 from whep.layer_request import LayerRequest, layers_event
 from simulcast.viewer_bandwidth import ViewerBandwidth
-from whep.offer_answer import negotiate_play
+from whep.offer_answer import DownTrackPlan, negotiate_play
 
 if TYPE_CHECKING:
     from gateway.sessions import SessionManager
@@ -50,21 +50,16 @@ class ViewerSession(PeerSession):
         plan = negotiate_play(offer, stream, self.cname)
         self.answer_media = plan.answer_media
         self.down_tracks = [
-            DownTrack(
-                p.source,
-                p.profile,
-                ssrc=p.ssrc,
-                rtx_ssrc=p.rtx_ssrc,
-                cname=self.cname,
-                send_rtp=self.transport.send_rtp,
-                send_rtcp=self.transport.send_rtcp,
-            )
+            (DownTrack(p.source, p.profile, **self._down_args(p)) if p.rid is None
+             else LayerDownTrack(p.source, p.profile, rid=p.rid, **self._down_args(p)))
             for p in plan.down_tracks
         ]
+        # A relay (an edge pulling every layer) gets fixed layers: no estimate picks them.
+        self.relay = any(isinstance(d, LayerDownTrack) for d in self.down_tracks)
         # Per-viewer bandwidth estimation (send-side, from transport-wide CC feedback; REMB/RR as fallback).
         transport_cc = any(d.profile.transport_cc_id is not None for d in self.down_tracks)
         self.bandwidth = ViewerBandwidth(transport_cc=transport_cc)
-        self._estimate_layers = config.rtc.bandwidth_estimation
+        self._estimate_layers = config.rtc.bandwidth_estimation and not self.relay
         for down in self.down_tracks:
             down.bandwidth = self.bandwidth
         self._probe_task: Optional[asyncio.Task[None]] = None
@@ -81,6 +76,10 @@ class ViewerSession(PeerSession):
             self.video.on_switch = self._switched
             self.video.source.on_layers_changed.append(self._layers_changed)
         self.events.publish("active", {})
+
+    def _down_args(self, plan: "DownTrackPlan") -> dict:
+        return dict(ssrc=plan.ssrc, rtx_ssrc=plan.rtx_ssrc, cname=self.cname,
+                    send_rtp=self.transport.send_rtp, send_rtcp=self.transport.send_rtcp)
 
     def extension_links(self) -> list[tuple[str, str]]:
         return extension_links(self.location)

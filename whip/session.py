@@ -48,6 +48,12 @@ class PublisherSession(PeerSession):
         self.tracks: dict[str, PublishedTrack] = {}
         self._by_ssrc: dict[int, Route] = {}
         self._by_payload_type: dict[int, PublishedTrack] = {}
+        self._rtcp_task: Optional[asyncio.Task[None]] = None
+        self._add_tracks(plan)
+
+    def _add_tracks(self, plan: PublishPlan) -> None:
+        """The plan's tracks (from the offer; for a relay ingest, from the origin's answer, gateway/relay.py)."""
+        config = self.config
         for t in plan.tracks:
             track = PublishedTrack(
                 kind=t.kind,
@@ -80,7 +86,6 @@ class PublisherSession(PeerSession):
         twcc_ids = {t.extensions[EXT_TRANSPORT_CC] for t in self.tracks.values() if EXT_TRANSPORT_CC in t.extensions}
         self._twcc_id = next(iter(twcc_ids)) if twcc_ids else None
         self._twcc = TwccRecorder() if self._twcc_id is not None else None
-        self._rtcp_task: Optional[asyncio.Task[None]] = None
 
     # ---- RTP in ------------------------------------------------------------------------------------
     def on_rtp(self, data: bytes, arrival_ms: int) -> None:

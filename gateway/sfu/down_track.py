@@ -428,3 +428,20 @@ class DownTrack:
             "fraction_lost": self.fraction_lost,
             "jitter": self.jitter,
         }
+
+
+class LayerDownTrack(DownTrack):
+    """One simulcast layer, always the same one, to a relay (an edge gateway pulling every layer, gateway/relay.py).
+
+    A relay session has one LayerDownTrack per layer, each on its own SSRC with the layer's rid header extension
+    (RFC 8853 §5.1 sender side, RFC 8852), so the edge demultiplexes them like a publisher's layers. No switching:
+    while the layer is paused at the origin its SSRC is silent, exactly as the publisher's is.
+    """
+
+    def __init__(self, source: "PublishedTrack", profile: EgressProfile, *, rid: str, **kwargs: object) -> None:
+        super().__init__(source, profile, **kwargs)  # type: ignore[arg-type]
+        self.rid = rid
+
+    def choose(self) -> Optional["Layer"]:
+        self.reason = f"relay of layer {self.rid}"
+        return self.source.by_rid.get(self.rid)

@@ -27,7 +27,7 @@ def assemble(template: Template, seq: int, timestamp: int, ssrc: int, transport_
 
 
 class EgressProfile:
-    __slots__ = ("payload_type", "rtx_payload_type", "mid_id", "mid_value", "extension_map", "transport_cc_id", "key")
+    __slots__ = ("payload_type", "rtx_payload_type", "mid_id", "mid_value", "extension_map", "transport_cc_id", "rid", "key")
 
     def __init__(
         self,
@@ -37,6 +37,7 @@ class EgressProfile:
         mid_value: str,
         extension_map: tuple[tuple[int, int], ...],
         transport_cc_id: int | None = None,
+        rid: tuple[int, str] | None = None,
     ) -> None:
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
@@ -44,7 +45,9 @@ class EgressProfile:
         self.mid_value = mid_value.encode()
         self.extension_map = extension_map  # (publisher's id, viewer's id) for passed-through extensions
         self.transport_cc_id = transport_cc_id  # draft-holmer-rmcat-transport-wide-cc-extensions-01 §2
-        self.key = (payload_type, rtx_payload_type, mid_id, mid_value, extension_map, transport_cc_id)
+        # (extension id, rid): a relay egress sending every layer writes each layer's rtp-stream-id (RFC 8852 §3.1)
+        self.rid = (rid[0], rid[1].encode()) if rid is not None else None
+        self.key = (payload_type, rtx_payload_type, mid_id, mid_value, extension_map, transport_cc_id, rid)
 
     def extensions(self, packet: RtpPacket | None) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
@@ -52,6 +55,8 @@ class EgressProfile:
             out.append((self.transport_cc_id, b"\x00\x00"))  # first: its slot is patched per viewer
         if self.mid_id is not None:
             out.append((self.mid_id, self.mid_value))
+        if self.rid is not None:
+            out.append(self.rid)
         if packet is not None:
             source = packet.extensions
             for source_id, out_id in self.extension_map:
