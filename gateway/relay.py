@@ -19,6 +19,10 @@ fans it out to any number of local viewers exactly like a local publisher's stre
   §4.3), or when the origin ends it (its DTLS close, consent or media lost); then its viewers are ended with
   the `inactive` event.
 - An edge never claims the stream in the registry: it is the origin's.
+- The origin's publisher may leave and come back (origin `whep.publisher_grace`): the origin keeps the pull's
+  session and moves it to the new publisher. The pull subscribes to the origin's WHEP events (draft-ietf-wish-whep
+  §4.9.1, the `server-sent-events` Link of the 201) and passes `inactive` / `active` on to its local viewers, who
+  stay connected and resume with the origin.
 
 `Stream.publisher` is the one "source of a stream": for a relayed stream it is the RelayIngest.
 """
@@ -191,6 +195,7 @@ class RelayPull:
         self.closed = False
         self.end_reason: Optional[str] = None
         self._task: Optional[asyncio.Task[None]] = None
+        self._events_task: Optional[asyncio.Task[None]] = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -266,6 +271,7 @@ class RelayPull:
         if self.closed:  # closed (shutdown) while the POST was under way: close() found no resource to DELETE
             await self._delete_upstream()
             return None
+        events_link = link_with_rel(response.headers.get_list("link"), SSE_REL)
         ingest.apply_answer(parse_offer(response.text))
         ingest.start_transport()
         try:
@@ -280,11 +286,47 @@ class RelayPull:
             raise RelayError("a local publisher took the stream meanwhile")
         stream = self.stream = self.manager.streams.setdefault(self.name, Stream(self.name))
         stream.publisher = ingest
+        if events_link:
+            self._events_task = asyncio.create_task(self._follow_events(urljoin(str(response.url), events_link), stream))
         log.info(
             "relaying %s from %s (%s)", self.name, self.whep_url,
             ", ".join(f"{t.kind} {t.codec.name}" + (f" layers {','.join(t.by_rid)}" if t.simulcast else "") for t in ingest.tracks.values()),
         )
         return stream
+
+    async def _follow_events(self, sse_url: str, stream: Stream) -> None:
+        """Subscribe to the origin's `active` / `inactive` events for this session and pass them on to the local
+        viewers (draft-ietf-wish-whep §4.9.1: POST the event list, GET the event stream at its Location)."""
+        headers = self._auth_headers()
+        try:
+            response = await self._http.post(sse_url, json=["active", "inactive"], headers=headers)
+            if response.status_code != 201 or "location" not in response.headers:
+                log.info("relay of %s: the origin's events not available (%d)", self.name, response.status_code)
+                return
+            url = urljoin(sse_url, response.headers["location"])
+            timeout = httpx.Timeout(HTTP_TIMEOUT, read=None)  # an event stream is quiet between events
+            async with self._http.stream("GET", url, headers=headers, timeout=timeout) as events:
+                name = None
+                async for line in events.aiter_lines():
+                    if line.startswith("event:"):
+                        name = line[len("event:") :].strip()
+                    elif not line and name is not None:
+                        self._upstream_event(name, stream)
+                        name = None
+        except (httpx.HTTPError, OSError) as exc:
+            if not self.closed:
+                log.info("relay of %s: the origin's event stream ended: %s", self.name, exc)
+
+    def _upstream_event(self, name: str, stream: Stream) -> None:
+        if name not in ("active", "inactive") or self.closed:
+            return
+        active = name == "active"
+        if active == stream.source_active:
+            return
+        stream.source_active = active
+        log.info("relay of %s: the origin's publisher is %s", self.name, "back" if active else "gone for now")
+        for viewer in list(stream.viewers):
+            viewer.events.publish(name, {})
 
     async def _watch(self, stream: Stream) -> None:
         """End the pull `relay_grace` seconds after the last local viewer left."""
@@ -324,9 +366,9 @@ class RelayPull:
         if self.ingest is not None and not self.ingest.ended:
             await self.ingest.close(reason)
         await self._delete_upstream()
-        task = self._task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
+        for task in (self._events_task, self._task):
+            if task is not None and task is not asyncio.current_task() and not task.done():
+                task.cancel()
 
     def _auth_headers(self) -> dict[str, str]:
         token = self.config.cluster.relay_token or stream_tokens(self.config, self.name).play_token
@@ -344,6 +386,21 @@ class RelayPull:
 
     def info(self) -> dict:
         return {"stream": self.name, "origin": self.whep_url, "resource": self.resource_url, "closed": self.closed}
+
+
+SSE_REL = "urn:ietf:params:whep:ext:core:server-sent-events"  # draft-ietf-wish-whep §4.9.1
+_LINK = re.compile(r'<([^>]*)>([^<]*)')
+
+
+def link_with_rel(values: list[str], rel: str) -> Optional[str]:
+    """The target of the first Link (RFC 8288 §3) among `values` whose rel parameter names `rel`."""
+    for value in values:
+        for target, params in _LINK.findall(value):
+            for param in params.split(";"):
+                key, _, val = param.strip().partition("=")
+                if key.strip().lower() == "rel" and rel in val.strip().rstrip(",").strip().strip('"').split():
+                    return target
+    return None
 
 
 class RelayPulls:

@@ -202,6 +202,8 @@ class SessionManager:
         if stream is None or stream.publisher is None:
             raise StreamNotLive(stream_name)
         session = ViewerSession(self, stream, offer, self.config)
+        if not stream.source_active:
+            session.events.publish("inactive", {})  # a relayed stream whose origin lost its publisher for now
         stream.viewers.add(session)
         self.sessions[session.id] = session
         self._publish_viewer_count(stream)

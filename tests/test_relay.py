@@ -330,3 +330,59 @@ async def test_edge_authenticates_with_its_relay_token_and_ends_its_viewers_when
     finally:
         await http.aclose()
         await stop_all(clients)
+
+
+def test_link_with_rel_finds_the_events_link_in_any_parameter_order() -> None:
+    from gateway.relay import SSE_REL, link_with_rel
+
+    headers = [
+        '<stun:127.0.0.1:3478>; rel="ice-server"',
+        '</whep/s/1/sse>; events="active,inactive"; rel="urn:ietf:params:whep:ext:core:server-sent-events", '
+        '</whep/s/1/layer>; rel="urn:ietf:params:whep:ext:core:layer"',
+    ]
+    assert link_with_rel(headers, SSE_REL) == "/whep/s/1/sse"
+    assert link_with_rel(headers, "urn:ietf:params:whep:ext:core:layer") == "/whep/s/1/layer"
+    assert link_with_rel(headers[:1], SSE_REL) is None
+
+
+async def test_edge_viewers_wait_through_an_origin_publisher_gap_and_resume(gateway_factory, redis_server) -> None:
+    """The origin's publisher leaves and a new one publishes the key within the origin's publisher_grace: the
+    origin keeps the edge's pull and moves it to the new publisher; the edge passes the origin's `inactive` and
+    `active` events on, and its viewer stays connected and decodes the new publisher's frames."""
+    a = gateway_factory(deep_merge(origin_config(redis_server.url), {"whep": {"publisher_grace": 15}}))
+    c = gateway_factory(edge_config(redis_server.url, relay_grace=5.0))
+    clients: list = []
+    http = httpx.AsyncClient(trust_env=False, timeout=10)
+    try:
+        with loopback_only():
+            first = await start_publisher(a, clients, video_codec="VP8", width=640, height=480, fps=30)
+            viewer = WhepViewer(c.base_url, STREAM)
+            clients.append(viewer)
+            await viewer.start()
+            await viewer.wait_frames(30, timeout=20)
+            sse = await http.post(links(viewer.response)[SSE_REL], content=b'["active", "inactive"]')
+            assert sse.status_code == 201
+            events_url = urljoin(links(viewer.response)[SSE_REL], sse.headers["location"])
+            gone = asyncio.create_task(read_until(http, events_url, "inactive", 20))
+            await asyncio.sleep(0.3)
+            await first.stop(delete=True)
+            clients.remove(first)
+            assert (await gone)[-1] == "inactive"
+            decoded_before = viewer.frames
+            await asyncio.sleep(1.0)
+            assert viewer.frames - decoded_before < 5  # nothing to decode meanwhile
+            back = asyncio.create_task(read_until(http, events_url, "active", 30))
+            await asyncio.sleep(0.3)
+            second = await start_publisher(a, clients, video_codec="VP8", width=640, height=480, fps=30)
+            assert (await back)[-1] == "active"
+            await viewer.wait_frames(decoded_before + 30, timeout=20)
+            tail = viewer.numbered_frames[-20:]
+            assert tail and all(x < y for x, y in zip(tail, tail[1:])), tail
+            assert 0 <= second.frames_sent - tail[-1] < 60, (second.frames_sent, tail[-1])  # the new publisher's
+            assert await viewer_count(a.base_url) == 1  # still the one pull
+            assert (await http.delete(viewer.location)).status_code == 200  # the same session all along
+            clients.remove(viewer)
+    finally:
+        await http.aclose()
+        await stop_all(clients)
+    assert a.codec_violations() == "" and c.codec_violations() == ""

@@ -35,6 +35,9 @@ class Stream:
         self.viewers: set["ViewerSession"] = set()
         self.started = time.time()
         self.publisher_left_at: Optional[float] = None  # monotonic; set while viewers wait for a publisher
+        # False while an upstream source reports its own publisher gone (a relay's origin sent SSE `inactive`):
+        # the source is connected but carries nothing; viewers joining meanwhile start `inactive`.
+        self.source_active = True
 
     def track(self, kind: str) -> Optional["PublishedTrack"]:
         if self.publisher is None:
