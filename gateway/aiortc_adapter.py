@@ -21,17 +21,26 @@ What is private and why:
   decides liveness from consent *and* received media (gateway/transport.py).
 - aioice Connection.request_received: a shim that tolerates STUN binding requests without PRIORITY
   (FFmpeg 8.0 sends them; aioice 0.13 raises KeyError while learning the peer-reflexive candidate).
+- aioice Connection._protocols, StunProtocol.datagram_received, RTCDtlsTransport._rx_srtp: `demultiplex`
+  takes each datagram where aioice's socket delivers it. SRTP/SRTCP (RFC 7983 §7: first byte 128-191) is
+  unprotected and handed to our handlers right there, synchronously: aioice would first try to parse it as STUN,
+  then queue it for aiortc's receive task (a queue hop and a coroutine per packet). Everything else (STUN, DTLS)
+  goes the usual way, with malformed STUN that makes aioice raise something other than ValueError dropped
+  instead of closing the socket.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any, Callable, Optional
+
+import pylibsrtp
 
 import aioice.ice
 from aioice import stun
 from aioice.candidate import candidate_priority
-from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, clock
 from aiortc.rtcdtlstransport import RTCDtlsFingerprint, RTCDtlsParameters
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp
@@ -52,6 +61,8 @@ __all__ = [
     "candidate_to_sdp",
     "PRIVATE_NAMES",
     "check_consent",
+    "demultiplex",
+    "Demultiplexer",
     "stop_aioice_consent",
     "gather_host_candidates",
     "hook_packets",
@@ -77,6 +88,9 @@ PRIVATE_NAMES: list[tuple[str, str, str]] = [
     ("aioice.Connection instance", "_query_consent_task", "asyncio.Task | None, set by connect()"),
     ("aioice.Connection", "build_request", "function (self, pair, nominate)"),
     ("aioice.ice.CandidatePair instance", "protocol.transport", "asyncio.DatagramTransport"),
+    ("aioice.Connection instance", "_protocols", "list[StunProtocol] after gathering"),
+    ("aioice.ice.StunProtocol", "datagram_received", "function (self, data, addr)"),
+    ("aiortc.RTCDtlsTransport instance", "_rx_srtp", "pylibsrtp.Session after DTLS connects"),
 ]
 
 _shims_installed = False
@@ -161,39 +175,95 @@ def hook_packets(
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
 
+class Demultiplexer:
+    """Per-socket datagram demultiplexing (RFC 7983 §7) in front of aioice; see the module docstring.
+
+    Created after gathering (every datagram of the connection passes through it: malformed STUN is dropped and
+    counted through `on_drop`); `start_media(dtls)` once DTLS has connected switches SRTP/SRTCP to the
+    synchronous path."""
+
+    __slots__ = ("_on_rtp", "_on_rtcp", "_on_drop", "_unprotect", "_unprotect_rtcp")
+
+    def __init__(self, ice: RTCIceTransport, on_rtp: Callable[[bytes, int], None], on_rtcp: Callable[[bytes], None],
+                 on_drop: Callable[[str], None]) -> None:
+        self._on_rtp = on_rtp
+        self._on_rtcp = on_rtcp
+        self._on_drop = on_drop
+        self._unprotect: Optional[Callable[[bytes], bytes]] = None
+        self._unprotect_rtcp: Optional[Callable[[bytes], bytes]] = None
+        for protocol in ice._connection._protocols:
+            protocol.datagram_received = self._wrap(protocol.datagram_received)  # instance attribute
+
+    def start_media(self, dtls: RTCDtlsTransport) -> None:
+        srtp = dtls._rx_srtp
+        self._unprotect = srtp.unprotect
+        self._unprotect_rtcp = srtp.unprotect_rtcp
+
+    def _wrap(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+        def datagram_received(data: bytes, addr: Any) -> None:
+            unprotect = self._unprotect
+            if unprotect is not None and len(data) >= 12 and 127 < data[0] < 192:
+                try:
+                    if 191 < data[1] < 224:  # RFC 5761 §4: RTCP packet types 192-223
+                        self._on_rtcp(self._unprotect_rtcp(data))  # type: ignore[misc]
+                    else:
+                        self._on_rtp(unprotect(data), clock.current_ms())
+                except pylibsrtp.Error:
+                    self._on_drop("srtp_unprotect_failed")
+                return
+            try:
+                original(data, addr)
+            except (struct.error, IndexError, KeyError, UnicodeDecodeError):  # aioice 0.13 lets these escape
+                self._on_drop("stun_malformed")
+
+        return datagram_received
+
+
+def demultiplex(ice: RTCIceTransport, on_rtp: Callable[[bytes, int], None], on_rtcp: Callable[[bytes], None],
+                on_drop: Callable[[str], None]) -> Demultiplexer:
+    return Demultiplexer(ice, on_rtp, on_rtcp, on_drop)
+
+
 class PacketSender:
     """Synchronous SRTP protect + send on the nominated ICE candidate pair: no coroutine per packet."""
 
-    __slots__ = ("_connection", "_protect", "_protect_rtcp")
+    __slots__ = ("_nominated", "_protect", "_protect_rtcp", "_pair", "_sendto", "_addr")
 
     def __init__(self, ice: RTCIceTransport, dtls: RTCDtlsTransport) -> None:
-        self._connection = ice._connection
+        self._nominated = ice._connection._nominated
         srtp = dtls._tx_srtp
         self._protect = srtp.protect
         self._protect_rtcp = srtp.protect_rtcp
+        self._pair: Any = None  # the nominated pair the route below was taken from
+        self._sendto: Optional[Callable[[bytes, Any], None]] = None
+        self._addr: Any = None
 
-    def _route(self) -> Optional[tuple[Any, Any]]:
-        pair = self._connection._nominated.get(1)
-        if pair is None:
-            return None
-        transport = pair.protocol.transport
+    def _route(self) -> bool:
+        """Follow the nominated pair (the peer may nominate another one); per packet only an identity check."""
+        pair = self._nominated.get(1)
+        if pair is self._pair:
+            return self._sendto is not None
+        self._pair = pair
+        transport = pair.protocol.transport if pair is not None else None
         if transport is None or transport.is_closing():
-            return None
-        return transport, pair.remote_addr
+            self._sendto = None
+            return False
+        self._sendto = transport.sendto
+        self._addr = pair.remote_addr
+        return True
 
     def send_rtp(self, packet: bytes) -> int:
         """Protect and send one RTP packet; return the bytes put on the wire (0 if not connected)."""
-        route = self._route()
-        if route is None:
-            return 0
+        if self._nominated.get(1) is not self._pair or self._sendto is None:
+            if not self._route():
+                return 0
         data = self._protect(packet)
-        route[0].sendto(data, route[1])
+        self._sendto(data, self._addr)  # type: ignore[misc]
         return len(data)
 
     def send_rtcp(self, packet: bytes) -> int:
-        route = self._route()
-        if route is None:
+        if not self._route():
             return 0
         data = self._protect_rtcp(packet)
-        route[0].sendto(data, route[1])
+        self._sendto(data, self._addr)  # type: ignore[misc]
         return len(data)

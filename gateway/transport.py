@@ -85,7 +85,9 @@ class PeerTransport:
         self._gatherer = rtc.RTCIceGatherer(iceServers=[])  # never a default STUN server
         self._ice = rtc.RTCIceTransport(self._gatherer)
         self._dtls = rtc.RTCDtlsTransport(self._ice, [certificate()])
-        rtc.hook_packets(self._dtls, self._guard(on_rtp), self._guard(on_rtcp))
+        self._handle_rtp, self._handle_rtcp = self._guard(on_rtp), self._guard(on_rtcp)
+        rtc.hook_packets(self._dtls, self._handle_rtp, self._handle_rtcp)
+        self._demux: Optional[rtc.Demultiplexer] = None
         self._sender: Optional[rtc.PacketSender] = None
         self._connect_task: Optional[asyncio.Task[None]] = None
         self._closing = False
@@ -122,6 +124,8 @@ class PeerTransport:
         await rtc.gather_host_candidates(self._gatherer, self._addresses)
         if not self._gatherer.getLocalCandidates():
             raise OSError(f"could not bind a UDP socket on any of {self._addresses}")
+        # Every datagram of our sockets passes our demultiplexer: media straight to the handlers once DTLS is up.
+        self._demux = rtc.demultiplex(self._ice, self._handle_rtp, self._handle_rtcp, metrics.count_drop)
 
     @property
     def ice_ufrag(self) -> str:
@@ -200,6 +204,8 @@ class PeerTransport:
             await self.close(f"connect failed: {exc}")
             return
         self._sender = rtc.PacketSender(self._ice, self._dtls)
+        if self._demux is not None:
+            self._demux.start_media(self._dtls)
         self.connected = True
         rtc.stop_aioice_consent(self._ice)
         self._liveness_task = asyncio.create_task(self._watch_liveness())

@@ -51,6 +51,7 @@ class ViewerBandwidth:
         # GCC §4: the pacer sends at 2.5x the estimate, so a keyframe (tens of packets at once) does not hit the
         # path as one burst, queue up at its bottleneck, read as over-use and lose its tail.
         self.pacer = Pacer(INITIAL_BPS, factor=PACING_FACTOR)
+        self._now = 0  # µs, read by may_send_now for the packet being sent
         self._drain: Optional[asyncio.TimerHandle] = None
 
     # ---- per packet (the forwarding path) ----------------------------------------------------------
@@ -60,8 +61,10 @@ class ViewerBandwidth:
         return seq
 
     def may_send_now(self, size: int) -> bool:
-        """The pacer lets a packet of `size` bytes out now (and charges it), or it must be queued."""
-        return self.pacer.can_send_now(size, now_us())
+        """The pacer lets a packet of `size` bytes out now (and charges it), or it must be queued. Remembers the
+        time it read, for the `sent` that follows on the same packet (one clock read per packet)."""
+        self._now = now = time.monotonic_ns() // 1000
+        return self.pacer.can_send_now(size, now)
 
     def enqueue(self, down: "DownTrack", template: "Template", seq: int, timestamp: int, ssrc: int, size: int) -> None:
         """Queue a packet the pacer holds back; its timer sends it (with its transport-wide seq) when due."""
@@ -95,9 +98,9 @@ class ViewerBandwidth:
             self._drain.cancel()
             self._drain = None
 
-    def sent(self, seq: int, size: int) -> None:
+    def sent(self, seq: int, size: int, send_time_us: int = 0) -> None:
         cluster = self.prober.active_cluster
-        self.log.record(seq, size, now_us(), cluster)
+        self.log.record(seq, size, send_time_us or now_us(), cluster)
         if cluster is not None:
             self.prober.on_sent(size)
 

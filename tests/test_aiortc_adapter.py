@@ -36,17 +36,21 @@ def test_private_methods_exist_with_expected_signatures() -> None:
     source = inspect.getsource(RTCDtlsTransport._recv_next)
     assert "self._handle_rtp_data(" in source and "self._handle_rtcp_data(" in source
     assert "get_component_candidates" in dir(aioice.ice.Connection)
+    # The demultiplexer replaces StunProtocol.datagram_received per instance and relies on aioice passing media on.
+    assert list(inspect.signature(aioice.ice.StunProtocol.datagram_received).parameters) == ["self", "data", "addr"]
+    assert "self._protocols += host_protocols" in inspect.getsource(aioice.ice.Connection.get_component_candidates)
 
 
 async def test_private_attributes_exist_on_live_objects() -> None:
     """Build the objects the adapter touches and check every instance attribute it reads or writes."""
     gatherer = adapter.RTCIceGatherer(iceServers=[])
     connection = gatherer._connection
-    for name in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated", "_query_consent_task"):
+    for name in ("_local_candidates", "_local_candidates_start", "_local_candidates_end", "_nominated", "_query_consent_task", "_protocols"):
         assert hasattr(connection, name), f"aioice.Connection lost {name}"
     await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
     candidates = gatherer.getLocalCandidates()
     assert [c.ip for c in candidates] == ["127.0.0.1"]
+    assert len(connection._protocols) == 1 and isinstance(connection._protocols[0], aioice.ice.StunProtocol)
     ice = adapter.RTCIceTransport(gatherer)
     assert ice._connection is connection and connection.ice_controlling is False
     adapter.set_ice_controlling(ice, True)  # an offerer (gateway/relay.py)
@@ -76,6 +80,8 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
     got_rtp: list[bytes] = []
     got_rtcp: list[bytes] = []
     adapter.hook_packets(db, lambda data, t: got_rtp.append(data), got_rtcp.append)
+    drops: list[str] = []
+    demux = adapter.demultiplex(ib, lambda data, t: got_rtp.append(data), got_rtcp.append, drops.append)
     for c in gb.getLocalCandidates():
         await ia.addRemoteCandidate(c)
     await ia.addRemoteCandidate(None)
@@ -99,6 +105,23 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
         await asyncio.sleep(0.02)
     assert got_rtp == [rtp]
     assert got_rtcp == [rtcp]
+    # The synchronous path: once started, media is unprotected where the datagram arrives (no queue, no task).
+    demux.start_media(db)
+    protocol = ib._connection._protocols[0]
+    sender.send_rtp(bytes([0x80, 96, 0, 2, 0, 0, 0, 9, 0, 0, 0, 7]) + b"second")
+    for _ in range(100):
+        if len(got_rtp) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert got_rtp[-1].endswith(b"second")
+    protocol.datagram_received(bytes([0x80, 96, 0, 3]) + bytes(30), ("127.0.0.1", 9))  # not SRTP: fails to auth
+    assert drops == ["srtp_unprotect_failed"] and len(got_rtp) == 2
+    # A STUN-looking datagram whose attribute makes aioice's parser raise struct.error (not ValueError): dropped
+    # and counted, and the socket keeps working.
+    bad_stun = bytes.fromhex("000100042112a442" + "00" * 12 + "00030000")  # CHANGE-REQUEST with an empty value
+    protocol.datagram_received(bad_stun, ("127.0.0.1", 9))
+    assert drops[-1] == "stun_malformed", drops
+    assert not protocol.transport.is_closing()
     adapter.stop_aioice_consent(ia)
     assert ia._connection._query_consent_task is None
     assert await adapter.check_consent(ia)  # the peer answers a consent check

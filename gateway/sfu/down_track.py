@@ -294,17 +294,19 @@ class DownTrack:
                 if not bandwidth.may_send_now(size):
                     bandwidth.enqueue(self, template, seq, timestamp, ssrc, size)
                     return size
+                return self.send_stamped(template, seq, timestamp, ssrc, bandwidth._now)
             return self.send_stamped(template, seq, timestamp, ssrc)
         return self._send_rtp(assemble(template, seq, timestamp, ssrc))
 
-    def send_stamped(self, template: Template, seq: int, timestamp: int, ssrc: int) -> int:
-        """Send now with the next transport-wide sequence number, logged for the estimator."""
+    def send_stamped(self, template: Template, seq: int, timestamp: int, ssrc: int, now_us: int = 0) -> int:
+        """Send now with the next transport-wide sequence number, logged for the estimator (at `now_us` when the
+        caller has just read the clock)."""
         bandwidth = self.bandwidth
         assert bandwidth is not None
         transport_seq = bandwidth.next_seq()
         size = self._send_rtp(assemble(template, seq, timestamp, ssrc, transport_seq))
         if size:
-            bandwidth.sent(transport_seq, size)
+            bandwidth.sent(transport_seq, size, now_us)
         return size
 
     def send_padding(self, size: int) -> int:
