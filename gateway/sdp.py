@@ -282,6 +282,18 @@ def answer_feedback(offered: Codec, wanted: tuple[str, ...]) -> list[str]:
     return [fb for fb in offered.feedback if fb in wanted]
 
 
+def codec_lines(codecs: "list[Codec]") -> list[str]:
+    """a=rtpmap, a=rtcp-fb and a=fmtp of each codec (RFC 8866 §6.6, RFC 4585 §4.2, RFC 8866 §6.15)."""
+    lines = []
+    for c in codecs:
+        lines.append(f"a=rtpmap:{c.payload_type} {c.rtpmap()}")
+        lines += [f"a=rtcp-fb:{c.payload_type} {fb}" for fb in c.feedback]
+        fmtp = c.fmtp_line()
+        if fmtp:
+            lines.append(f"a=fmtp:{c.payload_type} {fmtp}")
+    return lines
+
+
 def write_answer(
     offer: Offer,
     media: list[AnsweredMedia],
@@ -338,13 +350,7 @@ def write_answer(
         lines.append("a=rtcp-mux")
         if o.rtcp_rsize:
             lines.append("a=rtcp-rsize")
-        for c in m.codecs:
-            lines.append(f"a=rtpmap:{c.payload_type} {c.rtpmap()}")
-            for fb in c.feedback:
-                lines.append(f"a=rtcp-fb:{c.payload_type} {fb}")
-            fmtp = c.fmtp_line()
-            if fmtp:
-                lines.append(f"a=fmtp:{c.payload_type} {fmtp}")
+        lines += codec_lines(m.codecs)
         lines += m.extra_lines
         lines += m.ssrc_lines
     return "\r\n".join(lines) + "\r\n"
@@ -400,12 +406,6 @@ def write_offer(
             lines.append("a=end-of-candidates")
         lines += [f"a=extmap:{i} {uri}" for i, uri in m.extensions]
         lines += [f"a={m.direction}", "a=rtcp-mux", "a=rtcp-rsize"]
-        for c in m.codecs:
-            lines.append(f"a=rtpmap:{c.payload_type} {c.rtpmap()}")
-            for fb in c.feedback:
-                lines.append(f"a=rtcp-fb:{c.payload_type} {fb}")
-            fmtp = c.fmtp_line()
-            if fmtp:
-                lines.append(f"a=fmtp:{c.payload_type} {fmtp}")
+        lines += codec_lines(m.codecs)
         lines += m.extra_lines
     return "\r\n".join(lines) + "\r\n"

@@ -15,6 +15,7 @@ from urllib.parse import urljoin
 import httpx
 
 from clients import WhepViewer, find_stream, loopback_only
+from test_cluster import wait_until
 from test_media import STREAM, start_publisher, stop_all
 from test_registry import RedisServer  # noqa: F401  (the redis_server fixture comes with it)
 from test_registry import redis_server  # noqa: F401
@@ -26,14 +27,6 @@ SDP = {"content-type": "application/sdp"}
 
 def node(redis_url: str, name: str, **cluster) -> dict:
     return {"cluster": {"registry": redis_url, "node_id": name, "ttl": TTL, **cluster}, "whep": {"publisher_grace": 15}}
-
-
-async def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what}")
-        await asyncio.sleep(0.1)
 
 
 READERS: list[asyncio.Task] = []

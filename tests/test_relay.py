@@ -22,6 +22,7 @@ from gateway.relay import relay_offer_media, relay_plan
 from gateway.sdp import EXT_MID, EXT_RID, Codec, parse_offer, write_answer, write_offer
 from gateway.sfu.published_track import PublishedTrack
 from gateway.sfu.stream import Stream
+from test_cluster import wait_until
 from test_media import STREAM, start_publisher, stop_all
 from test_registry import RedisServer  # noqa: F401  (the redis_server fixture comes with it)
 from test_registry import redis_server  # noqa: F401
@@ -39,14 +40,6 @@ def origin_config(redis_url: str) -> dict:
 
 def edge_config(redis_url: str, **extra) -> dict:
     return {"cluster": {"registry": redis_url, "node_id": "edge", "ttl": TTL, "viewer_mode": "relay", "relay_grace": GRACE, **extra}}
-
-
-async def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what}")
-        await asyncio.sleep(0.1)
 
 
 async def viewer_count(base_url: str) -> int | None:
