@@ -4,7 +4,7 @@ One Chromium publisher (3 simulcast layers, ~150 / 500 / 1500 kbit/s) and one Ch
 namespace behind a veth link shaped with tc tbf (tests/netlab.py). The viewer's link is unlimited, then cut to
 300 kbit/s for 15 s, then lifted. Run once with `rtc.bandwidth_estimation = true` and once with `false` (the
 baseline: the highest layer alive, as without estimation), and print side by side:
-time from the cut to the gateway's decision (its SSE `layers` event) and to the first decoded frame of the lower
+time from the cut to the gateway's decision (its log) and to the first decoded frame of the lower
 layer, loss in the first 5 s after the cut and over the whole capped period, time to upgrade after the lift, and
 the share of the 300 kbit/s the viewer actually received (goodput) while capped.
 
@@ -26,7 +26,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from netlab import LabBrowsers, NetLab, lab_unavailable, make_fake_video, wait_for  # noqa: E402
+from netlab import LabBrowsers, NetLab, decided_at, lab_unavailable, make_fake_video, wait_for  # noqa: E402
 
 CAP_KBIT = 300
 CAPPED_SECONDS = 15.0
@@ -35,17 +35,6 @@ CAPPED_SECONDS = 15.0
 def video(page) -> dict:
     """Fresh inbound video stats (getStats now, not the page's once-a-second copy)."""
     return page.evaluate("window.whipgateVideoStats()") or {}
-
-
-def decided_at(page, since: float) -> float | None:
-    """Wall-clock time of the first SSE `layers` event after `since` whose target or current layer is "q"."""
-    for event in page.evaluate("window.whipgateEvents") or []:
-        if event["name"] != "layers" or event["time"] / 1000 < since:
-            continue
-        for selection in (event["data"].get("selection") or {}).values():
-            if any((selection.get(key) or {}).get("rid") == "q" for key in ("target", "current")):
-                return event["time"] / 1000
-    return None
 
 
 def loss_between(a: dict, b: dict) -> tuple[int, int]:
@@ -78,7 +67,7 @@ def run(estimation: bool, workdir: pathlib.Path, buffer_ms: int) -> dict:
                 time.sleep(0.05)
             after = video(page)
             capped = time.monotonic() - t_cut
-            decided = decided_at(page, wall_cut) if estimation else None
+            decided = decided_at(gw.log(), wall_cut) if estimation else None
             lost, received = loss_between(before, after)
             lost_5s, received_5s = first_5s or (lost, received)
             goodput_kbit = ((after.get("bytesReceived") or 0) - (before.get("bytesReceived") or 0)) * 8 / capped / 1000
@@ -123,7 +112,7 @@ def main() -> int:
     print(f"\nlink cut from unlimited to {CAP_KBIT} kbit/s (tbf, {args.buffer_ms} ms queue) for {CAPPED_SECONDS:g} s, then lifted")
     print(f"{'':34} | {'whipgate':>10} | {'top layer only':>14}")
     rows = [
-        ("decision to move down (SSE)", fmt(ours["decision_s"], " s"), "-"),
+        ("decision to move down (log)", fmt(ours["decision_s"], " s"), "-"),
         ("time to downgrade (decoded size)", fmt(ours["downgrade_s"], " s"), fmt(base["downgrade_s"], " s")),
         ("loss, first 5 s after the cut", fmt(ours["loss_5s"]), fmt(base["loss_5s"])),
         ("loss while capped", fmt(ours["loss"]), fmt(base["loss"])),

@@ -44,6 +44,7 @@ Needs root, iproute2 (`ip`, `tc`) and, for browsers, Debian's chromium and the p
 from __future__ import annotations
 
 import ctypes
+import datetime
 import http.client
 import json
 import math
@@ -636,6 +637,19 @@ class LabBrowsers:
         return page
 
 
+def decided_at(gateway_log: str, since: float) -> float | None:
+    """Wall-clock time of the gateway's first decision after `since` to move the viewer to the lowest layer (its
+    log line "viewer ...: layer 0/..."; same machine clock). The SSE event would arrive later: it crosses the
+    congested link."""
+    for line in gateway_log.splitlines():
+        match = re.match(r"(\d+-\d+-\d+ \d+:\d+:\d+,\d+) \S+ whep\.session: viewer \S+ layer 0/", line)
+        if match:
+            when = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if when >= since:
+                return when
+    return None
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str] = "condition",
              interval: float = 0.25) -> Any:  # fmt: skip
     """Poll until condition() is truthy (returns it) or raise AssertionError after timeout seconds."""
@@ -651,6 +665,6 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[
 
 __all__ = [
     "CHROMIUM", "CHROMIUM_FLAGS", "DEFAULT_LATENCY_MS", "GATEWAY_PORT", "SERVICE_IP", "Host", "LabBrowsers",
-    "LabGateway", "NetLab", "UdpTrace", "lab_unavailable", "make_fake_video", "tbf_burst_bytes", "udp_blast",
+    "LabGateway", "NetLab", "UdpTrace", "decided_at", "lab_unavailable", "make_fake_video", "tbf_burst_bytes", "udp_blast",
     "wait_for",
 ]

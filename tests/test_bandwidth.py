@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from netlab import LabBrowsers, NetLab, lab_unavailable, make_fake_video, wait_for
+from netlab import LabBrowsers, NetLab, decided_at, lab_unavailable, make_fake_video, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.netns]
 
@@ -33,19 +33,6 @@ def lab() -> Any:
 def video(page: Any) -> dict:
     """Fresh inbound video stats (getStats now, not the page's once-a-second copy)."""
     return page.evaluate("window.whipgateVideoStats()") or {}
-
-
-def decided_at(page: Any, rid: str, since: float) -> float | None:
-    """Wall-clock time of the first SSE `layers` event after `since` naming `rid` as this viewer's target or
-    current layer: when the gateway chose it (before the keyframe wait and the trip over the shaped link)."""
-    for event in page.evaluate("window.whipgateEvents") or []:
-        if event["name"] != "layers" or event["time"] / 1000 < since:
-            continue
-        for selection in (event["data"].get("selection") or {}).values():
-            for key in ("target", "current"):
-                if (selection.get(key) or {}).get("rid") == rid:
-                    return event["time"] / 1000
-    return None
 
 
 def size(page: Any) -> tuple[int, int]:
@@ -100,12 +87,13 @@ def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: Ne
         changing.shape(300)
         wait_for(lambda: size(pages["changing"])[0] < 640, 20, lambda: "cut viewer did not move down\n" + report(gw, pages), 0.05)
         downgrade = time.monotonic() - t_cut
-        decided = decided_at(pages["changing"], "q", wall_cut)
+        decided = decided_at(gw.log(), wall_cut)
         wait_for(lambda: decoding(pages["changing"], SIZES["q"]), 20, lambda: "cut viewer not decoding 180p\n" + report(gw, pages))
         lost = (video(pages["changing"]).get("packetsLost") or 0) - lost_before
         received = (video(pages["changing"]).get("packetsReceived") or 0) - received_before
-        assert decoding(pages["free"], SIZES["f"]), report(gw, pages)
-        assert decoding(pages["limited"], SIZES["h"]), report(gw, pages)
+        # The others stay where they are (waiting out a moment where a CPU-starved publisher pauses its top layer).
+        wait_for(lambda: decoding(pages["free"], SIZES["f"]), 15, lambda: "free viewer left 720p\n" + report(gw, pages))
+        wait_for(lambda: decoding(pages["limited"], SIZES["h"]), 15, lambda: "limited viewer left 360p\n" + report(gw, pages))
         # Lift the cap: it climbs back (probing first).
         t_lift = time.monotonic()
         changing.shape(None)
@@ -114,6 +102,6 @@ def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: Ne
         assert decoding(pages["changing"], SIZES["f"]), report(gw, pages)
         loss = lost / max(1, lost + received)
         decision = f"{decided - wall_cut:.2f} s" if decided is not None else "not seen"
-        print(f"\ndowngrade after cut: decided after {decision} (SSE), decoded at 320x180 after {downgrade:.2f} s; "
+        print(f"\ndowngrade after cut: decided after {decision} (gateway log), decoded at 320x180 after {downgrade:.2f} s; "
               f"loss from the cut until then {loss:.1%} ({lost} of {lost + received}); upgrade after lift: {upgrade:.1f} s")
         assert gw.codec_violations() == ""
