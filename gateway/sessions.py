@@ -55,6 +55,24 @@ class OverCapacity(Exception):
         self.url = url
 
 
+LAYER_REFRESH_SECONDS = 2.0
+
+
+def registry_layers(session: PublisherSession) -> list[dict]:
+    """The publisher's video layers as the registry keeps them (gateway/registry.py StreamInfo.layers)."""
+    out = []
+    for track in session.tracks.values():
+        if track.kind != "video":
+            continue
+        for layer in track.ordered_layers:
+            width, height = layer.size or (None, None)
+            out.append({
+                "rid": layer.rid, "spatial_id": layer.spatial_id, "width": width, "height": height,
+                "bitrate": int(round(layer.bitrate / 50_000)) * 50_000, "active": layer.active,
+            })
+    return out
+
+
 class SessionManager:
     def __init__(self, config: Config, registry: Optional[Registry] = None) -> None:
         self.config = config
@@ -154,9 +172,23 @@ class SessionManager:
         await self._start(session)
         log.info("publisher %s on stream %s (%s)", session.id, stream_name, ", ".join(
             f"{t.kind} {t.codec.name}" for t in session.tracks.values()))
+        if self.registry is not None:
+            self.spawn(self._keep_layers_current(session))
         if stream.viewers and stream.publisher is session:
             await self._attach(stream, session)
         return session
+
+    async def _keep_layers_current(self, session: PublisherSession) -> None:
+        """The registry's copy of the stream's video layers (rid, spatial id, size, bitrate, active), rewritten
+        when it changes; the registry publishes `layers_changed` then. Bitrates are rounded to 50 kbit/s so a
+        stream's normal rate wobble is not an event every time."""
+        last: list[dict] = []
+        while not session.ended and self.registry is not None:
+            await asyncio.sleep(LAYER_REFRESH_SECONDS)
+            layers = registry_layers(session)
+            if layers != last and self.streams.get(session.stream_name) is not None:
+                if await self.registry.update_stream(session.stream_name, layers=layers):
+                    last = layers
 
     async def _attach(self, stream: Stream, session: PublisherSession) -> None:
         """Move the stream's viewers (waiting in their grace period, or still on a taken-over publisher) to

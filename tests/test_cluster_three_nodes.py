@@ -9,10 +9,12 @@ its entries expire within the TTL and C's viewers get `inactive`.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from urllib.parse import urljoin
 
 import httpx
+import redis.asyncio
 
 from clients import WhepViewer, find_stream, loopback_only
 from test_cluster import wait_until
@@ -79,6 +81,23 @@ async def test_origin_redirect_and_relay_nodes_through_publisher_restart_redis_o
             assert all(set(v.resolutions) == {(640, 480)} for v in viewers)
             entry = await find_stream(a.base_url, STREAM)
             assert entry is not None and entry["viewers"] == 2, entry  # B's viewer + C's single pull
+
+            # What Redis holds for the stream: owner, session, codecs, its layer with size and bitrate, viewer
+            # count; and the events other nodes and operators read.
+            store = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+
+            async def registry_complete() -> bool:
+                fields = await store.hgetall(f"whipgate:stream:{STREAM}")
+                layers = json.loads(fields.get("layers") or "[]")
+                return (fields.get("node_id") == "a" and fields.get("viewers") == "2"
+                        and any(l["width"] == 640 and l["height"] == 480 and l["bitrate"] > 0 for l in layers))
+
+            await wait_until(registry_complete, 10, "the registry never held the stream's layers and viewers")
+            fields = await store.hgetall(f"whipgate:stream:{STREAM}")
+            assert {"VP8", "OPUS"} <= {c.upper() for c in json.loads(fields["codecs"])}, fields
+            kinds = [entry[1]["kind"] for entry in await store.xrange("whipgate:events")]
+            assert "stream_started" in kinds and "layers_changed" in kinds, kinds
+            await store.aclose()
 
             # A's publisher stops and another publishes the key: everyone resumes in the same session.
             queues = [await events(http, v) for v in viewers]
