@@ -527,6 +527,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ImportError:
         pass
     asyncio.run(amain(argv))
+    from bench.load_peers import SRTP_ERRORS
+
+    if SRTP_ERRORS:
+        print("sampled SRTP unprotect failures by libsrtp message:", json.dumps(SRTP_ERRORS))
     return 0
 
 

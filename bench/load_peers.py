@@ -68,6 +68,9 @@ def shared_certificate() -> RTCCertificate:
     return _certificate
 
 
+SRTP_ERRORS: dict[str, int] = {}  # unprotect failures by libsrtp's message, over the whole run
+
+
 class PeerFailed(RuntimeError):
     pass
 
@@ -424,8 +427,17 @@ class Viewer:
     def _decrypt(self, data: bytes) -> Optional[bytes]:
         try:
             return self._unprotect(data)  # type: ignore[misc]
-        except pylibsrtp.Error:
+        except pylibsrtp.Error as exc:
+            # libsrtp's status in the message: 7 = authentication failed, 9/10 = replayed (a duplicate or a
+            # packet older than the replay window): only the former means a corrupt packet.
             self.auth_failures += 1
+            SRTP_ERRORS[str(exc)] = SRTP_ERRORS.get(str(exc), 0) + 1
+            if os.environ.get("WHIPGATE_LOAD_DEBUG"):
+                ssrc = int.from_bytes(data[8:12], "big")
+                count = self.counts.get(ssrc)
+                print("srtp fail", str(exc), "pt", data[1] & 0x7F, "m", data[1] >> 7, "seq", int.from_bytes(data[2:4], "big"),
+                      "len", len(data), "ssrc", hex(ssrc), "highest", count.highest if count else None,
+                      "received", count.received if count else None, "first_frame", self.first_frame_at is not None, flush=True)
             return None
 
     def _sample(self, data: bytes, video: bool) -> None:
