@@ -27,16 +27,22 @@ What is private and why:
   then queue it for aiortc's receive task (a queue hop and a coroutine per packet). Everything else (STUN, DTLS)
   goes the usual way, with malformed STUN that makes aioice raise something other than ValueError dropped
   instead of closing the socket.
+- aioice StunProtocol (constructed here) and Connection._protocols / _local_candidates: `SharedUdpPort` gives
+  every session's ICE connection a StunProtocol whose transport is a view of ONE socket (`rtc.udp_port`). The
+  socket's datagrams go to the session whose local ufrag the first STUN check names (RFC 8445 §7.2.2: USERNAME is
+  "receiver's ufrag:sender's ufrag"), then by remote address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from typing import Any, Callable, Optional
 
 import pylibsrtp
 
+import aioice.candidate
 import aioice.ice
 from aioice import stun
 from aioice.candidate import candidate_priority
@@ -62,6 +68,8 @@ __all__ = [
     "PRIVATE_NAMES",
     "check_consent",
     "demultiplex",
+    "SharedUdpPort",
+    "gather_on_shared_port",
     "Demultiplexer",
     "stop_aioice_consent",
     "gather_host_candidates",
@@ -91,6 +99,7 @@ PRIVATE_NAMES: list[tuple[str, str, str]] = [
     ("aioice.Connection instance", "_protocols", "list[StunProtocol] after gathering"),
     ("aioice.ice.StunProtocol", "datagram_received", "function (self, data, addr)"),
     ("aiortc.RTCDtlsTransport instance", "_rx_srtp", "pylibsrtp.Session after DTLS connects"),
+    ("aioice.ice.StunProtocol", "__init__", "function (self, receiver: Connection); connection_made/lost"),
 ]
 
 _shims_installed = False
@@ -267,3 +276,126 @@ class PacketSender:
         data = self._protect_rtcp(packet)
         self._sendto(data, self._addr)  # type: ignore[misc]
         return len(data)
+
+
+class _PortView:
+    """What one session's aioice StunProtocol sees of the shared socket: an asyncio.DatagramTransport look-alike."""
+
+    def __init__(self, port: "SharedUdpPort", protocol: Any) -> None:
+        self._port = port
+        self._protocol = protocol
+        self._closed = False
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self._closed or self._port.transport is None:
+            return
+        self._port.learn(addr, self._protocol)  # a reply from there is ours (our checks go out first when controlling)
+        self._port.transport.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return (self._port.address, self._port.port)
+        if self._port.transport is None:
+            return default
+        return self._port.transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._port.forget(self._protocol)
+            self._protocol.connection_lost(None)  # what aioice's StunProtocol.close() waits for
+
+
+class SharedUdpPort(asyncio.DatagramProtocol):
+    """One UDP socket carrying every session's ICE, DTLS and SRTP (`rtc.udp_port`)."""
+
+    def __init__(self, address: str, port: int, on_drop: Callable[[str], None]) -> None:
+        self.address = address
+        self.port = port
+        self._on_drop = on_drop
+        self.transport: Optional[asyncio.DatagramTransport] = None
+        self._by_ufrag: dict[str, Any] = {}
+        self._by_addr: dict[tuple[str, int], Any] = {}
+        self._addrs: dict[int, set[tuple[str, int]]] = {}  # id(protocol) -> its remote addresses
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(self.address, self.port))
+        self.port = self.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        addr = (addr[0], addr[1])
+        protocol = self._by_addr.get(addr)
+        if protocol is None:
+            protocol = self._from_stun_username(data, addr)
+            if protocol is None:
+                self._on_drop("udp_port_unknown_sender")
+                return
+        protocol.datagram_received(data, addr)
+
+    def _from_stun_username(self, data: bytes, addr: tuple[str, int]) -> Any:
+        if len(data) < 20 or data[0] > 3:  # RFC 7983 §7: STUN starts with 0-3
+            return None
+        try:
+            message = stun.parse_message(data)
+        except (ValueError, struct.error, IndexError, KeyError, UnicodeDecodeError):
+            return None
+        username = message.attributes.get("USERNAME")
+        if not isinstance(username, str) or ":" not in username:
+            return None
+        protocol = self._by_ufrag.get(username.split(":", 1)[0])
+        if protocol is not None:
+            self.learn(addr, protocol)
+        return protocol
+
+    def learn(self, addr: Any, protocol: Any) -> None:
+        addr = (addr[0], addr[1])
+        if addr not in self._by_addr:
+            self._by_addr[addr] = protocol
+            self._addrs.setdefault(id(protocol), set()).add(addr)
+
+    def attach(self, connection: Any, local_ufrag: str) -> Any:
+        """A StunProtocol of `connection` on this port; datagrams naming `local_ufrag` reach it."""
+        protocol = aioice.ice.StunProtocol(connection)
+        protocol.connection_made(_PortView(self, protocol))
+        self._by_ufrag[local_ufrag] = protocol
+        protocol.local_candidate = aioice.candidate.Candidate(
+            foundation=aioice.candidate.candidate_foundation("host", "udp", self.address),
+            component=1,
+            transport="udp",
+            priority=candidate_priority(1, "host"),
+            host=self.address,
+            port=self.port,
+            type="host",
+        )
+        return protocol
+
+    def forget(self, protocol: Any) -> None:
+        for ufrag in [u for u, p in self._by_ufrag.items() if p is protocol]:
+            del self._by_ufrag[ufrag]
+        for addr in self._addrs.pop(id(protocol), set()):
+            if self._by_addr.get(addr) is protocol:
+                del self._by_addr[addr]
+
+    @property
+    def sessions(self) -> int:
+        return len(self._by_ufrag)
+
+
+def gather_on_shared_port(gatherer: RTCIceGatherer, ports: list[SharedUdpPort]) -> None:
+    """Host candidates of this session on the shared ports (instead of sockets of its own)."""
+    connection = gatherer._connection
+    ufrag = gatherer.getLocalParameters().usernameFragment
+    connection._local_candidates_start = True
+    for port in ports:
+        protocol = port.attach(connection, ufrag)
+        connection._protocols.append(protocol)
+        connection._local_candidates.append(protocol.local_candidate)
+    connection._local_candidates_end = True
+

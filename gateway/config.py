@@ -62,6 +62,8 @@ class RtcConfig:
     packet_history: int = 1024
     # Per-viewer send-side bandwidth estimation picks each viewer's simulcast layer; off: highest layer alive.
     bandwidth_estimation: bool = True
+    # One UDP port for every session (demultiplexed by ICE ufrag, then remote address); 0: a port per session.
+    udp_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ def _parse_rtc(table: _Table) -> RtcConfig:
         "keyframe_request_interval",
         "packet_history",
         "bandwidth_estimation",
+        "udp_port",
     )
     table.reject_unknown(fields)
     defaults = RtcConfig()
@@ -274,6 +277,7 @@ def _parse_rtc(table: _Table) -> RtcConfig:
         ),
         packet_history=packet_history,
         bandwidth_estimation=table.boolean("bandwidth_estimation", defaults.bandwidth_estimation),
+        udp_port=table.integer("udp_port", defaults.udp_port, minimum=0, maximum=65535),
     )
 
 

@@ -38,6 +38,7 @@ class PeerSession:
             announced_ip=config.rtc.announced_ip,
             consent_interval=config.rtc.consent_interval,
             consent_failures=config.rtc.consent_failures,
+            udp_port=config.rtc.udp_port,
             on_rtp=self.on_rtp,
             on_rtcp=self.on_rtcp,
             on_connected=self._connected,

@@ -41,6 +41,27 @@ def certificate() -> rtc.RTCCertificate:
     return _certificate
 
 
+_shared_ports: dict[tuple[str, int], rtc.SharedUdpPort] = {}
+_shared_ports_lock: Optional[asyncio.Lock] = None
+
+
+async def shared_ports(addresses: list[str], port: int) -> list[rtc.SharedUdpPort]:
+    """The process's one socket per address for `rtc.udp_port`, opened on first use and kept for its lifetime."""
+    global _shared_ports_lock
+    if _shared_ports_lock is None:
+        _shared_ports_lock = asyncio.Lock()
+    async with _shared_ports_lock:
+        out = []
+        for address in addresses:
+            shared = _shared_ports.get((address, port))
+            if shared is None or shared.transport is None or shared.transport.is_closing():
+                shared = rtc.SharedUdpPort(address, port, metrics.count_drop)
+                await shared.open()
+                _shared_ports[(address, port)] = shared
+            out.append(shared)
+        return out
+
+
 def host_addresses(configured: tuple[str, ...]) -> list[str]:
     """The addresses host candidates are gathered on: the configured ones, else every non-loopback IPv4."""
     if configured:
@@ -69,12 +90,14 @@ class PeerTransport:
         announced_ip: Optional[str],
         consent_interval: float,
         consent_failures: int,
+        udp_port: int = 0,
         on_rtp: Callable[[bytes, int], None],
         on_rtcp: Callable[[bytes], None],
         on_connected: Callable[[], None],
         on_closed: Callable[[str], None],
     ) -> None:
         self._addresses = addresses
+        self._udp_port = udp_port  # one shared socket per address for every session; 0: sockets of our own
         self._announced_ip = announced_ip
         self._on_connected = on_connected
         self._on_closed = on_closed
@@ -121,7 +144,10 @@ class PeerTransport:
 
     # ---- local description -------------------------------------------------------------------------
     async def gather(self) -> None:
-        await rtc.gather_host_candidates(self._gatherer, self._addresses)
+        if self._udp_port:
+            rtc.gather_on_shared_port(self._gatherer, await shared_ports(self._addresses, self._udp_port))
+        else:
+            await rtc.gather_host_candidates(self._gatherer, self._addresses)
         if not self._gatherer.getLocalCandidates():
             raise OSError(f"could not bind a UDP socket on any of {self._addresses}")
         # Every datagram of our sockets passes our demultiplexer: media straight to the handlers once DTLS is up.

@@ -39,6 +39,10 @@ def test_private_methods_exist_with_expected_signatures() -> None:
     # The demultiplexer replaces StunProtocol.datagram_received per instance and relies on aioice passing media on.
     assert list(inspect.signature(aioice.ice.StunProtocol.datagram_received).parameters) == ["self", "data", "addr"]
     assert "self._protocols += host_protocols" in inspect.getsource(aioice.ice.Connection.get_component_candidates)
+    # SharedUdpPort builds StunProtocols itself and closes them through their transport (connection_lost).
+    assert list(inspect.signature(aioice.ice.StunProtocol.__init__).parameters) == ["self", "receiver"]
+    assert "await self.__closed" in inspect.getsource(aioice.ice.StunProtocol.close)
+    assert "self.receiver.protocol_lost(self)" in inspect.getsource(aioice.ice.StunProtocol.connection_lost)
 
 
 async def test_private_attributes_exist_on_live_objects() -> None:
