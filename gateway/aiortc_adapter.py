@@ -291,27 +291,65 @@ def _python_path(srtp: pylibsrtp.Session, function: Any, sendto: Callable[[Any, 
     return send
 
 
+def _pylibsrtp_path(protect: Callable[[bytes], bytes], sendto: Callable[[Any, Any], None], addr: Any
+                    ) -> Callable[[bytes], int]:
+    def send(packet: bytes) -> int:
+        data = protect(packet)
+        sendto(data, addr)
+        return len(data)
+
+    return send
+
+
+class _FixedPair:
+    """Stands for a nominated candidate pair in PacketSender.on_transport."""
+
+    __slots__ = ("protocol", "transport", "remote_addr")
+
+    def __init__(self, transport: Any, addr: Any) -> None:
+        self.protocol = self  # pair.protocol.transport
+        self.transport = transport
+        self.remote_addr = addr
+
+
 class PacketSender:
     """Synchronous SRTP protect + send on the nominated ICE candidate pair: no coroutine per packet.
 
     send_rtp / send_rtcp return the bytes put on the wire, 0 when not connected or when the socket did not take the
-    datagram (native path: sent with MSG_DONTWAIT, a full buffer drops it; counted through `on_drop`). `native`:
-    None = the compiled path when it was built (EGRESS_PATH), False = pure Python, True = compiled or raise."""
+    datagram (native path: sent with MSG_DONTWAIT, a full buffer drops it; counted through `on_drop`).
+    `path`: None = EGRESS_PATH (the compiled path when it was built); "native" = compiled or raise; "python" =
+    libsrtp through cffi + the transport's sendto; "pylibsrtp" = pylibsrtp's Session.protect + the transport's
+    sendto (what whipgate did before issue #6; kept as the benchmarks' reference)."""
 
     __slots__ = ("_nominated", "_srtp", "_pair", "_send_rtp", "_send_rtcp", "_native", "_on_drop", "path")
 
-    def __init__(self, ice: RTCIceTransport, dtls: RTCDtlsTransport, *, native: Optional[bool] = None,
+    def __init__(self, ice: RTCIceTransport, dtls: RTCDtlsTransport, *, path: Optional[str] = None,
                  on_drop: Optional[Callable[[str], None]] = None) -> None:
-        if native and _native is None:
+        self._setup(ice._connection._nominated, dtls._tx_srtp, path, on_drop)
+
+    @classmethod
+    def on_transport(cls, transport: Any, addr: Any, srtp: pylibsrtp.Session, *, path: Optional[str] = None,
+                     on_drop: Optional[Callable[[str], None]] = None) -> "PacketSender":
+        """A sender on a plain asyncio datagram transport with a fixed peer address (bench/fanout.py)."""
+        self = cls.__new__(cls)
+        self._setup({1: _FixedPair(transport, addr)}, srtp, path, on_drop)
+        return self
+
+    def _setup(self, nominated: dict[int, Any], srtp: pylibsrtp.Session, path: Optional[str],
+               on_drop: Optional[Callable[[str], None]]) -> None:
+        path = path or EGRESS_PATH
+        if path not in ("native", "python", "pylibsrtp"):
+            raise ValueError(f"unknown egress path {path!r}")
+        if path == "native" and _native is None:
             raise RuntimeError("the compiled egress path (gateway/_srtp_send.c) is not built")
-        self._nominated = ice._connection._nominated
-        self._srtp: pylibsrtp.Session = dtls._tx_srtp
+        self._nominated = nominated
+        self._srtp = srtp
         self._pair: Any = None  # the nominated pair the route below was taken from
         self._send_rtp: Optional[Callable[[bytes], int]] = None
         self._send_rtcp: Optional[Callable[[bytes], int]] = None
         self._native: Any = None  # the _srtp_send.Sender of the current route
         self._on_drop = on_drop
-        self.path = "native" if (native is None and _native is not None) or native else "python"
+        self.path = path
 
     def _route(self) -> bool:
         """Follow the nominated pair (the peer may nominate another one); per packet only an identity check."""
@@ -337,6 +375,10 @@ class PacketSender:
                 self._send_rtp = self._native.send_rtp
                 self._send_rtcp = self._native.send_rtcp
                 return True
+        if self.path == "pylibsrtp":
+            self._send_rtp = _pylibsrtp_path(self._srtp.protect, transport.sendto, addr)
+            self._send_rtcp = _pylibsrtp_path(self._srtp.protect_rtcp, transport.sendto, addr)
+            return True
         self._send_rtp = _python_path(self._srtp, _srtp_lib.srtp_protect, transport.sendto, addr)
         self._send_rtcp = _python_path(self._srtp, _srtp_lib.srtp_protect_rtcp, transport.sendto, addr)
         return True

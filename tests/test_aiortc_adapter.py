@@ -188,12 +188,12 @@ async def deliver(senders: list, packets: list[bytes], got: list[bytes]) -> None
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
-async def test_packet_sender_paths_are_unprotected_by_the_peers_real_srtp_session_across_the_seq_wrap(native) -> None:
+@pytest.mark.parametrize("path", ["native", "python", "pylibsrtp"])
+async def test_packet_sender_paths_are_unprotected_by_the_peers_real_srtp_session_across_the_seq_wrap(path) -> None:
     """Both egress paths, end to end: the peer's real SRTP receive session (aiortc's, keyed from DTLS-SRTP)
     authenticates and decrypts every packet, also after the 16-bit sequence number wraps (the rollover counter
     moves to 1, RFC 3711 §3.3.1: a wrong ROC changes the keystream and the auth tag), and SRTCP."""
-    if native and adapter.EGRESS_PATH != "native":
+    if path == "native" and adapter.EGRESS_PATH != "native":
         pytest.fail("the compiled egress path is not built (pip install -e . builds gateway/_srtp_send.c)")
     ia, da, ib, db = await connected_pair()
     got_rtp: list[bytes] = []
@@ -202,10 +202,10 @@ async def test_packet_sender_paths_are_unprotected_by_the_peers_real_srtp_sessio
     demux = adapter.demultiplex(ib, lambda data, t: got_rtp.append(data), got_rtcp.append, drops.append)
     demux.start_media(db)  # unprotect with db's _rx_srtp where each datagram arrives
     try:
-        sender = adapter.PacketSender(ia, da, native=native, on_drop=drops.append)
+        sender = adapter.PacketSender(ia, da, path=path, on_drop=drops.append)
         packets = [rtp_packet(seq) for seq in range(65536 - 600, 65536 + 700)]  # 1,300 packets, wrap in the middle
         await deliver([sender], packets, got_rtp)
-        assert sender.path == ("native" if native else "python")
+        assert sender.path == path
         assert drops == [] and len(got_rtp) == len(packets)
         assert got_rtp == packets
         reports = [bytes([0x80, 201, 0, 1]) + i.to_bytes(4, "big") for i in range(40)]  # empty receiver reports
@@ -221,7 +221,7 @@ async def test_packet_sender_paths_are_unprotected_by_the_peers_real_srtp_sessio
 
 
 async def test_both_paths_share_one_srtp_context_and_a_socket_error_is_dropped_and_counted() -> None:
-    """The compiled and the Python path protect with the same libsrtp context: interleaved packet by packet
+    """The compiled, the Python and the pylibsrtp path protect with one libsrtp context: interleaved packet by packet
     across the wrap, the peer still authenticates all of them (one rollover counter per stream). A datagram the
     socket refuses is dropped and counted by the compiled path, never raised into the forwarding path."""
     if adapter.EGRESS_PATH != "native":
@@ -229,14 +229,27 @@ async def test_both_paths_share_one_srtp_context_and_a_socket_error_is_dropped_a
     ia, da, ib, db = await connected_pair()
     got_rtp: list[bytes] = []
     drops: list[str] = []
-    demux = adapter.demultiplex(ib, lambda data, t: got_rtp.append(data), lambda data: None, drops.append)
+    got_rtcp: list[bytes] = []
+    demux = adapter.demultiplex(ib, lambda data, t: got_rtp.append(data), got_rtcp.append, drops.append)
     demux.start_media(db)
     try:
-        native = adapter.PacketSender(ia, da, native=True, on_drop=drops.append)
-        python = adapter.PacketSender(ia, da, native=False)
+        native = adapter.PacketSender(ia, da, path="native", on_drop=drops.append)
+        python = adapter.PacketSender(ia, da, path="python")
+        reference = adapter.PacketSender(ia, da, path="pylibsrtp")
         packets = [rtp_packet(seq, ssrc=0x0A0B0C0D) for seq in range(65536 - 300, 65536 + 300)]
-        await deliver([native, python], packets, got_rtp)
+        await deliver([native, python, reference], packets, got_rtp)
         assert drops == [] and got_rtp == packets
+        # SRTCP carries its index in the packet (RFC 3711 §3.4) and the receiver's replay list rejects a repeated
+        # one: interleaved reports all arrive only if the three paths count one index.
+        senders = [native, python, reference]
+        reports = [bytes([0x80, 201, 0, 1]) + i.to_bytes(4, "big") for i in range(30)]
+        for index, report in enumerate(reports):
+            assert senders[index % 3].send_rtcp(report) > len(report)
+        for _ in range(250):
+            if len(got_rtcp) + len(drops) >= len(reports):
+                break
+            await asyncio.sleep(0.02)
+        assert drops == [] and got_rtcp == reports
         # SHUT_WR on the pair's socket makes every send fail with EPIPE (Linux sets the flag on UDP too).
         fd = ia._connection._nominated[1].protocol.transport.get_extra_info("socket").fileno()
         probe = socket.socket(fileno=os.dup(fd))
