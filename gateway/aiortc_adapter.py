@@ -272,21 +272,20 @@ def _python_path(srtp: pylibsrtp.Session, function: Any, sendto: Callable[[Any, 
     """protect (libsrtp via cffi, no pylibsrtp wrapper) + the asyncio transport's sendto, as one closure."""
     ctx = srtp._srtp[0]
     cdata = _srtp_ffi.new("unsigned char[]", MAX_PACKET + _SRTP_MAX_TRAILER)
-    buffer = _srtp_ffi.buffer(cdata)
+    packet_view = _srtp_ffi.buffer(cdata, MAX_PACKET)  # a longer packet fails to fit: ValueError, as in pylibsrtp
+    wire_view = _srtp_ffi.buffer(cdata)
     length = _srtp_ffi.new("int *")
 
     def send(packet: bytes) -> int:
         n = len(packet)
-        if n > MAX_PACKET:
-            raise ValueError(f"packet of {n} bytes (at most {MAX_PACKET})")
-        buffer[0:n] = packet
+        packet_view[0:n] = packet
         length[0] = n
         status = function(ctx, cdata, length)
         if status:
             raise pylibsrtp.Error(f"srtp protect failed (libsrtp status {status})")
-        data = buffer[0 : length[0]]
-        sendto(data, addr)  # a full socket buffer: uvloop/asyncio queue it (transport write buffer)
-        return len(data)
+        n = length[0]
+        sendto(wire_view[0:n], addr)  # a full socket buffer: uvloop/asyncio queue it (transport write buffer)
+        return n
 
     return send
 
