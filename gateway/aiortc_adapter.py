@@ -368,7 +368,7 @@ class PacketSender:
                     sock.fileno(), addr[0], addr[1], _address(_srtp_lib.srtp_protect),
                     _address(_srtp_lib.srtp_protect_rtcp), _address(self._srtp._srtp[0]), self._srtp, pylibsrtp.Error,
                 )
-            except (OSError, ValueError) as exc:  # e.g. an IPv6 scope the C side does not parse
+            except (OSError, ValueError, AttributeError) as exc:  # an IPv6 scope the C side cannot parse, no socket
                 log.debug("compiled egress path unavailable for %s: %s", addr, exc)
             else:
                 self._send_rtp = self._native.send_rtp
