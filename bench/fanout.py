@@ -9,10 +9,19 @@ datagram transport) to a sink socket.
 - baseline: what a Python developer would write with aiortc's own classes today: one asyncio task and queue
   per viewer (the shape of aiortc's RTCRtpSender), aiortc.rtp.RtpPacket parse/serialize per viewer.
 
-It prints CPU microseconds per forwarded packet and packets per second per core, side by side. This measures
-the fan-out step only (no ICE/DTLS set-up, no ingest); bench/ will grow the full load tool (issue 6).
+whipgate's viewers send through gateway.aiortc_adapter.PacketSender (one per viewer, own SRTP session, on the
+shared uvloop datagram transport), once per egress path, in the same run (issue #6):
+- "pylibsrtp+uvloop": pylibsrtp's Session.protect + the transport's sendto (whipgate before issue #6);
+- "python": libsrtp's srtp_protect through pylibsrtp's cffi lib on a reusable buffer + the transport's sendto;
+- "fast path": gateway/_srtp_send.c (built by pip install): protect + sendto in one C call.
 
-    python3 bench/fanout.py [--packets 3000] [--viewers 1,10,100,500]
+It prints CPU microseconds per forwarded packet and packets per second per core, side by side. This measures
+the fan-out step only (no ingest); bench/load.py is the full load tool.
+
+`--sender` first measures ONE protect+send per call on a real ICE+DTLS-connected pair of transports (loopback,
+built with the adapter like the gateway does), each path in turn on the same SRTP session, plus its parts.
+
+    python3 bench/fanout.py [--packets 3000] [--viewers 1,10,100,500] [--sender] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket as AiortcRtpPacket  # noqa
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters  # noqa: E402
 from pylibsrtp import Policy, Session  # noqa: E402
 
+from gateway import aiortc_adapter as rtc  # noqa: E402
 from gateway.rtp import build_header, parse_rtp  # noqa: E402
 from gateway.sdp import Codec  # noqa: E402
 from gateway.sfu.down_track import DownTrack  # noqa: E402
@@ -41,8 +51,8 @@ MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 PAYLOAD = bytes([0x90, 0x80, 0x05, 0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A]) + os.urandom(1091)  # 1100-byte VP8 keyframe-ish
 
 
-def srtp_session() -> Session:
-    return Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+def srtp_session(profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80) -> Session:
+    return Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
 
 
 def incoming(n: int) -> list[bytes]:
@@ -57,7 +67,14 @@ async def open_sink() -> tuple[socket.socket, tuple[str, int], asyncio.DatagramT
     return sink, sink.getsockname(), transport
 
 
-async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = False) -> float:
+PATHS = {"pylibsrtp": "pylibsrtp+uvloop", "python": "python", "native": "fast path"}
+
+
+SRTP_PROFILES = {"sha1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "gcm": Policy.SRTP_PROFILE_AEAD_AES_128_GCM}
+
+
+async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = False, path: str = "pylibsrtp",
+                       srtp_profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80) -> float:
     sink, addr, transport = await open_sink()
     codec = Codec(96, "VP8", 90000, None, {}, ["nack", "nack pli"])
     track = PublishedTrack(
@@ -65,14 +82,11 @@ async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = 
         rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
     )
     track.layers[0].ssrc = 0x1234
+    senders = []
     for i in range(viewers):
-        protect = srtp_session().protect
-
-        def send(data: bytes, protect=protect) -> int:
-            out = protect(data)
-            transport.sendto(out, addr)
-            return len(out)
-
+        sender = rtc.PacketSender.on_transport(transport, addr, srtp_session(srtp_profile), path=path)
+        senders.append(sender)
+        send = sender.send_rtp
         profile = EgressProfile(100, None, 1, "0", (), transport_cc_id=3 if transport_cc else None)
         down = DownTrack(track, profile, ssrc=1000 + i, rtx_ssrc=None, cname="b", send_rtp=send, send_rtcp=lambda b: 0)
         if transport_cc:
@@ -86,6 +100,8 @@ async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = 
     for data in packets:
         track.on_packet(layer, parse_rtp(data), 0.0)
     cpu = time.process_time() - start
+    for sender in senders:
+        sender.close()
     transport.close()
     sink.close()
     return cpu
@@ -138,24 +154,149 @@ async def run_baseline(packets: list[bytes], viewers: int) -> float:
     return cpu
 
 
+async def connected_pair() -> tuple:
+    """Two transports ICE+DTLS-connected on loopback through the adapter, as the gateway builds them."""
+    rtc.install_shims()
+
+    async def side():
+        gatherer = rtc.RTCIceGatherer(iceServers=[])
+        await rtc.gather_host_candidates(gatherer, ["127.0.0.1"])
+        ice = rtc.RTCIceTransport(gatherer)
+        return gatherer, ice, rtc.RTCDtlsTransport(ice, [rtc.RTCCertificate.generateCertificate()])
+
+    (ga, ia, da), (gb, ib, db) = await side(), await side()
+    rtc.set_ice_controlling(ia, True)
+    rtc.set_dtls_role(da, "client")
+    rtc.set_dtls_role(db, "server")
+    for c in gb.getLocalCandidates():
+        await ia.addRemoteCandidate(c)
+    await ia.addRemoteCandidate(None)
+    await asyncio.wait_for(asyncio.gather(ia.start(gb.getLocalParameters()), ib.start(ga.getLocalParameters())), 10)
+    await asyncio.wait_for(asyncio.gather(da.start(db.getLocalParameters()), db.start(da.getLocalParameters())), 10)
+    return ia, da, ib, db
+
+
+def timed(function, items: list) -> float:
+    """CPU µs per call of `function` over `items`."""
+    start = time.process_time()
+    for item in items:
+        function(item)
+    return (time.process_time() - start) / len(items) * 1e6
+
+
+async def run_sender(count: int, rounds: int) -> None:
+    """µs per ONE protect+send on a real connected pair, each path in turn on one SRTP session (same SSRC, the
+    sequence number running on), `rounds` times; and the parts of the pylibsrtp+uvloop path."""
+    # The peer reads only between cells, so of each cell it gets what fits its receive buffer: the first packets.
+    # Cells of at most 30,000 keep the jump between them below 2^15, which RFC 3711 §3.3.1's index estimate needs.
+    count = min(count, 30000)
+    ia, da, ib, db = await connected_pair()
+    received = [0]
+    failed: list[str] = []
+    demux = rtc.demultiplex(ib, lambda data, t: received.__setitem__(0, received[0] + 1), lambda data: None,
+                            failed.append)
+    demux.start_media(db)  # the peer unprotects what arrives between rounds (not timed)
+    paths = [p for p in PATHS if p != "native" or rtc.EGRESS_PATH == "native"]
+    senders = {p: rtc.PacketSender(ia, da, path=p) for p in paths}
+    seq = [0]
+    sent = [0]
+
+    def batch() -> list[bytes]:
+        out = [bytes(build_header(False, 96, (seq[0] + i) & 0xFFFF, 0, 0x5151, [])) + PAYLOAD for i in range(count)]
+        seq[0] += count
+        return out
+
+    def protect_batch() -> list[bytes]:  # for the other session: must not move the pair's sequence numbers
+        return [bytes(build_header(False, 96, i & 0xFFFF, 0, 0x5151, [])) + PAYLOAD for i in range(count)]
+
+    # The parts, on their own: pylibsrtp's protect (own session) and the datagram transport's sendto.
+    loop = asyncio.get_running_loop()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.setblocking(False)
+    # The SRTP profile aiortc negotiated, from the tag length: 16 = AEAD_AES_128_GCM (RFC 7714), 10 = SHA1_80.
+    tag = senders[paths[0]].send_rtp(batch()[0]) - 12 - len(PAYLOAD)
+    profile = Policy.SRTP_PROFILE_AEAD_AES_128_GCM if tag == 16 else Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    sent[0] += 1
+    wire = bytes(len(PAYLOAD) + 12 + tag)
+    columns = [PATHS[p] for p in paths] + ["Session.protect", "uvloop sendto", "socket.sendto"]
+    print(f"one protect+send of a {12 + len(PAYLOAD)}-byte RTP packet, CPU us per call ({count} calls per cell, "
+          f"real ICE+DTLS pair on loopback, SRTP {'AEAD_AES_128_GCM' if tag == 16 else 'AES_CM_128_HMAC_SHA1_80'} "
+          "as aiortc negotiated)")
+    print(" | ".join(f"{c:>16}" for c in ["round"] + columns))
+    results: dict[str, list[float]] = {c: [] for c in columns}
+    for r in range(rounds):
+        order = paths if r % 2 == 0 else paths[::-1]
+        for p in order:
+            results[PATHS[p]].append(timed(senders[p].send_rtp, batch()))
+            sent[0] += count
+            await asyncio.sleep(0.05)  # let the peer read (and unprotect) what arrived
+        protect = srtp_session(profile).protect
+        results["Session.protect"].append(timed(protect, protect_batch()))
+        results["uvloop sendto"].append(timed(lambda d: transport.sendto(d, sink.getsockname()), [wire] * count))
+
+        def raw_send(d: bytes) -> None:
+            try:
+                raw.sendto(d, sink.getsockname())
+            except BlockingIOError:
+                pass
+        results["socket.sendto"].append(timed(raw_send, [wire] * count))
+        print(" | ".join([f"{r + 1:>16}"] + [f"{results[c][-1]:>16.2f}" for c in columns]))
+    print(" | ".join([f"{'min':>16}"] + [f"{min(results[c]):>16.2f}" for c in columns]))
+    print(" | ".join([f"{'max':>16}"] + [f"{max(results[c]):>16.2f}" for c in columns]))
+    await asyncio.sleep(0.2)
+    assert not failed, f"the peer could not unprotect {len(failed)} packets: {set(failed)}"
+    print(f"the peer authenticated {received[0]} of {sent[0]} path packets, none failed "
+          f"(the rest: loopback receive buffer overflow while the sender loop held the event loop)\n")
+    for sender in senders.values():
+        sender.close()
+    transport.close()
+    sink.close()
+    raw.close()
+    for t in (da, db):
+        await t.stop()
+    for t in (ia, ib):
+        await t.stop()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--packets", type=int, default=3000)
     parser.add_argument("--viewers", default="1,10,100,500")
+    parser.add_argument("--sender", action="store_true", help="first time one protect+send per path on a real pair")
+    parser.add_argument("--sender-calls", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of --sender / runs of the fan-out table")
+    parser.add_argument("--no-fanout", action="store_true")
+    parser.add_argument("--srtp", choices=list(SRTP_PROFILES), default="sha1_80",
+                        help="whipgate viewers' SRTP profile in the fan-out table (the baseline keeps sha1_80)")
     args = parser.parse_args()
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(f"event loop: {loop_name}, python {sys.version.split()[0]}, default egress path: {rtc.EGRESS_PATH}")
+    if args.sender:
+        await run_sender(args.sender_calls, max(args.repeat, 3))
+    if args.no_fanout:
+        return
+    paths = [p for p in PATHS if p != "native" or rtc.EGRESS_PATH == "native"]
     packets = incoming(args.packets)
-    print(f"fan-out of {args.packets} x 1112-byte RTP packets, event loop: {loop_name}, python {sys.version.split()[0]}")
-    print(f"{'viewers':>8} | {'whipgate us/pkt':>15} {'pkts/s/core':>12} | {'+TWCC us/pkt':>12} {'pkts/s/core':>12} | "
-          f"{'baseline us/pkt':>15} {'pkts/s/core':>12} | {'speed-up':>8}")
-    for viewers in [int(v) for v in args.viewers.split(",")]:
-        ours = await run_whipgate(packets, viewers)
-        twcc = await run_whipgate(packets, viewers, transport_cc=True)
-        base = await run_baseline(packets, viewers)
-        n = args.packets * viewers
-        o_us, t_us, b_us = ours / n * 1e6, twcc / n * 1e6, base / n * 1e6
-        print(f"{viewers:>8} | {o_us:>15.2f} {1e6 / o_us:>12,.0f} | {t_us:>12.2f} {1e6 / t_us:>12,.0f} | "
-              f"{b_us:>15.2f} {1e6 / b_us:>12,.0f} | {b_us / t_us:>7.1f}x")
+    print(f"fan-out of {args.packets} x 1112-byte RTP packets, CPU us per packet per viewer (+TWCC: the path browsers get), "
+          f"SRTP {args.srtp}")
+    head = [f"{'+TWCC ' + PATHS[p]:>22}" for p in paths]
+    print(f"{'run':>3} {'viewers':>7} | {' | '.join(head)} | {'pkts/s/core':>11} | {'before/fast':>11} | "
+          f"{'baseline':>8} | {'baseline/fast':>13}")
+    for run in range(args.repeat):
+        for viewers in [int(v) for v in args.viewers.split(",")]:
+            n = args.packets * viewers
+            us = {}
+            for p in (paths if run % 2 == 0 else paths[::-1]):
+                us[p] = await run_whipgate(packets, viewers, True, p, SRTP_PROFILES[args.srtp]) / n * 1e6
+            base = await run_baseline(packets, viewers) / n * 1e6
+            fast = us[paths[-1]]
+            cells = " | ".join(f"{us[p]:>22.2f}" for p in paths)
+            print(f"{run + 1:>3} {viewers:>7} | {cells} | {1e6 / fast:>11,.0f} | {us['pylibsrtp'] / fast:>10.2f}x | "
+                  f"{base:>8.2f} | {base / fast:>12.1f}x")
 
 
 if __name__ == "__main__":

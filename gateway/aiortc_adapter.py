@@ -27,6 +27,9 @@ What is private and why:
   then queue it for aiortc's receive task (a queue hop and a coroutine per packet). Everything else (STUN, DTLS)
   goes the usual way, with malformed STUN that makes aioice raise something other than ValueError dropped
   instead of closing the socket.
+- pylibsrtp (aiortc's SRTP binding) _binding.ffi / _binding.lib.srtp_protect(_rtcp), Session._srtp: PacketSender
+  calls libsrtp's protect itself (no per-packet wrapper work) or hands those addresses to the optional compiled
+  helper gateway/_srtp_send.c (protect + sendto in one C call); see "egress" below.
 - aioice StunProtocol (constructed here) and Connection._protocols / _local_candidates: `SharedUdpPort` gives
   every session's ICE connection a StunProtocol whose transport is a view of ONE socket (`rtc.udp_port`). The
   socket's datagrams go to the session whose local ufrag the first STUN check names (RFC 8445 §7.2.2: USERNAME is
@@ -36,11 +39,13 @@ What is private and why:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import struct
 from typing import Any, Callable, Optional
 
 import pylibsrtp
+from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 
 import aioice.candidate
 import aioice.ice
@@ -76,6 +81,7 @@ __all__ = [
     "hook_packets",
     "install_shims",
     "PacketSender",
+    "EGRESS_PATH",
     "set_dtls_role",
     "set_ice_controlling",
 ]
@@ -100,6 +106,10 @@ PRIVATE_NAMES: list[tuple[str, str, str]] = [
     ("aioice.ice.StunProtocol", "datagram_received", "function (self, data, addr)"),
     ("aiortc.RTCDtlsTransport instance", "_rx_srtp", "pylibsrtp.Session after DTLS connects"),
     ("aioice.ice.StunProtocol", "__init__", "function (self, receiver: Connection); connection_made/lost"),
+    ("pylibsrtp", "_binding.ffi", "cffi.FFI of pylibsrtp's extension module"),
+    ("pylibsrtp", "_binding.lib.srtp_protect", "cffi function, libsrtp 2: srtp_err_status_t(*)(srtp_t, void *, int *)"),
+    ("pylibsrtp", "_binding.lib.srtp_protect_rtcp", "cffi function, same signature as srtp_protect"),
+    ("pylibsrtp.Session instance", "_srtp", "cffi srtp_t * (ffi.gc-owned by the Session)"),
 ]
 
 _shims_installed = False
@@ -233,49 +243,193 @@ def demultiplex(ice: RTCIceTransport, on_rtp: Callable[[bytes, int], None], on_r
     return Demultiplexer(ice, on_rtp, on_rtcp, on_drop)
 
 
+# ---- egress: SRTP protect + send (issue #6 fast path) ---------------------------------------------------------
+# pylibsrtp 1.0.0 wraps libsrtp2 2.7.0 (linked statically into its cffi module) and adds per packet a bounds check,
+# an `int *` allocation, two copies and an exception check in Python (~1 µs of the ~5 µs protect). We call its cffi
+# `lib.srtp_protect` ourselves on a per-sender buffer (pure Python), or hand the function's address and the
+# session's srtp_t to gateway/_srtp_send.c, an optional C extension built by `pip install` (setup.py), which
+# protects and sends in one call. Both use the session aiortc keyed from DTLS-SRTP (RFC 5764 §4.2), so the
+# rollover counter and SRTCP index (RFC 3711 §3.3.1, §3.4) are one per stream whichever path protects.
+LIBSRTP2_PROTECT_CTYPE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"  # libsrtp 2.x signature
+MAX_PACKET = 1500  # RTP/RTCP bytes before protection (the MTU-sized packets we forward)
+_SRTP_MAX_TRAILER = 148  # MKI + tag (+ SRTCP index): what protect may append
+
+
+def _load_native() -> Any:
+    """The compiled fast path, or None (not built, or pylibsrtp's libsrtp is not the 2.x API it calls)."""
+    try:
+        from gateway import _srtp_send
+    except ImportError:
+        return None
+    for name in ("srtp_protect", "srtp_protect_rtcp"):
+        if _srtp_ffi.typeof(getattr(_srtp_lib, name)).cname != LIBSRTP2_PROTECT_CTYPE:
+            log.warning("pylibsrtp's %s is not libsrtp 2's; using the pure-Python egress path", name)
+            return None
+    return _srtp_send
+
+
+def _address(cdata: Any) -> int:
+    return int(_srtp_ffi.cast("uintptr_t", cdata))
+
+
+_native = _load_native()
+EGRESS_PATH = "native" if _native is not None else "python"  # what PacketSender uses by default
+
+
+def _python_path(srtp: pylibsrtp.Session, function: Any, sendto: Callable[[Any, Any], None], addr: Any
+                 ) -> Callable[[bytes], int]:
+    """protect (libsrtp via cffi, no pylibsrtp wrapper) + the asyncio transport's sendto, as one closure."""
+    ctx = srtp._srtp[0]
+    cdata = _srtp_ffi.new("unsigned char[]", MAX_PACKET + _SRTP_MAX_TRAILER)
+    packet_view = _srtp_ffi.buffer(cdata, MAX_PACKET)  # a longer packet fails to fit: ValueError, as in pylibsrtp
+    wire_view = _srtp_ffi.buffer(cdata)
+    length = _srtp_ffi.new("int *")
+
+    def send(packet: bytes) -> int:
+        n = len(packet)
+        packet_view[0:n] = packet
+        length[0] = n
+        status = function(ctx, cdata, length)
+        if status:
+            raise pylibsrtp.Error(f"srtp protect failed (libsrtp status {status})")
+        n = length[0]
+        sendto(wire_view[0:n], addr)  # a full socket buffer: uvloop/asyncio queue it (transport write buffer)
+        return n
+
+    return send
+
+
+def _pylibsrtp_path(protect: Callable[[bytes], bytes], sendto: Callable[[Any, Any], None], addr: Any
+                    ) -> Callable[[bytes], int]:
+    def send(packet: bytes) -> int:
+        data = protect(packet)
+        sendto(data, addr)
+        return len(data)
+
+    return send
+
+
+class _FixedPair:
+    """Stands for a nominated candidate pair in PacketSender.on_transport."""
+
+    __slots__ = ("protocol", "transport", "remote_addr")
+
+    def __init__(self, transport: Any, addr: Any) -> None:
+        self.protocol = self  # pair.protocol.transport
+        self.transport = transport
+        self.remote_addr = addr
+
+
 class PacketSender:
-    """Synchronous SRTP protect + send on the nominated ICE candidate pair: no coroutine per packet."""
+    """Synchronous SRTP protect + send on the nominated ICE candidate pair: no coroutine per packet.
 
-    __slots__ = ("_nominated", "_protect", "_protect_rtcp", "_pair", "_sendto", "_addr")
+    send_rtp / send_rtcp return the bytes put on the wire, 0 when not connected or when the socket did not take the
+    datagram (native path: sent with MSG_DONTWAIT, a full buffer drops it; counted through `on_drop`).
+    `path`: None = EGRESS_PATH (the compiled path when it was built); "native" = compiled or raise; "python" =
+    libsrtp through cffi + the transport's sendto; "pylibsrtp" = pylibsrtp's Session.protect + the transport's
+    sendto (what whipgate did before issue #6; kept as the benchmarks' reference)."""
 
-    def __init__(self, ice: RTCIceTransport, dtls: RTCDtlsTransport) -> None:
-        self._nominated = ice._connection._nominated
-        srtp = dtls._tx_srtp
-        self._protect = srtp.protect
-        self._protect_rtcp = srtp.protect_rtcp
+    __slots__ = ("_nominated", "_srtp", "_pair", "_send_rtp", "_send_rtcp", "_native", "_on_drop", "path")
+
+    def __init__(self, ice: RTCIceTransport, dtls: RTCDtlsTransport, *, path: Optional[str] = None,
+                 on_drop: Optional[Callable[[str], None]] = None) -> None:
+        self._setup(ice._connection._nominated, dtls._tx_srtp, path, on_drop)
+
+    @classmethod
+    def on_transport(cls, transport: Any, addr: Any, srtp: pylibsrtp.Session, *, path: Optional[str] = None,
+                     on_drop: Optional[Callable[[str], None]] = None) -> "PacketSender":
+        """A sender on a plain asyncio datagram transport with a fixed peer address (bench/fanout.py)."""
+        self = cls.__new__(cls)
+        self._setup({1: _FixedPair(transport, addr)}, srtp, path, on_drop)
+        return self
+
+    def _setup(self, nominated: dict[int, Any], srtp: pylibsrtp.Session, path: Optional[str],
+               on_drop: Optional[Callable[[str], None]]) -> None:
+        path = path or EGRESS_PATH
+        if path not in ("native", "python", "pylibsrtp"):
+            raise ValueError(f"unknown egress path {path!r}")
+        if path == "native" and _native is None:
+            raise RuntimeError("the compiled egress path (gateway/_srtp_send.c) is not built")
+        self._nominated = nominated
+        self._srtp = srtp
         self._pair: Any = None  # the nominated pair the route below was taken from
-        self._sendto: Optional[Callable[[bytes, Any], None]] = None
-        self._addr: Any = None
+        self._send_rtp: Optional[Callable[[bytes], int]] = None
+        self._send_rtcp: Optional[Callable[[bytes], int]] = None
+        self._native: Any = None  # the _srtp_send.Sender of the current route
+        self._on_drop = on_drop
+        self.path = path
 
     def _route(self) -> bool:
         """Follow the nominated pair (the peer may nominate another one); per packet only an identity check."""
         pair = self._nominated.get(1)
         if pair is self._pair:
-            return self._sendto is not None
+            return self._send_rtp is not None
+        self.close()
         self._pair = pair
         transport = pair.protocol.transport if pair is not None else None
         if transport is None or transport.is_closing():
-            self._sendto = None
             return False
-        self._sendto = transport.sendto
-        self._addr = pair.remote_addr
+        addr = pair.remote_addr
+        if self.path == "native":
+            sock = transport.get_extra_info("socket")
+            try:
+                self._native = _native.Sender(
+                    sock.fileno(), addr[0], addr[1], _address(_srtp_lib.srtp_protect),
+                    _address(_srtp_lib.srtp_protect_rtcp), _address(self._srtp._srtp[0]), self._srtp, pylibsrtp.Error,
+                )
+            except (OSError, ValueError, AttributeError) as exc:  # an IPv6 scope the C side cannot parse, no socket
+                log.debug("compiled egress path unavailable for %s: %s", addr, exc)
+            else:
+                self._send_rtp = self._native.send_rtp
+                self._send_rtcp = self._native.send_rtcp
+                return True
+        if self.path == "pylibsrtp":
+            self._send_rtp = _pylibsrtp_path(self._srtp.protect, transport.sendto, addr)
+            self._send_rtcp = _pylibsrtp_path(self._srtp.protect_rtcp, transport.sendto, addr)
+            return True
+        self._send_rtp = _python_path(self._srtp, _srtp_lib.srtp_protect, transport.sendto, addr)
+        self._send_rtcp = _python_path(self._srtp, _srtp_lib.srtp_protect_rtcp, transport.sendto, addr)
         return True
 
     def send_rtp(self, packet: bytes) -> int:
-        """Protect and send one RTP packet; return the bytes put on the wire (0 if not connected)."""
-        if self._nominated.get(1) is not self._pair or self._sendto is None:
+        """Protect and send one RTP packet; return the bytes put on the wire (0 if not connected or dropped)."""
+        if self._nominated.get(1) is not self._pair or self._send_rtp is None:
             if not self._route():
                 return 0
-        data = self._protect(packet)
-        self._sendto(data, self._addr)  # type: ignore[misc]
-        return len(data)
+        n = self._send_rtp(packet)  # type: ignore[misc]
+        if n:
+            return n
+        self._dropped()
+        return 0
 
     def send_rtcp(self, packet: bytes) -> int:
         if not self._route():
             return 0
-        data = self._protect_rtcp(packet)
-        self._sendto(data, self._addr)  # type: ignore[misc]
-        return len(data)
+        n = self._send_rtcp(packet)  # type: ignore[misc]
+        if n:
+            return n
+        self._dropped()
+        return 0
+
+    def _dropped(self) -> None:
+        if self._on_drop is not None:
+            last = self._native.last_errno if self._native is not None else 0
+            full = last in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+            self._on_drop("egress_socket_full" if full else "egress_send_failed")
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams the socket did not take on the current route (native path only)."""
+        return self._native.dropped if self._native is not None else 0
+
+    def close(self) -> None:
+        """Release the route (the native path's duplicate of the socket); the next send takes it again."""
+        if self._native is not None:
+            self._native.close()
+            self._native = None
+        self._pair = None
+        self._send_rtp = self._send_rtcp = None
+
 
 
 class _PortView:

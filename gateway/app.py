@@ -58,7 +58,8 @@ def create_app(config: Config) -> Litestar:
     async def startup() -> None:
         aiortc_adapter.install_shims()
         await manager.registry.start()
-        log.info("whipgate listening on %s:%d", config.http.host, config.http.port)
+        log.info("whipgate listening on %s:%d (egress path: %s)", config.http.host, config.http.port,
+                 aiortc_adapter.EGRESS_PATH)
 
     async def shutdown() -> None:
         await manager.close_all()

@@ -229,7 +229,7 @@ class PeerTransport:
         except (ConnectionError, OSError, ValueError) as exc:
             await self.close(f"connect failed: {exc}")
             return
-        self._sender = rtc.PacketSender(self._ice, self._dtls)
+        self._sender = rtc.PacketSender(self._ice, self._dtls, on_drop=metrics.count_drop)
         if self._demux is not None:
             self._demux.start_media(self._dtls)
         self.connected = True
@@ -298,6 +298,8 @@ class PeerTransport:
         if self._closing:
             return
         self._closing = True
+        if self._sender is not None:
+            self._sender.close()  # the compiled egress path's duplicate of the socket
         self._sender = None
         self.connected = False
         for task in (self._connect_task, self._liveness_task):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.metadata
 import inspect
+import os
+import socket
 
 import aioice.ice
+import pylibsrtp
 import pytest
 from aiortc import RTCDtlsTransport
 
@@ -134,6 +138,149 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
     for t in (da, db):
         await t.stop()
     await ia.stop()
+
+
+async def connected_pair() -> tuple:
+    """Two adapter-built transports on loopback, ICE + DTLS connected (A is ICE controlling and DTLS client)."""
+    adapter.install_shims()
+
+    async def side():
+        gatherer = adapter.RTCIceGatherer(iceServers=[])
+        await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
+        ice = adapter.RTCIceTransport(gatherer)
+        dtls = adapter.RTCDtlsTransport(ice, [adapter.RTCCertificate.generateCertificate()])
+        return gatherer, ice, dtls
+
+    (ga, ia, da), (gb, ib, db) = await side(), await side()
+    adapter.set_ice_controlling(ia, True)
+    adapter.set_dtls_role(da, "client")
+    adapter.set_dtls_role(db, "server")
+    for c in gb.getLocalCandidates():
+        await ia.addRemoteCandidate(c)
+    await ia.addRemoteCandidate(None)
+    await asyncio.wait_for(asyncio.gather(ia.start(gb.getLocalParameters()), ib.start(ga.getLocalParameters())), 10)
+    await asyncio.wait_for(asyncio.gather(da.start(db.getLocalParameters()), db.start(da.getLocalParameters())), 10)
+    assert da.state == db.state == "connected"
+    return ia, da, ib, db
+
+
+async def close_pair(ia, da, ib, db) -> None:
+    for t in (da, db):
+        await t.stop()
+    for t in (ia, ib):
+        await t.stop()
+
+
+def rtp_packet(seq: int, ssrc: int = 0x01020304) -> bytes:
+    payload = seq.to_bytes(4, "big") * 50  # 200 bytes that say which packet this is
+    return bytes([0x80, 96]) + (seq & 0xFFFF).to_bytes(2, "big") + (seq * 3000 & 0xFFFFFFFF).to_bytes(4, "big") + \
+        ssrc.to_bytes(4, "big") + payload
+
+
+async def deliver(senders: list, packets: list[bytes], got: list[bytes]) -> None:
+    """Send in bursts of 32, round-robin over `senders`, letting the receiver read between bursts (bounded)."""
+    expected = len(got) + len(packets)
+    for index, packet in enumerate(packets):
+        # The tag of the DTLS-SRTP profile aiortc negotiated: 10 bytes (AES_CM_128_HMAC_SHA1_80, RFC 3711 §4.2) or
+        # 16 (AEAD_AES_128_GCM, RFC 7714 §8.1; aiortc 1.16 prefers it).
+        assert senders[index % len(senders)].send_rtp(packet) - len(packet) in (10, 16)
+        if index % 32 == 31:
+            await asyncio.sleep(0.002)
+    for _ in range(250):
+        if len(got) >= expected:
+            break
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("path", ["native", "python", "pylibsrtp"])
+async def test_packet_sender_paths_are_unprotected_by_the_peers_real_srtp_session_across_the_seq_wrap(path) -> None:
+    """Both egress paths, end to end: the peer's real SRTP receive session (aiortc's, keyed from DTLS-SRTP)
+    authenticates and decrypts every packet, also after the 16-bit sequence number wraps (the rollover counter
+    moves to 1, RFC 3711 §3.3.1: a wrong ROC changes the keystream and the auth tag), and SRTCP."""
+    if path == "native" and adapter.EGRESS_PATH != "native":
+        pytest.fail("the compiled egress path is not built (pip install -e . builds gateway/_srtp_send.c)")
+    ia, da, ib, db = await connected_pair()
+    got_rtp: list[bytes] = []
+    got_rtcp: list[bytes] = []
+    drops: list[str] = []
+    demux = adapter.demultiplex(ib, lambda data, t: got_rtp.append(data), got_rtcp.append, drops.append)
+    demux.start_media(db)  # unprotect with db's _rx_srtp where each datagram arrives
+    try:
+        sender = adapter.PacketSender(ia, da, path=path, on_drop=drops.append)
+        packets = [rtp_packet(seq) for seq in range(65536 - 600, 65536 + 700)]  # 1,300 packets, wrap in the middle
+        await deliver([sender], packets, got_rtp)
+        assert sender.path == path
+        assert drops == [] and len(got_rtp) == len(packets)
+        assert got_rtp == packets
+        reports = [bytes([0x80, 201, 0, 1]) + i.to_bytes(4, "big") for i in range(40)]  # empty receiver reports
+        for report in reports:
+            assert sender.send_rtcp(report) - len(report) in (4 + 10, 4 + 16)  # SRTCP: E flag + index, the tag
+        for _ in range(250):
+            if len(got_rtcp) == len(reports):
+                break
+            await asyncio.sleep(0.02)
+        assert got_rtcp == reports
+    finally:
+        await close_pair(ia, da, ib, db)
+
+
+async def test_both_paths_share_one_srtp_context_and_a_socket_error_is_dropped_and_counted() -> None:
+    """The compiled, the Python and the pylibsrtp path protect with one libsrtp context: interleaved packet by packet
+    across the wrap, the peer still authenticates all of them (one rollover counter per stream). A datagram the
+    socket refuses is dropped and counted by the compiled path, never raised into the forwarding path."""
+    if adapter.EGRESS_PATH != "native":
+        pytest.fail("the compiled egress path is not built (pip install -e . builds gateway/_srtp_send.c)")
+    ia, da, ib, db = await connected_pair()
+    got_rtp: list[bytes] = []
+    drops: list[str] = []
+    got_rtcp: list[bytes] = []
+    demux = adapter.demultiplex(ib, lambda data, t: got_rtp.append(data), got_rtcp.append, drops.append)
+    demux.start_media(db)
+    try:
+        native = adapter.PacketSender(ia, da, path="native", on_drop=drops.append)
+        python = adapter.PacketSender(ia, da, path="python")
+        reference = adapter.PacketSender(ia, da, path="pylibsrtp")
+        packets = [rtp_packet(seq, ssrc=0x0A0B0C0D) for seq in range(65536 - 300, 65536 + 300)]
+        await deliver([native, python, reference], packets, got_rtp)
+        assert drops == [] and got_rtp == packets
+        # SRTCP carries its index in the packet (RFC 3711 §3.4) and the receiver's replay list rejects a repeated
+        # one: interleaved reports all arrive only if the three paths count one index.
+        senders = [native, python, reference]
+        reports = [bytes([0x80, 201, 0, 1]) + i.to_bytes(4, "big") for i in range(30)]
+        for index, report in enumerate(reports):
+            assert senders[index % 3].send_rtcp(report) > len(report)
+        for _ in range(250):
+            if len(got_rtcp) + len(drops) >= len(reports):
+                break
+            await asyncio.sleep(0.02)
+        assert drops == [] and got_rtcp == reports
+        # SHUT_WR on the pair's socket makes every send fail with EPIPE (Linux sets the flag on UDP too).
+        fd = ia._connection._nominated[1].protocol.transport.get_extra_info("socket").fileno()
+        probe = socket.socket(fileno=os.dup(fd))
+        try:
+            probe.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            assert exc.errno == errno.ENOTCONN  # unconnected UDP: reported, but the flag is set
+        finally:
+            probe.close()
+        assert native.send_rtp(rtp_packet(301, ssrc=0x0A0B0C0D)) == 0
+        assert native.dropped == 1 and drops == ["egress_send_failed"]
+        native.close()
+        assert native.send_rtp(rtp_packet(302, ssrc=0x0A0B0C0D)) == 0  # route taken again: still refused
+        assert native.dropped == 1 and drops == ["egress_send_failed"] * 2
+    finally:
+        await close_pair(ia, da, ib, db)
+
+
+def test_the_compiled_path_calls_the_libsrtp_2_api_it_was_written_for() -> None:
+    """gateway/_srtp_send.c calls pylibsrtp's srtp_protect by address with libsrtp 2's signature."""
+    from pylibsrtp._binding import ffi, lib
+
+    for name in ("srtp_protect", "srtp_protect_rtcp"):
+        assert ffi.typeof(getattr(lib, name)).cname == adapter.LIBSRTP2_PROTECT_CTYPE
+    session = pylibsrtp.Session()
+    assert ffi.typeof(session._srtp).cname == "struct srtp_ctx_t_ * *"
+    assert adapter.EGRESS_PATH == "native", "gateway/_srtp_send.c was not built or not importable"
 
 
 async def test_priority_shim_answers_checks_without_priority() -> None:

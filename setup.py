@@ -1,0 +1,9 @@
+"""Only the optional C fast path lives here; everything else is in pyproject.toml.
+
+`optional=True`: if the extension cannot be compiled (no C compiler, no Python headers, not POSIX) setuptools
+warns and the install goes on; gateway/aiortc_adapter.py then uses its pure-Python egress path (issue #6).
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("gateway._srtp_send", ["gateway/_srtp_send.c"], optional=True)])
