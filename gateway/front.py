@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable, Optional
 import httpx
 
 from gateway.config import Config
+from gateway.http_responses import MAX_BODY
 from gateway.workers import owner_worker, worker_count, worker_of_session
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ HOP_BY_HOP = {
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
     b"proxy-authenticate", b"proxy-authorization",
 }
-STARTUP_TIMEOUT = 30.0  # seconds a worker may take to answer /healthz
+STARTUP_TIMEOUT = 60.0  # seconds a worker may take to answer /healthz (importing aiortc on a loaded machine is slow)
 STOP_TIMEOUT = 10.0  # seconds workers get to shut down after SIGTERM before SIGKILL
 RESTART_PAUSE = 1.0  # seconds between a worker's death and its replacement
 EVENT_STREAM_PATH = re.compile(r"^/whep/[^/]+/[^/]+/sse/[^/]+$")  # long-lived: no read timeout
@@ -219,7 +220,12 @@ class FrontApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 # Worker-to-worker and front-to-worker traffic: no proxy from the environment.
-                self.http = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(60.0, connect=5.0))
+                # No cap on connections: each open SSE event stream holds one to its worker.
+                self.http = httpx.AsyncClient(
+                    trust_env=False,
+                    timeout=httpx.Timeout(60.0, connect=5.0),
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                )
                 self._supervisor = asyncio.create_task(self.pool.supervise())
                 log.info("whipgate front listening on %s, %d workers", self.pool.front_url, self.count)
                 await send({"type": "lifespan.startup.complete"})
@@ -252,6 +258,12 @@ class FrontApp:
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
+            if len(body) > MAX_BODY:  # the workers refuse bodies above MAX_BODY anyway; do not buffer more
+                status, headers, data = _json_response({"title": "Content Too Large", "status": 413,
+                                                        "detail": f"body larger than {MAX_BODY} bytes"}, 413)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": data})
+                return
             if not message.get("more_body"):
                 break
         method, path = scope["method"], scope["path"]

@@ -225,15 +225,16 @@ class RelayPull:
             base_url = worker.origin_url(self.name)
             if base_url is not None:
                 rids = await self._listed_rids(base_url)
-                return None if rids is None else (base_url, rids)
+                if rids is not None:
+                    return base_url, rids
         registry = self.manager.registry
-        if registry is None:
+        if registry is None or not self.manager.cluster_relay:  # the owner worker does not have it either
             return None
         info = await registry.get_stream(self.name)
         if info is None or info.node_id == registry.node.node_id:
             return None
         node = await registry.get_node(info.node_id)
-        if node is None:
+        if node is None or node.base_url == registry.node.base_url:  # a worker behind our own front: see above
             return None
         rids = [str(layer["rid"]) for layer in info.layers if layer.get("rid")]
         if not rids:

@@ -199,13 +199,11 @@ class SessionManager:
         stream = self.streams.get(stream_name)
         offer = None
         if stream is None or stream.publisher is None:
-            if self.worker is not None and self.relays is not None and not self.worker.owns(stream_name):
-                offer = parse_offer(sdp)  # a bad offer must not start a pull
-                stream = await self.relays.stream(stream_name) or stream  # from the owner worker
-            elif self.cluster_relay and self.relays is not None and self.registry is not None:
+            from_worker = self.worker is not None and not self.worker.owns(stream_name)  # relayed from its owner
+            if self.relays is not None and (from_worker or (self.cluster_relay and self.registry is not None)):
                 offer = parse_offer(sdp)  # a bad offer must not start a pull
                 stream = await self.relays.stream(stream_name) or stream
-            else:
+            if not self.cluster_relay and (stream is None or stream.publisher is None):
                 await self._find_elsewhere(stream_name)  # routing first: the owner parses the offer
         offer = offer or parse_offer(sdp)
         if stream is None or stream.publisher is None:
@@ -228,7 +226,8 @@ class SessionManager:
         if info is None or info.node_id == self.registry.node.node_id:
             return
         node = await self.registry.get_node(info.node_id)
-        if node is not None:
+        # Another worker behind this node's own front (http.workers) is not elsewhere: no redirect to ourselves.
+        if node is not None and node.base_url != self.registry.node.base_url:
             raise StreamElsewhere(f"{node.base_url}/whep/{stream_name}")
 
     async def _start(self, session: PeerSession) -> None:

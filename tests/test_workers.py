@@ -21,10 +21,12 @@ from gateway.config import ConfigError, parse_config
 from gateway.front import label_samples
 from gateway.workers import owner_worker, worker_count, worker_of_session
 from test_media import STREAM, start_publisher, stop_all
+from test_protocol import recvonly_offer, sendonly_offer
 from test_relay import read_until
 from test_whep_extensions import SSE_REL, links
 
 WORKERS = {"http": {"workers": 2}}
+STARTUP = 60.0  # seconds: three processes import the gateway on a shared, loaded machine
 
 
 # ---- configuration and the routing rules ---------------------------------------------------------------------
@@ -79,7 +81,7 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 
 async def test_viewers_spread_over_workers_and_the_stream_crosses_once_per_worker(gateway_factory) -> None:
-    gw = gateway_factory(WORKERS)
+    gw = gateway_factory(WORKERS, startup_timeout=STARTUP)
     workers = httpx.get(gw.url("/api/workers"), timeout=5).json()
     assert [w["worker"] for w in workers] == [0, 1] and all(w["alive"] for w in workers), workers
     owner = owner_worker(STREAM, 2)
@@ -88,8 +90,18 @@ async def test_viewers_spread_over_workers_and_the_stream_crosses_once_per_worke
     http = httpx.AsyncClient(trust_env=False, timeout=10)
     try:
         with loopback_only():
+            # No publisher yet: each worker (round robin) answers 409 + Retry-After through the front.
+            offer = (await recvonly_offer()).encode()
+            for _ in range(2):
+                early = await http.post(gw.url(f"/whep/{STREAM}"), content=offer, headers={"Content-Type": "application/sdp"})
+                assert early.status_code == 409 and early.headers.get("retry-after") == "5", (early.status_code, early.text)
+                assert early.headers.get("access-control-allow-origin") == "*"
+
             pub = await start_publisher(gw, clients, video_codec="VP8", width=320, height=240, fps=30)
             assert pub.location.startswith(gw.url(f"/whip/{STREAM}/w{owner}.")), pub.location  # the owner holds it
+            second = await http.post(gw.url(f"/whip/{STREAM}"), content=(await sendonly_offer()).encode(),
+                                     headers={"Content-Type": "application/sdp"})
+            assert second.status_code == 409, second.text  # the owner worker has the publisher
 
             # Four viewers POST to the front one after the other: round robin puts two on each worker.
             viewers = []
@@ -154,14 +166,14 @@ async def test_viewers_spread_over_workers_and_the_stream_crosses_once_per_worke
 
 
 def test_workers_stop_with_the_front(gateway_factory) -> None:
-    gw = gateway_factory(WORKERS)
+    gw = gateway_factory(WORKERS, startup_timeout=STARTUP)
     pids = worker_pids(gw)
     assert len(pids) == 2 and all(alive(p) for p in pids)
     gw.stop()  # SIGTERM to the front: it stops its workers and exits 0
     assert gw.proc.returncode == 0, gw.log()[-3000:]
     assert wait_gone(pids, 15) == [], gw.log()[-3000:]
 
-    gw = gateway_factory(WORKERS)
+    gw = gateway_factory(WORKERS, startup_timeout=STARTUP)
     pids = worker_pids(gw)
     gw.proc.send_signal(signal.SIGKILL)  # the front dies without a word: the workers must not live on
     gw.proc.wait(5)
@@ -169,7 +181,7 @@ def test_workers_stop_with_the_front(gateway_factory) -> None:
 
 
 def test_a_dead_worker_is_replaced(gateway_factory) -> None:
-    gw = gateway_factory(WORKERS)
+    gw = gateway_factory(WORKERS, startup_timeout=STARTUP)
     first = worker_pids(gw)
     os.kill(first[1], signal.SIGKILL)
     deadline = time.monotonic() + 30
