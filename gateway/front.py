@@ -86,6 +86,7 @@ class WorkerPool:
     """The N worker processes: started with the front, restarted when one dies, stopped with the front."""
 
     def __init__(self, count: int, config_path: Optional[str], front_url: str) -> None:
+        self.exiting: Callable[[], bool] = lambda: False  # the front is shutting down: no restarts
         self.ports = _free_ports(count)
         self.urls = tuple(f"http://127.0.0.1:{port}" for port in self.ports)
         self.config_path = os.path.abspath(config_path) if config_path else None
@@ -107,7 +108,9 @@ class WorkerPool:
         ]
 
     def spawn(self, index: int) -> None:
-        self.procs[index] = subprocess.Popen(self.command(index))  # stdout/stderr: the front's
+        # stdout/stderr: the front's. Own process group: a terminal's Ctrl-C reaches the front only, which stops
+        # the workers in order (and does not mistake them for crashed ones).
+        self.procs[index] = subprocess.Popen(self.command(index), process_group=0)
         log.info("worker %d started (pid %d) on %s", index, self.procs[index].pid, self.urls[index])
 
     def start(self) -> bool:
@@ -140,12 +143,12 @@ class WorkerPool:
         while not self.stopping:
             await asyncio.sleep(0.5)
             for index, proc in enumerate(self.procs):
-                if self.stopping or proc is None or proc.poll() is None:
+                if self.stopping or self.exiting() or proc is None or proc.poll() is None:
                     continue
                 log.error("worker %d (pid %d) exited with %d; starting a new one", index, proc.pid, proc.returncode)
                 self.restarts[index] += 1
                 await asyncio.sleep(RESTART_PAUSE)
-                if not self.stopping:
+                if not (self.stopping or self.exiting()):
                     self.spawn(index)
 
     def stop(self) -> None:
@@ -485,6 +488,7 @@ def run_front(config: Config, config_path: Optional[str], loop: str, run: Callab
         # The workers' Date and Server headers pass through; uvicorn adds none of its own.
         uvicorn.Config(FrontApp(config, pool), loop=loop, log_level=config.log_level, lifespan="on", server_header=False, date_header=False)
     )
+    pool.exiting = lambda: server.should_exit
     try:
         return run(server, sockets=[sock])
     finally:

@@ -16,14 +16,15 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from clients import WhepViewer, loopback_only, wait_stream
+from clients import WhepViewer, find_stream, loopback_only, wait_stream
 from gateway.config import ConfigError, parse_config
 from gateway.front import label_samples
 from gateway.workers import owner_worker, worker_count, worker_of_session
 from test_media import STREAM, start_publisher, stop_all
 from test_protocol import recvonly_offer, sendonly_offer
-from test_relay import read_until
-from test_whep_extensions import SSE_REL, links
+from simulcast_publisher import SimulcastPublisher
+from test_relay import read_until, recent_sizes
+from test_whep_extensions import LAYER_REL, SSE_REL, links
 
 WORKERS = {"http": {"workers": 2}}
 STARTUP = 60.0  # seconds: three processes import the gateway on a shared, loaded machine
@@ -60,6 +61,14 @@ def test_metrics_of_each_worker_get_its_label() -> None:
 
 
 # ---- a front and two workers ---------------------------------------------------------------------------------
+async def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {what}")
+        await asyncio.sleep(0.1)
+
+
 def worker_pids(gateway) -> list[int]:
     return [w["pid"] for w in httpx.get(gateway.url("/api/workers"), timeout=5).json()]
 
@@ -142,6 +151,14 @@ async def test_viewers_spread_over_workers_and_the_stream_crosses_once_per_worke
             events_url = urljoin(links(relayed.response)[SSE_REL], sse.headers["location"])
             reader = asyncio.create_task(read_until(http, events_url, "inactive", 30))
 
+            # Trickle ICE PATCH through the front: If-Match and ETag reach the worker (RFC 9725 §4.3.1).
+            fragment = b"a=end-of-candidates\r\n"
+            trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
+            stale = await http.patch(relayed.location, content=fragment, headers={**trickle, "If-Match": '"stale"'})
+            assert stale.status_code == 412, stale.text
+            fresh = await http.patch(relayed.location, content=fragment, headers={**trickle, "If-Match": relayed.etag})
+            assert fresh.status_code == 204, fresh.text
+
             # DELETE through the front reaches the worker holding the session; the others keep playing.
             leaving = next(v for v in viewers if f"/w{owner}." in v.location)
             deleted = await http.delete(leaving.location)
@@ -193,3 +210,48 @@ def test_a_dead_worker_is_replaced(gateway_factory) -> None:
     assert workers[1]["restarts"] == 1 and workers[1]["alive"], workers
     assert workers[0]["pid"] == first[0]
     assert httpx.get(gw.url("/readyz"), timeout=5).status_code == 200
+
+
+async def test_simulcast_layers_cross_between_workers_and_viewers_pin_theirs_through_the_front(gateway_factory) -> None:
+    gw = gateway_factory(WORKERS, startup_timeout=STARTUP)
+    owner = owner_worker(STREAM, 2)
+    clients: list = []
+    http = httpx.AsyncClient(trust_env=False, timeout=10)
+    pub = SimulcastPublisher(gw.base_url, STREAM, fps=15)
+    try:
+        with loopback_only():
+            await pub.start()
+
+            async def three_layers_live() -> bool:
+                entry = await find_stream(gw.base_url, STREAM)
+                layers = entry["tracks"][0]["layers"] if entry and entry["tracks"] else []
+                return len(layers) == 3 and all(layer["active"] and layer["width"] for layer in layers)
+
+            await wait_until(three_layers_live, 20, "the publisher's three layers never went live")
+            sizes = {layer.rid: layer.size for layer in pub.layers}
+            # Six viewers, three per worker: each worker has one pinned to every layer (the layer POST goes
+            # through the front to the worker named in the session id).
+            viewers = []
+            for rid in ("q", "q", "h", "h", "f", "f"):
+                viewer = WhepViewer(gw.base_url, STREAM, audio=False)
+                clients.append(viewer)
+                await viewer.start()
+                viewers.append((rid, viewer))
+                pinned = await http.post(links(viewer.response)[LAYER_REL], json={"rid": rid})
+                assert pinned.status_code == 200, pinned.text
+            assert {v.location.split(f"/whep/{STREAM}/", 1)[1][:3] for _, v in viewers} == {"w0.", "w1."}
+            for rid, viewer in viewers:
+                assert await recent_sizes(viewer, sizes[rid], 10, 30), (rid, viewer.location, viewer.resolutions)
+            # The worker without the publisher received all three layers over its one pull.
+            workers = (await http.get(gw.url("/api/workers"))).json()
+            [relayed] = [s for s in workers[1 - owner]["streams"] if s["stream"] == STREAM]
+            assert sorted((l["rid"], l["width"], l["height"]) for l in relayed["tracks"][0]["layers"]) == sorted(
+                (rid, w, h) for rid, (w, h) in sizes.items()
+            ), relayed
+            everyone = (await http.get(gw.url(f"/api/streams/{STREAM}/viewers"))).json()
+            assert [v["relay_for"] for v in everyone if v["relay_for"]] == [f"worker {1 - owner}"], everyone
+    finally:
+        await http.aclose()
+        await stop_all(clients)
+        await pub.stop()
+    assert gw.codec_violations() == ""
