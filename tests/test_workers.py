@@ -16,12 +16,15 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from clients import WhepViewer, find_stream, loopback_only, wait_stream
+from clients import WhepViewer, WhipPublisher, find_stream, loopback_only, wait_stream
+from conftest import deep_merge
 from gateway.config import ConfigError, parse_config
 from gateway.front import label_samples
 from gateway.workers import owner_worker, worker_count, worker_of_session
 from test_media import STREAM, start_publisher, stop_all
 from test_protocol import recvonly_offer, sendonly_offer
+from test_registry import RedisServer  # noqa: F401  (the redis_server fixture comes with it)
+from test_registry import redis_server  # noqa: F401
 from simulcast_publisher import SimulcastPublisher
 from test_relay import read_until, recent_sizes
 from test_whep_extensions import LAYER_REL, SSE_REL, links
@@ -255,3 +258,46 @@ async def test_simulcast_layers_cross_between_workers_and_viewers_pin_theirs_thr
         await stop_all(clients)
         await pub.stop()
     assert gw.codec_violations() == ""
+
+
+async def test_workers_are_nodes_of_a_redis_cluster_behind_their_front(gateway_factory, redis_server) -> None:
+    """With a Redis registry every worker is a node ("<node_id>.w<K>") whose public URL is the front's: another
+    node redirects viewers to the front, and the front's workers redirect viewers of a stream held elsewhere."""
+    ttl = 2.0
+    front = gateway_factory(deep_merge(WORKERS, {"cluster": {"registry": redis_server.url, "node_id": "f", "ttl": ttl}}),
+                            startup_timeout=STARTUP)
+    other = gateway_factory({"cluster": {"registry": redis_server.url, "node_id": "b", "ttl": ttl}})
+    owner = owner_worker(STREAM, 2)
+    clients: list = []
+    http = httpx.AsyncClient(trust_env=False, timeout=10)
+    sdp = {"Content-Type": "application/sdp"}
+    try:
+        with loopback_only():
+            await start_publisher(front, clients, video_codec="VP8", width=320, height=240, fps=30)
+            # The other node knows the stream by the owner worker's registry entry, reached through the front.
+            moved = await http.post(other.url(f"/whep/{STREAM}"), content=(await recvonly_offer()).encode(), headers=sdp)
+            assert moved.status_code == 307 and moved.headers["location"] == front.url(f"/whep/{STREAM}"), moved.headers
+            assert (await http.post(other.url(f"/whip/{STREAM}"), content=(await sendonly_offer()).encode(),
+                                    headers=sdp)).status_code == 409  # one publisher per key, cluster-wide
+            viewers = [WhepViewer(front.base_url, STREAM) for _ in range(2)]  # one on each worker
+            clients.extend(viewers)
+            for viewer in viewers:
+                await viewer.start()
+            for viewer in viewers:
+                await viewer.wait_frames(20, timeout=30)
+            # A stream published on the other node: both workers send its viewers there (307 to node b).
+            elsewhere = WhipPublisher(other.base_url, "elsewhere", video_codec="VP8", width=320, height=240, fps=30)
+            clients.append(elsewhere)
+            await elsewhere.start()
+            await elsewhere.wait_connected(10)
+            await wait_stream(other.base_url, "elsewhere", lambda e: bool(e and e.get("publisher")), 10)
+            for _ in range(2):  # round robin: the owner of "elsewhere" and the other worker
+                r = await http.post(front.url("/whep/elsewhere"), content=(await recvonly_offer()).encode(), headers=sdp)
+                assert r.status_code == 307 and r.headers["location"] == other.url("/whep/elsewhere"), (r.status_code, r.text)
+        ids = sorted(w["streams"][0]["stream"] for w in (await http.get(front.url("/api/workers"))).json() if w["streams"])
+        assert ids == [STREAM, STREAM]  # the owner's publisher and the other worker's relay of it
+        assert f"w{owner}." in clients[0].location
+    finally:
+        await http.aclose()
+        await stop_all(clients)
+    assert front.codec_violations() == ""
