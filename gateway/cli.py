@@ -91,8 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker_role(args: argparse.Namespace, config: Config) -> tuple["WorkerRole", Config]:
     """Worker K of the front's workers: its role, and the config it runs with. The front is the node other
-    nodes (and clients sent by redirects) talk to: an empty cluster.public_url becomes the front's URL, an empty
-    cluster.node_id gets ".w<K>" appended (default "<hostname>:<front port>.w<K>"): with a Redis registry each worker
+    nodes (and clients sent by redirects) talk to: an empty cluster.public_url becomes the front's URL, and
+    cluster.node_id gets ".w<K>" appended (empty: "<hostname>:<front port>.w<K>"): with a Redis registry each worker
     is a node of its own."""
     import socket
     from dataclasses import replace
