@@ -18,6 +18,7 @@ import pytest
 
 from clients import WhepViewer, WhipPublisher, find_stream, loopback_only, wait_stream
 from conftest import deep_merge
+from test_cluster import wait_until
 from gateway.config import ConfigError, parse_config
 from gateway.front import label_samples
 from gateway.workers import owner_worker, worker_count, worker_of_session
@@ -64,14 +65,6 @@ def test_metrics_of_each_worker_get_its_label() -> None:
 
 
 # ---- a front and two workers ---------------------------------------------------------------------------------
-async def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what}")
-        await asyncio.sleep(0.1)
-
-
 def worker_pids(gateway) -> list[int]:
     return [w["pid"] for w in httpx.get(gateway.url("/api/workers"), timeout=5).json()]
 
