@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from litestar import Litestar, Request, get
 from litestar.response.base import ASGIResponse
@@ -13,6 +14,7 @@ from gateway.cluster import make_registry
 from gateway.config import Config
 from gateway.pages import pages_router
 from gateway.sessions import SessionManager
+from gateway.workers import WorkerRole
 from whep.resource import whep_handlers
 from whip.resource import whip_handlers
 
@@ -51,15 +53,20 @@ def list_viewers(request: Request, name: str) -> list[dict]:
     return request.app.state.manager.viewer_list(name)
 
 
-def create_app(config: Config) -> Litestar:
-    manager = SessionManager(config)
+def create_app(config: Config, worker: Optional[WorkerRole] = None) -> Litestar:
+    """The gateway; `worker`: this process is one of the front's workers (gateway/workers.py)."""
+    manager = SessionManager(config, worker=worker)
     manager.registry = make_registry(config, load=lambda: len(manager.sessions), on_stream_lost=manager.stream_lost)
 
     async def startup() -> None:
         aiortc_adapter.install_shims()
         await manager.registry.start()
-        log.info("whipgate listening on %s:%d (egress path: %s)", config.http.host, config.http.port,
-                 aiortc_adapter.EGRESS_PATH)
+        if worker is not None:
+            log.info("whipgate worker %d of %d listening on %s:%d (egress path: %s)", worker.index, len(worker.urls),
+                     config.http.host, config.http.port, aiortc_adapter.EGRESS_PATH)
+        else:
+            log.info("whipgate listening on %s:%d (egress path: %s)", config.http.host, config.http.port,
+                     aiortc_adapter.EGRESS_PATH)
 
     async def shutdown() -> None:
         await manager.close_all()

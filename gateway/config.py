@@ -47,6 +47,8 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     cors_allow_origin: str = "*"
+    # Worker processes: 1 = this process serves everything; 0 = one per CPU core; N = N (gateway/workers.py).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -220,8 +222,11 @@ def _parse_cluster(table: _Table) -> ClusterConfig:
 _ORIGIN_RE = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
+MAX_WORKERS = 256
+
+
 def _parse_http(table: _Table) -> HttpConfig:
-    table.reject_unknown(("listen", "cors_allow_origin"))
+    table.reject_unknown(("listen", "cors_allow_origin", "workers"))
     defaults = HttpConfig()
     host, port = defaults.host, defaults.port
     if "listen" in table.values:
@@ -232,7 +237,8 @@ def _parse_http(table: _Table) -> HttpConfig:
             "cors_allow_origin",
             f'must be "*" or a single origin such as "https://example.com" (no path), got {origin!r}',
         )
-    return HttpConfig(host=host, port=port, cors_allow_origin=origin)
+    workers = table.integer("workers", defaults.workers, minimum=0, maximum=MAX_WORKERS)
+    return HttpConfig(host=host, port=port, cors_allow_origin=origin, workers=workers)
 
 
 def _parse_rtc(table: _Table) -> RtcConfig:

@@ -26,7 +26,8 @@ class PeerSession:
         self.stream_name = stream_name
         self.offer = offer
         # RFC 9725 §4.1 / §6: session URLs must be unguessable; 128 random bits.
-        self.id = secrets.token_urlsafe(16)
+        # A worker's ids start with "w<index>." (gateway/workers.py): the front routes session requests by it.
+        self.id = getattr(manager, "session_id_prefix", "") + secrets.token_urlsafe(16)
         self.etag = '"' + secrets.token_hex(12) + '"'  # strong entity tag (RFC 9110 §8.8.3)
         self.created = time.time()
         self.connected_at: Optional[float] = None

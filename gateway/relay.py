@@ -216,15 +216,25 @@ class RelayPull:
         await self._watch(stream)
 
     async def _origin(self) -> Optional[tuple[str, list[str]]]:
-        """The origin's base URL and the stream's layer rids, from the registry (rids: else from the origin)."""
+        """The origin's base URL and the stream's layer rids, from the registry (rids: else from the origin).
+
+        A worker (gateway/workers.py) pulls a stream another worker owns from that worker: the hash rule names
+        it, its /api/streams tells whether it has the stream and which layers."""
+        worker = self.manager.worker
+        if worker is not None:
+            base_url = worker.origin_url(self.name)
+            if base_url is not None:
+                rids = await self._listed_rids(base_url)
+                if rids is not None:
+                    return base_url, rids
         registry = self.manager.registry
-        if registry is None:
+        if registry is None or not self.manager.cluster_relay:  # the owner worker does not have it either
             return None
         info = await registry.get_stream(self.name)
         if info is None or info.node_id == registry.node.node_id:
             return None
         node = await registry.get_node(info.node_id)
-        if node is None:
+        if node is None or node.base_url == registry.node.base_url:  # a worker behind our own front: see above
             return None
         rids = [str(layer["rid"]) for layer in info.layers if layer.get("rid")]
         if not rids:
@@ -232,15 +242,20 @@ class RelayPull:
         return node.base_url, rids
 
     async def _rids_from_origin(self, base_url: str) -> list[str]:
+        return await self._listed_rids(base_url) or []
+
+    async def _listed_rids(self, base_url: str) -> Optional[list[str]]:
+        """The stream's video layer rids in the origin's /api/streams; None when it does not list the stream."""
         response = await self._http.get(f"{base_url}/api/streams")
         if response.status_code != 200:
-            return []
+            return None
         for entry in response.json():
             if entry.get("stream") == self.name:
                 for track in entry.get("tracks", []):
                     if track.get("kind") == "video" and track.get("simulcast"):
                         return [str(layer["rid"]) for layer in track.get("layers", []) if layer.get("rid")]
-        return []
+                return []
+        return None
 
     async def _open(self) -> Optional[Stream]:
         origin = await self._origin()
@@ -260,7 +275,7 @@ class RelayPull:
             address=candidates[0].ip,
             port=candidates[0].port,
         )
-        headers = {"Content-Type": "application/sdp", **self._auth_headers()}
+        headers = {"Content-Type": "application/sdp", RELAY_HEADER: self._puller(), **self._auth_headers()}
         # A 307 (the origin moved the stream on) is followed with the same method and body (RFC 9725 §4.5).
         response = await self._http.post(self.whep_url, content=offer.encode(), headers=headers)
         if response.status_code != 201:
@@ -370,6 +385,13 @@ class RelayPull:
             if task is not None and task is not asyncio.current_task() and not task.done():
                 task.cancel()
 
+    def _puller(self) -> str:
+        """Who pulls, for the origin's viewer list (RELAY_HEADER): this worker, else this node."""
+        if self.manager.worker is not None:
+            return f"worker {self.manager.worker.index}"
+        registry = self.manager.registry
+        return f"node {registry.node.node_id}" if registry is not None else "relay"
+
     def _auth_headers(self) -> dict[str, str]:
         token = self.config.cluster.relay_token or stream_tokens(self.config, self.name).play_token
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -389,6 +411,8 @@ class RelayPull:
 
 
 SSE_REL = "urn:ietf:params:whep:ext:core:server-sent-events"  # draft-ietf-wish-whep §4.9.1
+# Sent with a pull's WHEP POST: the origin shows the session as this relay in its viewer list (`relay_for`).
+RELAY_HEADER = "Whipgate-Relay"
 _LINK = re.compile(r'<([^>]*)>([^<]*)')
 
 

@@ -23,6 +23,7 @@ from gateway.registry import Registry, StreamInfo
 from gateway.relay import RelayPulls
 from gateway.sdp import parse_offer
 from gateway.sfu.stream import Stream
+from gateway.workers import WorkerRole
 from whep.session import ViewerSession
 from whip.offer_answer import negotiate_publish
 from whip.session import PublisherSession
@@ -74,17 +75,22 @@ def registry_layers(session: PublisherSession) -> list[dict]:
 
 
 class SessionManager:
-    def __init__(self, config: Config, registry: Optional[Registry] = None) -> None:
+    def __init__(self, config: Config, registry: Optional[Registry] = None, worker: Optional[WorkerRole] = None) -> None:
         self.config = config
         self.registry = registry  # set by the app; None in unit tests (this node alone)
+        # http.workers > 1: this process is one worker; its session ids name it, so the front routes by them.
+        self.worker = worker
+        self.session_id_prefix = worker.session_prefix if worker is not None else ""
         self.streams: dict[str, Stream] = {}
         self.sessions: dict[str, PeerSession] = {}
         self._tasks: set[asyncio.Task] = set()
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
         self._publishing: dict[str, list] = {}  # stream name -> [lock, POSTs holding or waiting for it]
         self._closing = False
-        # cluster.viewer_mode = "relay": streams held by other nodes are pulled here (gateway/relay.py).
-        self.relays: Optional[RelayPulls] = RelayPulls(self) if config.cluster.viewer_mode == "relay" else None
+        # cluster.viewer_mode = "relay": streams held by other nodes are pulled here (gateway/relay.py); a worker
+        # pulls the streams other workers own the same way.
+        self.cluster_relay = config.cluster.viewer_mode == "relay"
+        self.relays: Optional[RelayPulls] = RelayPulls(self) if self.cluster_relay or worker is not None else None
         metrics.track_sessions("publisher", lambda: self.count("publisher"))
         metrics.track_sessions("viewer", lambda: self.count("viewer"))
         metrics.track_viewers(lambda: [s.layer_summary() for s in self.sessions.values() if isinstance(s, ViewerSession)])
@@ -225,10 +231,11 @@ class SessionManager:
         stream = self.streams.get(stream_name)
         offer = None
         if stream is None or stream.publisher is None:
-            if self.relays is not None and self.registry is not None:
+            from_worker = self.worker is not None and not self.worker.owns(stream_name)  # relayed from its owner
+            if self.relays is not None and (from_worker or (self.cluster_relay and self.registry is not None)):
                 offer = parse_offer(sdp)  # a bad offer must not start a pull
                 stream = await self.relays.stream(stream_name) or stream
-            else:
+            if not self.cluster_relay and (stream is None or stream.publisher is None):
                 await self._find_elsewhere(stream_name)  # routing first: the owner parses the offer
         offer = offer or parse_offer(sdp)
         if stream is None or stream.publisher is None:
@@ -251,7 +258,8 @@ class SessionManager:
         if info is None or info.node_id == self.registry.node.node_id:
             return
         node = await self.registry.get_node(info.node_id)
-        if node is not None:
+        # Another worker behind this node's own front (http.workers) is not elsewhere: no redirect to ourselves.
+        if node is not None and node.base_url != self.registry.node.base_url:
             raise StreamElsewhere(f"{node.base_url}/whep/{stream_name}")
 
     async def _start(self, session: PeerSession) -> None:

@@ -143,6 +143,7 @@ def launch_gateway(
     host: str = "127.0.0.1",
     netns: str | None = None,
     name: str = "gw",
+    startup_timeout: float = 20,
 ) -> Gateway:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port(host) if netns is None else 18080
@@ -160,7 +161,7 @@ def launch_gateway(
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     gw = Gateway(f"http://{host}:{port}", host, port, proc, log_path, guard_log, config_path)
     if netns is None:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gw.log()}")

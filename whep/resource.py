@@ -10,6 +10,7 @@ from litestar.response.base import ASGIResponse
 from gateway.auth import stream_tokens
 from gateway.http_resources import create_session, delete_session, options, patch_session, session_options
 from gateway.http_responses import problem, read_body, respond
+from gateway.relay import RELAY_HEADER
 from gateway.sessions import SessionManager
 from whep.events import create_event_stream, delete_event_stream, event_stream_response, extension_options
 from whep.layer_request import LAYER_OK_STATUS, parse_layer_request
@@ -21,7 +22,16 @@ async def whep_endpoint(request: Request, stream: str) -> ASGIResponse:
     if request.method == "OPTIONS":
         return options(request)
     token = stream_tokens(request.app.state.manager.config, stream).play_token
-    return await create_session(request, stream, token, SessionManager.play)
+    relay_for = request.headers.get(RELAY_HEADER)
+    if relay_for is None:
+        return await create_session(request, stream, token, SessionManager.play)
+
+    async def play_for_relay(manager: SessionManager, name: str, sdp: str) -> ViewerSession:
+        session = await manager.play(name, sdp)
+        session.relay_for = relay_for[:100]  # another node's or worker's pull of the stream, shown in the viewer list
+        return session
+
+    return await create_session(request, stream, token, play_for_relay)
 
 
 @route("/whep/{stream:str}/{session_id:str}", http_method=["PATCH", "DELETE", "OPTIONS"], status_code=200)

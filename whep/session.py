@@ -56,6 +56,7 @@ class ViewerSession(PeerSession):
         ]
         # A relay (an edge pulling every layer) gets fixed layers: no estimate picks them.
         self.relay = any(isinstance(d, LayerDownTrack) for d in self.down_tracks)
+        self.relay_for: Optional[str] = None  # a relay's pull: who pulls (its Whipgate-Relay header, gateway/relay.py)
         # Per-viewer bandwidth estimation (send-side, from transport-wide CC feedback; REMB/RR as fallback).
         transport_cc = any(d.profile.transport_cc_id is not None for d in self.down_tracks)
         self.bandwidth = ViewerBandwidth(transport_cc=transport_cc)
@@ -273,4 +274,4 @@ class ViewerSession(PeerSession):
         return estimate, layer, down.reason.split(":")[0]
 
     def info(self) -> dict:
-        return super().info() | {"tracks": [d.stats() for d in self.down_tracks]}
+        return super().info() | {"relay_for": self.relay_for, "tracks": [d.stats() for d in self.down_tracks]}
