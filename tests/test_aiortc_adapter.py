@@ -72,36 +72,12 @@ async def test_private_attributes_exist_on_live_objects() -> None:
 
 async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() -> None:
     """End to end over loopback: gather, ICE, DTLS, then PacketSender -> hook_packets delivers RTP and RTCP."""
-    adapter.install_shims()
-
-    async def side():
-        gatherer = adapter.RTCIceGatherer(iceServers=[])
-        await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
-        ice = adapter.RTCIceTransport(gatherer)
-        dtls = adapter.RTCDtlsTransport(ice, [adapter.RTCCertificate.generateCertificate()])
-        return gatherer, ice, dtls
-
-    (ga, ia, da), (gb, ib, db) = await side(), await side()
-    ia._connection.ice_controlling = True
-    adapter.set_dtls_role(da, "client")
-    adapter.set_dtls_role(db, "server")
+    ia, da, ib, db = await connected_pair()
     got_rtp: list[bytes] = []
     got_rtcp: list[bytes] = []
     adapter.hook_packets(db, lambda data, t: got_rtp.append(data), got_rtcp.append)
     drops: list[str] = []
     demux = adapter.demultiplex(ib, lambda data, t: got_rtp.append(data), got_rtcp.append, drops.append)
-    for c in gb.getLocalCandidates():
-        await ia.addRemoteCandidate(c)
-    await ia.addRemoteCandidate(None)
-    await asyncio.wait_for(
-        asyncio.gather(
-            ia.start(gb.getLocalParameters()),
-            ib.start(ga.getLocalParameters()),
-        ),
-        10,
-    )
-    await asyncio.wait_for(asyncio.gather(da.start(db.getLocalParameters()), db.start(da.getLocalParameters())), 10)
-    assert da.state == db.state == "connected"
     sender = adapter.PacketSender(ia, da)
     rtp = bytes([0x80, 96, 0, 1, 0, 0, 0, 9, 0, 0, 0, 7]) + b"payload"
     rtcp = bytes([0x80, 201, 0, 1, 0, 0, 0, 7])  # empty receiver report
