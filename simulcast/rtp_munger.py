@@ -29,6 +29,11 @@ __all__ = ["Origin", "RtpMunger", "SerialMunger"]
 _TS_MASK = 0xFFFFFFFF
 
 
+def initial_sequence_number() -> int:
+    """A viewer stream's first sequence number: random (RFC 3550 §5.1) and below 2**15 (see RtpMunger.switch_to)."""
+    return random.getrandbits(15)
+
+
 class Origin(NamedTuple):
     """Where one outgoing sequence number came from (see `RtpMunger.unmap`)."""
 
@@ -267,7 +272,12 @@ class RtpMunger(_Segments):
         Its sequence number follows the last outgoing one; its timestamp is the last outgoing one advanced by
         the wall-clock time since that timestamp was first forwarded (at least one tick), so the viewer's
         playout clock (RFC 3550 §5.1: timestamps reflect sampling instants) runs on without a jump.
-        The first switch picks random outgoing values (RFC 3550 §5.1).
+        The first switch picks random outgoing values (RFC 3550 §5.1), the sequence number below 2**15: an SRTP
+        receiver starts its rollover counter at 0 with the first packet it can decrypt (RFC 3711 §3.3.1), and the
+        first packets after the viewer's DTLS handshake are often lost (its SRTP keys are not set yet). Started
+        just below 2**16, the sender wraps before the viewer decrypts anything, the two rollover counters differ by
+        one and every packet fails authentication (seen in bench/load.py; libwebrtc keeps its initial sequence
+        numbers below 2**15 for the same reason).
         """
         if self._started:
             ticks = round((now - self._last_time) * self.clock_rate)
@@ -275,7 +285,7 @@ class RtpMunger(_Segments):
             out_seq = (self._last_out + 1) & 0xFFFF
         else:
             out_ts = random.getrandbits(32)
-            out_seq = random.getrandbits(16)
+            out_seq = initial_sequence_number()
         self._ts_offset = ts_offset = (out_ts - first_ts) & _TS_MASK
         self._switch(first_seq, out_seq, layer, ts_offset)
         self._last_ts = out_ts

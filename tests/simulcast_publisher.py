@@ -38,7 +38,7 @@ class _Layer:
         self.encoder = Vp8Encoder()
         self.encoder.target_bitrate = bitrate
         self.ssrc = random.getrandbits(32) or 1
-        self.seq = random.getrandbits(16)
+        self.seq = random.getrandbits(15)  # below 2**15 like libwebrtc: the SRTP receiver starts its ROC at 0 (RFC 3711 §3.3.1)
         self.keyframe_wanted = True
         self.keyframe_requests = 0
 

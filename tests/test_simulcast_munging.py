@@ -60,6 +60,19 @@ def test_first_switch_random_offsets_then_plain_offset() -> None:
     assert m.last_seq == (s0 + 2) & 0xFFFF and m.last_ts == (t0 + 3000) & 0xFFFFFFFF
 
 
+def test_first_sequence_number_leaves_room_before_the_srtp_rollover() -> None:
+    """RFC 3711 §3.3.1: a viewer's SRTP receiver starts its rollover counter at 0 with the first packet it decrypts.
+    A random start just below 2**16 wraps before the viewer's keys are ready and every packet then fails
+    authentication (bench/load.py saw it); starts stay below 2**15, ~32,000 packets (minutes of video) of room."""
+    starts = []
+    for _ in range(2000):
+        m = RtpMunger()
+        m.switch_to(1000, 5000, 0.0)
+        starts.append(m.map(1000, 5000, 0.0)[0])
+    assert max(starts) < 0x8000
+    assert len(set(starts)) > 1900  # still random (RFC 3550 §5.1)
+
+
 def test_switch_continues_sequence_and_paces_timestamp() -> None:
     m = RtpMunger()
     m.switch_to(100, 1_000_000, 10.0, layer=0)
@@ -132,6 +145,7 @@ def test_unmap_across_layers_and_time() -> None:
 def test_wraparound_of_every_counter(monkeypatch) -> None:
     # Outgoing values start 3 below the wrap; the incoming ones wrap too.
     monkeypatch.setattr(rtp_munger.random, "getrandbits", lambda bits: (1 << bits) - 3)
+    monkeypatch.setattr(rtp_munger, "initial_sequence_number", lambda: 65_533)  # the mapping must wrap anywhere
     m = RtpMunger()
     m.switch_to(65_534, 0xFFFF_FF00, 0.0, layer=0)
     got = [m.map((65_534 + i) & 0xFFFF, (0xFFFF_FF00 + 3000 * i) & 0xFFFFFFFF, i / 30) for i in range(6)]
@@ -447,6 +461,7 @@ def reference_pictures(encoded, layer: int) -> dict[int, av.VideoFrame]:
 
 def test_vp8_spatial_switches_real_encoder(monkeypatch) -> None:
     monkeypatch.setattr(rtp_munger.random, "getrandbits", lambda bits: (1 << bits) - 4)  # viewer wraps early
+    monkeypatch.setattr(rtp_munger, "initial_sequence_number", lambda: 65_532)
     sizes = {0: (320, 240), 1: (160, 120)}
     keyframes = {0: {0, 26}, 1: {0, 12}}  # the PLI-triggered key frames each switch waits for
     encoded = aiortc_layers(36, sizes, keyframes, first_pid={0: 32_760, 1: 1_000})
