@@ -51,7 +51,6 @@ class ViewerBandwidth:
         # GCC §4: the pacer sends at 2.5x the estimate, so a keyframe (tens of packets at once) does not hit the
         # path as one burst, queue up at its bottleneck, read as over-use and lose its tail.
         self.pacer = Pacer(INITIAL_BPS, factor=PACING_FACTOR)
-        self._now = 0  # µs, read by may_send_now for the packet being sent
         self._drain: Optional[asyncio.TimerHandle] = None
 
     # ---- per packet (the forwarding path) ----------------------------------------------------------
@@ -60,11 +59,11 @@ class ViewerBandwidth:
         self._seq = (seq + 1) & 0xFFFF
         return seq
 
-    def may_send_now(self, size: int) -> bool:
-        """The pacer lets a packet of `size` bytes out now (and charges it), or it must be queued. Remembers the
-        time it read, for the `sent` that follows on the same packet (one clock read per packet)."""
-        self._now = now = time.monotonic_ns() // 1000
-        return self.pacer.can_send_now(size, now)
+    def may_send_now(self, size: int) -> int:
+        """The send time (µs, for the `sent` that follows: one clock read per packet) when the pacer lets a packet of
+        `size` bytes out now (and charges it); 0 when it must be queued."""
+        now = time.monotonic_ns() // 1000
+        return now if self.pacer.can_send_now(size, now) else 0
 
     def enqueue(self, down: "DownTrack", template: "Template", seq: int, timestamp: int, ssrc: int, size: int) -> None:
         """Queue a packet the pacer holds back; its timer sends it (with its transport-wide seq) when due."""

@@ -291,10 +291,11 @@ class DownTrack:
         if template[1] and bandwidth is not None:
             if paced and self.kind == "video":
                 size = len(template[2]) + PACED_HEADER_BYTES
-                if not bandwidth.may_send_now(size):
+                now = bandwidth.may_send_now(size)
+                if not now:
                     bandwidth.enqueue(self, template, seq, timestamp, ssrc, size)
                     return size
-                return self.send_stamped(template, seq, timestamp, ssrc, bandwidth._now)
+                return self.send_stamped(template, seq, timestamp, ssrc, now)
             return self.send_stamped(template, seq, timestamp, ssrc)
         return self._send_rtp(assemble(template, seq, timestamp, ssrc))
 
