@@ -194,6 +194,11 @@ def hook_packets(
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
 
+# What aioice 0.13's stun.parse_message raises on malformed attributes besides its ValueError (found by fuzzing it;
+# e.g. an empty CHANGE-REQUEST value gives struct.error).
+STUN_PARSE_ESCAPES = (struct.error, IndexError, KeyError, UnicodeDecodeError)
+
+
 class Demultiplexer:
     """Per-socket datagram demultiplexing (RFC 7983 §7) in front of aioice; see the module docstring.
 
@@ -232,7 +237,7 @@ class Demultiplexer:
                 return
             try:
                 original(data, addr)
-            except (struct.error, IndexError, KeyError, UnicodeDecodeError):  # aioice 0.13 lets these escape
+            except STUN_PARSE_ESCAPES:
                 self._on_drop("stun_malformed")
 
         return datagram_received
@@ -431,7 +436,6 @@ class PacketSender:
         self._send_rtp = self._send_rtcp = None
 
 
-
 class _PortView:
     """What one session's aioice StunProtocol sees of the shared socket: an asyncio.DatagramTransport look-alike."""
 
@@ -498,7 +502,7 @@ class SharedUdpPort(asyncio.DatagramProtocol):
             return None
         try:
             message = stun.parse_message(data)
-        except (ValueError, struct.error, IndexError, KeyError, UnicodeDecodeError):
+        except (ValueError, *STUN_PARSE_ESCAPES):
             return None
         username = message.attributes.get("USERNAME")
         if not isinstance(username, str) or ":" not in username:
