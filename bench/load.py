@@ -29,7 +29,6 @@ import pathlib
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,7 +78,9 @@ def have_taskset() -> bool:
 class Server:
     """A server process (whipgate or the baseline) pinned to `core`."""
 
-    def __init__(self, kind: str, workdir: pathlib.Path, core: Optional[int], name: str = "") -> None:
+    stop_timeout = 10.0  # seconds a SIGTERM may take before SIGKILL
+
+    def __init__(self, kind: str, workdir: pathlib.Path, core: Optional[int], name: str = "", http_config: str = "") -> None:
         self.kind = kind
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -87,9 +88,9 @@ class Server:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    PYTHONUNBUFFERED="1")
         if kind == "whipgate":
-            config = workdir / "whipgate.toml"
+            config = workdir / f"whipgate{'-' + name if name else ''}.toml"
             config.write_text(
-                f'[http]\nlisten = "127.0.0.1:{self.port}"\n'
+                f'[http]\nlisten = "127.0.0.1:{self.port}"\n{http_config}'
                 '[rtc]\nice_addresses = ["127.0.0.1"]\nice_timeout = 30.0\n'
                 '[log]\nlevel = "warning"\n'
             )
@@ -126,7 +127,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

@@ -164,7 +164,7 @@ def publisher_offer(transport: list[str], audio_ssrc: int, video_ssrcs: list[int
     cname = secrets.token_hex(8)
     lines = _session_lines()
     lines += _media_head("audio", OPUS_PT, "0", "sendonly", transport)
-    lines += [f"a=extmap:{EXT_MID} {URI_MID}", f"a=msid:bench audio", f"a=rtpmap:{OPUS_PT} opus/48000/2",
+    lines += [f"a=extmap:{EXT_MID} {URI_MID}", "a=msid:bench audio", f"a=rtpmap:{OPUS_PT} opus/48000/2",
               f"a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1", f"a=ssrc:{audio_ssrc} cname:{cname}"]
     lines += _media_head("video", H264_PT, "1", "sendonly", transport)
     lines += ["a=rtcp-rsize", f"a=extmap:{EXT_MID} {URI_MID}"]

@@ -42,7 +42,7 @@ from aiortc.codecs.vpx import Vp8Encoder  # noqa: E402
 from clients import SyntheticVideoTrack  # noqa: E402
 from conftest import launch_gateway  # noqa: E402
 from gateway.relay import relay_offer_media  # noqa: E402
-from gateway.rtcp import PictureLossIndication, parse_or_count  # noqa: E402
+from gateway.rtcp import parse_or_count  # noqa: E402
 from gateway.rtp import RtpError, build_header, parse_rtp  # noqa: E402
 from gateway.sdp import EXT_MID, Codec, OfferMediaSpec, parse_offer, write_offer  # noqa: E402
 from gateway.transport import PeerTransport  # noqa: E402

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,40 +31,21 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.load import STREAM, add_viewers, free_port, percentile  # noqa: E402
+from bench.load import STREAM, Server, add_viewers, percentile  # noqa: E402
 from bench.load_media import encode_clip  # noqa: E402
 from bench.load_peers import Publisher, loss_between, proc_cpu_seconds, raise_fd_limit  # noqa: E402
 
 
-class Gateway:
-    """`python -m gateway serve` with `http.workers` = workers."""
+class Gateway(Server):
+    """`python -m gateway serve` with `http.workers` = workers (bench/load.py's Server, not pinned)."""
+
+    stop_timeout = 20.0  # the front stops its workers first
 
     def __init__(self, workers: int, workdir: pathlib.Path) -> None:
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        config = workdir / f"workers{workers}.toml"
-        config.write_text(
-            f'[http]\nlisten = "127.0.0.1:{port}"\nworkers = {workers}\n'
-            '[rtc]\nice_addresses = ["127.0.0.1"]\nice_timeout = 30.0\n[log]\nlevel = "warning"\n'
-        )
-        self.log_path = workdir / f"workers{workers}.log"
-        self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+        super().__init__("whipgate", workdir, core=None, name=f"workers{workers}", http_config=f"workers = {workers}\n")
 
-    async def wait_healthy(self, http: httpx.AsyncClient, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                if (await http.get(self.base_url + "/healthz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-        raise RuntimeError("gateway not healthy")
+    async def wait_healthy(self, http: httpx.AsyncClient, timeout: float = 90.0) -> None:  # type: ignore[override]
+        await super().wait_healthy(timeout)
 
     async def pids(self, http: httpx.AsyncClient) -> list[tuple[str, int]]:
         """(name, pid) of every gateway process: the front and its workers, or the one process."""
@@ -73,15 +53,6 @@ class Gateway:
         if response.status_code != 200:
             return [("gateway", self.proc.pid)]
         return [("front", self.proc.pid)] + [(f"w{w['worker']}", w["pid"]) for w in response.json()]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
 
 
 async def measure(workers: int, count: int, opts: argparse.Namespace, clip, workdir: pathlib.Path) -> dict:
