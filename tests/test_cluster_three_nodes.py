@@ -53,7 +53,7 @@ async def events(http: httpx.AsyncClient, viewer: WhepViewer) -> asyncio.Queue:
 
 async def next_event(queue: asyncio.Queue, wanted: str, timeout: float) -> None:
     async with asyncio.timeout(timeout):
-        while (name := await queue.get()) != wanted:
+        while await queue.get() != wanted:
             pass
 
 

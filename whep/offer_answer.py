@@ -115,39 +115,36 @@ def negotiate_play(offer: Offer, stream: Stream, cname: str) -> PlayPlan:
         if transport_cc_id is not None:
             extensions.append((transport_cc_id, EXT_TRANSPORT_CC))
         track_id = f"{media.kind}-{stream.name}"
-        if relay_rids:
-            extensions.append((media.extensions[EXT_RID], EXT_RID))
-            answer.append(
-                AnsweredMedia(
-                    media,
-                    "sendonly",
-                    codecs=codecs,
-                    extensions=sorted(extensions),
-                    extra_lines=[f"a=msid:{msid_stream} {track_id}"]
-                    + [f"a=rid:{rid} send" for rid in relay_rids]
-                    + ["a=simulcast:send " + ";".join(relay_rids)],
-                )
+        extra_lines = [f"a=msid:{msid_stream} {track_id}"]
+        ssrc_lines: list[str] = []
+
+        def egress(rtx_payload_type: Optional[int], rid: Optional[tuple[int, str]] = None) -> EgressProfile:
+            return EgressProfile(
+                payload_type=offered.payload_type,
+                rtx_payload_type=rtx_payload_type,
+                mid_id=mid_id,
+                mid_value=media.mid,
+                extension_map=ext_map,
+                transport_cc_id=transport_cc_id,
+                rid=rid,
             )
+
+        if relay_rids:
+            # A relay (RFC 8853 §5.1 receive offer): every layer on its own SSRC with its rid, no switching.
+            rid_id = media.extensions[EXT_RID]
+            extensions.append((rid_id, EXT_RID))
+            extra_lines += [f"a=rid:{rid} send" for rid in relay_rids] + ["a=simulcast:send " + ";".join(relay_rids)]
             for rid in relay_rids:
-                profile = EgressProfile(
-                    payload_type=offered.payload_type,
-                    rtx_payload_type=None,
-                    mid_id=mid_id,
-                    mid_value=media.mid,
-                    extension_map=ext_map,
-                    transport_cc_id=transport_cc_id,
-                    rid=(media.extensions[EXT_RID], rid),
-                )
-                plans.append(DownTrackPlan(source, profile, _ssrc(), None, rid))
-            continue
-        ssrc = _ssrc()
-        rtx_ssrc = _ssrc() if rtx is not None else None
-        ssrc_lines = []
-        if rtx_ssrc is not None:
-            ssrc_lines.append(f"a=ssrc-group:FID {ssrc} {rtx_ssrc}")
-        for s in (ssrc, rtx_ssrc):
-            if s is not None:
-                ssrc_lines += [f"a=ssrc:{s} cname:{cname}", f"a=ssrc:{s} msid:{msid_stream} {track_id}"]
+                plans.append(DownTrackPlan(source, egress(None, (rid_id, rid)), _ssrc(), None, rid))
+        else:
+            ssrc = _ssrc()
+            rtx_ssrc = _ssrc() if rtx is not None else None
+            if rtx_ssrc is not None:
+                ssrc_lines.append(f"a=ssrc-group:FID {ssrc} {rtx_ssrc}")
+            for s in (ssrc, rtx_ssrc):
+                if s is not None:
+                    ssrc_lines += [f"a=ssrc:{s} cname:{cname}", f"a=ssrc:{s} msid:{msid_stream} {track_id}"]
+            plans.append(DownTrackPlan(source, egress(rtx.payload_type if rtx is not None else None), ssrc, rtx_ssrc))
         answer.append(
             AnsweredMedia(
                 media,
@@ -155,18 +152,9 @@ def negotiate_play(offer: Offer, stream: Stream, cname: str) -> PlayPlan:
                 codecs=codecs,
                 extensions=sorted(extensions),
                 ssrc_lines=ssrc_lines,
-                extra_lines=[f"a=msid:{msid_stream} {track_id}"],
+                extra_lines=extra_lines,
             )
         )
-        profile = EgressProfile(
-            payload_type=offered.payload_type,
-            rtx_payload_type=rtx.payload_type if rtx is not None else None,
-            mid_id=mid_id,
-            mid_value=media.mid,
-            extension_map=ext_map,
-            transport_cc_id=transport_cc_id,
-        )
-        plans.append(DownTrackPlan(source, profile, ssrc, rtx_ssrc))
     if not plans:
         raise OfferRejected("nothing in the offer can receive this stream: it needs a recvonly audio or video section")
     return PlayPlan(answer, plans)
