@@ -1476,9 +1476,10 @@ class LayerSelector:
     ) -> tuple[int, int, str]:
         spatial, temporal, bitrate = options[index]
         previous = self.current
+        previous_bitrate = self._last_bitrate
         if previous is not None and previous != (spatial, temporal):
             self.switches += 1
-            if bitrate > self._last_bitrate:
+            if bitrate > previous_bitrate:
                 self._last_up_us = now_us
             elif reason.startswith("down"):  # not "layer inactive": the publisher stopped it, not our estimate
                 if self._last_up_us is not None and now_us - self._last_up_us <= self.flap_window_us:
@@ -1486,7 +1487,7 @@ class LayerSelector:
                 self._last_down_us = now_us
         self.current = (spatial, temporal)
         self._last_bitrate = bitrate
-        if bitrate > self._last_bitrate_before(previous, options):
+        if previous is not None and bitrate > previous_bitrate:
             # Up: options above the new one keep the time since the estimate supports them (a climb from the
             # lowest to the top layer holds once, not once per step). Down: everything starts over.
             for key in [key for key in self._since if key <= (spatial, temporal)]:
@@ -1495,13 +1496,6 @@ class LayerSelector:
             self._since.clear()
         self._set_probe_target(options, index, estimate, acknowledged_bps, probe_ok_bps)
         return spatial, temporal, reason
-
-    @staticmethod
-    def _last_bitrate_before(previous: tuple[int, int] | None, options: list[tuple[int, int, int]]) -> int:
-        for spatial, temporal, bitrate in options:
-            if (spatial, temporal) == previous:
-                return bitrate
-        return 1 << 62  # no previous option (first choice, or it went away): treat as a downward move
 
     def _set_probe_target(
         self,
