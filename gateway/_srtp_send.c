@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 /* RFC 3711: the RTP header and payload stay in place, SRTP appends at most the MKI and the tag; libsrtp's
@@ -130,6 +131,34 @@ Sender_dealloc(Sender *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Protect the `length` bytes in `buffer` (room for MAX_TRAILER more) in place with `fn` and send them: the bytes
+ * on the wire, 0 when the datagram was dropped (counted), -1 when libsrtp refused the packet (its status in
+ * *status) or the sender is closed (*status = -1). No Python object is touched: the lane fan-out calls it too. */
+static int
+protect_send_buffer(Sender *self, unsigned char *buffer, int length, srtp_protect_fn fn, int *status)
+{
+    if (self->fd < 0) {
+        *status = -1;
+        return -1;
+    }
+    int out_len = length;
+    *status = fn(self->ctx, buffer, &out_len);
+    if (*status != 0)
+        return -1;
+    ssize_t sent;
+    do {
+        sent = sendto(self->fd, buffer, (size_t)out_len, MSG_DONTWAIT, (struct sockaddr *)&self->addr, self->addrlen);
+    } while (sent < 0 && errno == EINTR);
+    if (sent < 0) {
+        /* EAGAIN/EWOULDBLOCK/ENOBUFS: the socket buffer is full; anything else (EPERM from a firewall,
+         * ENETUNREACH, ...) is a datagram the network did not take either. UDP loses it: drop and count. */
+        self->dropped++;
+        self->last_errno = errno;
+        return 0;
+    }
+    return out_len;
+}
+
 /* Protect `packet` with `fn` into a stack buffer and send it: the bytes on the wire, 0 when the datagram was
  * dropped (counted), NULL with an exception when libsrtp refused the packet or it is too long/short. */
 static PyObject *
@@ -159,28 +188,16 @@ protect_and_send(Sender *self, PyObject *packet, srtp_protect_fn fn, Py_ssize_t 
     memcpy(buffer, data, (size_t)length);
     if (have_view)
         PyBuffer_Release(&view);
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "sender is closed");
-        return NULL;
-    }
-    int out_len = (int)length;
-    int status = fn(self->ctx, buffer, &out_len);
-    if (status != 0) {
-        PyErr_Format(self->error, "srtp protect failed (libsrtp status %d)", status);
-        return NULL;
-    }
-    ssize_t sent;
-    do {
-        sent = sendto(self->fd, buffer, (size_t)out_len, MSG_DONTWAIT, (struct sockaddr *)&self->addr, self->addrlen);
-    } while (sent < 0 && errno == EINTR);
+    int status;
+    int sent = protect_send_buffer(self, buffer, (int)length, fn, &status);
     if (sent < 0) {
-        /* EAGAIN/EWOULDBLOCK/ENOBUFS: the socket buffer is full; anything else (EPERM from a firewall,
-         * ENETUNREACH, ...) is a datagram the network did not take either. UDP loses it: drop and count. */
-        self->dropped++;
-        self->last_errno = errno;
-        return PyLong_FromLong(0);
+        if (status == -1)
+            PyErr_SetString(PyExc_ValueError, "sender is closed");
+        else
+            PyErr_Format(self->error, "srtp protect failed (libsrtp status %d)", status);
+        return NULL;
     }
-    return PyLong_FromLong(out_len);
+    return PyLong_FromLong(sent);
 }
 
 static PyObject *
@@ -245,6 +262,378 @@ static PyTypeObject SenderType = {
     .tp_getset = Sender_getset,
 };
 
+/* ---- Lanes: the whole per-viewer forwarding step in C -----------------------------------------------------
+ *
+ * A LaneGroup holds the viewers of one layer that share one egress profile and are in steady state, "armed" by
+ * gateway/sfu/down_track.py: forwarding the layer they receive with no switch pending, no transport-wide sequence
+ * number to stamp and no VP8/VP9 payload to rewrite. For such a viewer forwarding is arithmetic: the current
+ * segment of its RtpMunger (simulcast/rtp_munger.py) maps sequence number and timestamp by fixed offsets. `send`
+ * does, per incoming packet and for every lane: that mapping (the munger's fast path, same rules: at or after the
+ * segment start maps by the offsets; the newest value moves highest_in / last_out / last_ts / last_time), the
+ * 12-byte fixed header (RFC 3550 §5.1) in front of the profile's shared bytes, SRTP protect and sendto. No
+ * Python object is made per viewer.
+ *
+ * A lane that cannot take a packet (older than its segment's start, sender closed, libsrtp refused it, lease
+ * used up) leaves the group BEFORE that packet, its munger state unchanged by it, and comes back from
+ * take_failed() with that state: Python forwards the packet the ordinary way (and may re-arm the lane). The
+ * lease sends every lane through the Python path once per `lease` packets, where PacketSender re-checks the
+ * nominated ICE candidate pair.
+ */
+typedef struct {
+    PyObject *owner;   /* the DownTrack; strong reference while armed */
+    Sender *sender;    /* strong reference */
+    uint32_t ssrc;
+    uint32_t ts_offset;
+    uint32_t last_ts;
+    uint16_t in_start;
+    uint16_t offset;
+    uint16_t highest_in;
+    uint16_t last_out;
+    double last_time;
+    unsigned long long packets;
+    unsigned long long octets;
+    long lease;
+} Lane;
+
+typedef struct {
+    PyObject_HEAD
+    Lane *lanes;
+    Py_ssize_t count;
+    Py_ssize_t capacity;
+    PyObject *failed;                  /* list of (owner, state) since the last take_failed() */
+    unsigned long long socket_full;    /* datagrams the socket did not take, since the last take_drops() */
+    unsigned long long send_failed;
+} LaneGroup;
+
+
+static PyObject *
+lane_state(const Lane *lane)
+{
+    return Py_BuildValue("(iiIdKK)", (int)lane->highest_in, (int)lane->last_out, (unsigned int)lane->last_ts,
+                         lane->last_time, lane->packets, lane->octets);
+}
+
+/* Take lane i out of the group (the last lane moves into its place). */
+static void
+lane_remove(LaneGroup *self, Py_ssize_t i)
+{
+    Lane *lane = &self->lanes[i];
+    PyObject *owner = lane->owner;
+    Sender *sender = lane->sender;
+    self->count--;
+    if (i != self->count)
+        self->lanes[i] = self->lanes[self->count];
+    Py_DECREF(owner);
+    Py_DECREF(sender);
+}
+
+static Py_ssize_t
+lane_find(LaneGroup *self, PyObject *owner)
+{
+    for (Py_ssize_t i = 0; i < self->count; i++)
+        if (self->lanes[i].owner == owner)
+            return i;
+    return -1;
+}
+
+static int
+lane_fail(LaneGroup *self, Py_ssize_t i)
+{
+    PyObject *state = lane_state(&self->lanes[i]);
+    if (state == NULL)
+        return -1;
+    PyObject *item = PyTuple_Pack(2, self->lanes[i].owner, state);
+    Py_DECREF(state);
+    if (item == NULL)
+        return -1;
+    int err = PyList_Append(self->failed, item);
+    Py_DECREF(item);
+    if (err < 0)
+        return -1;
+    lane_remove(self, i);
+    return 0;
+}
+
+static PyObject *
+LaneGroup_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "LaneGroup() takes no arguments");
+        return NULL;
+    }
+    LaneGroup *self = (LaneGroup *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->failed = PyList_New(0);
+    if (self->failed == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+LaneGroup_traverse(LaneGroup *self, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        Py_VISIT(self->lanes[i].owner);
+        Py_VISIT(self->lanes[i].sender);
+    }
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+static int
+LaneGroup_clear(LaneGroup *self)
+{
+    while (self->count > 0)
+        lane_remove(self, self->count - 1);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+static void
+LaneGroup_dealloc(LaneGroup *self)
+{
+    PyObject_GC_UnTrack(self);
+    LaneGroup_clear(self);
+    PyMem_Free(self->lanes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+LaneGroup_arm(LaneGroup *self, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"owner", "sender", "ssrc", "in_start", "offset", "ts_offset", "highest_in",
+                               "last_out", "last_ts", "last_time", "lease", NULL};
+    PyObject *owner, *sender;
+    unsigned long ssrc, ts_offset, last_ts;
+    int in_start, offset, highest_in, last_out;
+    double last_time;
+    long lease;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!kiikiikdl", keywords, &owner, &SenderType, &sender, &ssrc,
+                                     &in_start, &offset, &ts_offset, &highest_in, &last_out, &last_ts, &last_time,
+                                     &lease))
+        return NULL;
+    if (lane_find(self, owner) >= 0) {
+        PyErr_SetString(PyExc_ValueError, "already armed in this group");
+        return NULL;
+    }
+    if (lease <= 0) {
+        PyErr_SetString(PyExc_ValueError, "lease must be positive");
+        return NULL;
+    }
+    if (self->count == self->capacity) {
+        Py_ssize_t capacity = self->capacity ? self->capacity * 2 : 16;
+        Lane *lanes = PyMem_Realloc(self->lanes, (size_t)capacity * sizeof(Lane));
+        if (lanes == NULL)
+            return PyErr_NoMemory();
+        self->lanes = lanes;
+        self->capacity = capacity;
+    }
+    Lane *lane = &self->lanes[self->count++];
+    Py_INCREF(owner);
+    Py_INCREF(sender);
+    lane->owner = owner;
+    lane->sender = (Sender *)sender;
+    lane->ssrc = (uint32_t)ssrc;
+    lane->in_start = (uint16_t)in_start;
+    lane->offset = (uint16_t)offset;
+    lane->ts_offset = (uint32_t)ts_offset;
+    lane->highest_in = (uint16_t)highest_in;
+    lane->last_out = (uint16_t)last_out;
+    lane->last_ts = (uint32_t)last_ts;
+    lane->last_time = last_time;
+    lane->packets = 0;
+    lane->octets = 0;
+    lane->lease = lease;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+LaneGroup_disarm(LaneGroup *self, PyObject *owner)
+{
+    Py_ssize_t i = lane_find(self, owner);
+    if (i < 0)
+        Py_RETURN_NONE;
+    PyObject *state = lane_state(&self->lanes[i]);
+    if (state != NULL)
+        lane_remove(self, i);
+    return state;
+}
+
+static PyObject *
+LaneGroup_counts(LaneGroup *self, PyObject *owner)
+{
+    Py_ssize_t i = lane_find(self, owner);
+    if (i < 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KK)", self->lanes[i].packets, self->lanes[i].octets);
+}
+
+/* send(first_word, rest, seq, ts, now, payload_len) -> packets sent */
+static PyObject *
+LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char buffer[MAX_PACKET + MAX_TRAILER];
+    if (nargs != 6 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send(first_word: int, rest: bytes, seq: int, ts: int, now: float, payload_len: int)");
+        return NULL;
+    }
+    unsigned long first_word = PyLong_AsUnsignedLong(args[0]);
+    unsigned long seq_in = PyLong_AsUnsignedLong(args[2]);
+    unsigned long ts_in = PyLong_AsUnsignedLong(args[3]);
+    double now = PyFloat_AsDouble(args[4]);
+    long payload_len = PyLong_AsLong(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t rest_len = PyBytes_GET_SIZE(args[1]);
+    if (rest_len + MIN_RTP_HEADER > MAX_PACKET) {
+        PyErr_Format(PyExc_ValueError, "packet of %zd bytes (at most %d)", rest_len + MIN_RTP_HEADER, MAX_PACKET);
+        return NULL;
+    }
+    int length = (int)rest_len + MIN_RTP_HEADER;
+    const char *rest = PyBytes_AS_STRING(args[1]);
+    uint16_t seq = (uint16_t)seq_in;
+    uint32_t ts = (uint32_t)ts_in;
+    long sent = 0;
+    Py_ssize_t i = 0;
+    while (i < self->count) {
+        Lane *lane = &self->lanes[i];
+        if ((uint16_t)(seq - lane->in_start) >= 0x8000 || lane->lease <= 0) {
+            if (lane_fail(self, i) < 0)
+                return NULL;
+            continue;
+        }
+        uint16_t out_seq = (uint16_t)(seq + lane->offset);
+        uint32_t out_ts = ts + lane->ts_offset;
+        uint32_t ssrc = lane->ssrc;
+        buffer[0] = (unsigned char)(first_word >> 8);
+        buffer[1] = (unsigned char)first_word;
+        buffer[2] = (unsigned char)(out_seq >> 8);
+        buffer[3] = (unsigned char)out_seq;
+        buffer[4] = (unsigned char)(out_ts >> 24);
+        buffer[5] = (unsigned char)(out_ts >> 16);
+        buffer[6] = (unsigned char)(out_ts >> 8);
+        buffer[7] = (unsigned char)out_ts;
+        buffer[8] = (unsigned char)(ssrc >> 24);
+        buffer[9] = (unsigned char)(ssrc >> 16);
+        buffer[10] = (unsigned char)(ssrc >> 8);
+        buffer[11] = (unsigned char)ssrc;
+        memcpy(buffer + MIN_RTP_HEADER, rest, (size_t)rest_len);
+        int status;
+        int n = protect_send_buffer(lane->sender, buffer, length, lane->sender->protect, &status);
+        if (n < 0) {
+            if (lane_fail(self, i) < 0)
+                return NULL;
+            continue;
+        }
+        /* The packet went through libsrtp (its sequence number is used): the munger's state moves on. */
+        uint16_t ahead = (uint16_t)(seq - lane->highest_in);
+        if (ahead != 0 && ahead < 0x8000) {
+            lane->highest_in = seq;
+            lane->last_out = out_seq;
+            if (out_ts != lane->last_ts) {
+                lane->last_ts = out_ts;
+                lane->last_time = now;
+            }
+        }
+        lane->lease--;
+        if (n > 0) {
+            lane->packets++;
+            lane->octets += (unsigned long long)payload_len;
+            sent++;
+        } else {
+            int e = lane->sender->last_errno;
+            if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS)
+                self->socket_full++;
+            else
+                self->send_failed++;
+        }
+        i++;
+    }
+    return PyLong_FromLong(sent);
+}
+
+static PyObject *
+LaneGroup_take_failed(LaneGroup *self, PyObject *unused)
+{
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *failed = self->failed;
+    self->failed = fresh;
+    return failed;
+}
+
+static PyObject *
+LaneGroup_take_drops(LaneGroup *self, PyObject *unused)
+{
+    PyObject *drops = Py_BuildValue("(KK)", self->socket_full, self->send_failed);
+    if (drops != NULL)
+        self->socket_full = self->send_failed = 0;
+    return drops;
+}
+
+static PyObject *
+LaneGroup_get_failed(LaneGroup *self, void *closure)
+{
+    return PyLong_FromSsize_t(PyList_GET_SIZE(self->failed));
+}
+
+static PyObject *
+LaneGroup_get_drops(LaneGroup *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->socket_full + self->send_failed);
+}
+
+static Py_ssize_t
+LaneGroup_length(LaneGroup *self)
+{
+    return self->count;
+}
+
+static PyMethodDef LaneGroup_methods[] = {
+    {"arm", (PyCFunction)(void (*)(void))LaneGroup_arm, METH_VARARGS | METH_KEYWORDS,
+     "Add a lane: its owner, its Sender, SSRC and munger state (in_start, offset, ts_offset, highest_in, last_out, "
+     "last_ts, last_time), and its lease in packets."},
+    {"disarm", (PyCFunction)LaneGroup_disarm, METH_O,
+     "Remove owner's lane: (highest_in, last_out, last_ts, last_time, packets, octets), or None if not armed."},
+    {"counts", (PyCFunction)LaneGroup_counts, METH_O, "(packets, octets) sent on owner's lane, or None."},
+    {"send", (PyCFunction)(void (*)(void))LaneGroup_send, METH_FASTCALL,
+     "send(first_word, rest, seq, ts, now, payload_len): forward one packet on every lane; packets sent."},
+    {"take_failed", (PyCFunction)LaneGroup_take_failed, METH_NOARGS,
+     "[(owner, state), ...] of the lanes that left the group before a packet since the last call."},
+    {"take_drops", (PyCFunction)LaneGroup_take_drops, METH_NOARGS,
+     "(socket full, send failed) datagrams dropped since the last call."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef LaneGroup_getset[] = {
+    {"failed", (getter)LaneGroup_get_failed, NULL, "lanes waiting in take_failed()", NULL},
+    {"drops", (getter)LaneGroup_get_drops, NULL, "datagrams dropped since take_drops()", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods LaneGroup_as_sequence = {
+    .sq_length = (lenfunc)LaneGroup_length,
+};
+
+static PyTypeObject LaneGroupType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway._srtp_send.LaneGroup",
+    .tp_basicsize = sizeof(LaneGroup),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The armed viewers of one layer and egress profile: map, header, protect and send per packet in C.",
+    .tp_new = LaneGroup_new,
+    .tp_traverse = (traverseproc)LaneGroup_traverse,
+    .tp_clear = (inquiry)LaneGroup_clear,
+    .tp_dealloc = (destructor)LaneGroup_dealloc,
+    .tp_methods = LaneGroup_methods,
+    .tp_getset = LaneGroup_getset,
+    .tp_as_sequence = &LaneGroup_as_sequence,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "gateway._srtp_send", "whipgate's optional SRTP protect + sendto fast path", -1, NULL,
 };
@@ -252,7 +641,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__srtp_send(void)
 {
-    if (PyType_Ready(&SenderType) < 0)
+    if (PyType_Ready(&SenderType) < 0 || PyType_Ready(&LaneGroupType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -260,6 +649,12 @@ PyInit__srtp_send(void)
     Py_INCREF(&SenderType);
     if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
         Py_DECREF(&SenderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&LaneGroupType);
+    if (PyModule_AddObject(m, "LaneGroup", (PyObject *)&LaneGroupType) < 0) {
+        Py_DECREF(&LaneGroupType);
         Py_DECREF(m);
         return NULL;
     }

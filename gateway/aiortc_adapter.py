@@ -82,6 +82,7 @@ __all__ = [
     "install_shims",
     "PacketSender",
     "EGRESS_PATH",
+    "LaneGroup",
     "set_dtls_role",
     "set_ice_controlling",
 ]
@@ -279,6 +280,8 @@ def _address(cdata: Any) -> int:
 
 _native = _load_native()
 EGRESS_PATH = "native" if _native is not None else "python"  # what PacketSender uses by default
+# The compiled fan-out of armed viewers (gateway/sfu/down_track.py lanes), or None without the extension.
+LaneGroup: Any = _native.LaneGroup if _native is not None else None
 
 
 def _python_path(srtp: pylibsrtp.Session, function: Any, sendto: Callable[[Any, Any], None], addr: Any
@@ -406,6 +409,14 @@ class PacketSender:
             return n
         self._dropped()
         return 0
+
+    def native_route(self) -> Any:
+        """The compiled Sender of the current route, for a LaneGroup lane; None on the Python paths or when
+        not connected. The lane keeps it until it leaves its group (at the latest after its lease)."""
+        if self._nominated.get(1) is not self._pair or self._send_rtp is None:
+            if not self._route():
+                return None
+        return self._native
 
     def send_rtcp(self, packet: bytes) -> int:
         if not self._route():

@@ -26,8 +26,8 @@ LAYER_SWITCH_WAIT = Histogram(
 )
 
 
-def count_drop(reason: str) -> None:
-    DROPPED.labels(reason).inc()
+def count_drop(reason: str, count: int = 1) -> None:
+    DROPPED.labels(reason).inc(count)
 
 
 def track_sessions(kind: str, count: Callable[[], int]) -> None:
