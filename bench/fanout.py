@@ -55,8 +55,12 @@ def srtp_session(profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80) -> Sessio
     return Session(Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
 
 
-def incoming(n: int) -> list[bytes]:
-    return [bytes(build_header(i % 30 == 29, 96, i & 0xFFFF, 3000 * (i // 30), 0x1234, [(9, b"0")])) + PAYLOAD for i in range(n)]
+def incoming(n: int, plain: bool = False) -> list[bytes]:
+    """n packets of 30 fps video: VP8 (as browsers publish), or with `plain` H.264 (an IDR, then non-IDR slices)."""
+    def payload(i: int) -> bytes:
+        return PAYLOAD if not plain else (b"\x65" if i == 0 else b"\x41") + PAYLOAD[1:]
+    return [bytes(build_header(i % 30 == 29, 96, i & 0xFFFF, 3000 * (i // 30), 0x1234, [(9, b"0")])) + payload(i)
+            for i in range(n)]
 
 
 async def open_sink() -> tuple[socket.socket, tuple[str, int], asyncio.DatagramTransport]:
@@ -68,6 +72,9 @@ async def open_sink() -> tuple[socket.socket, tuple[str, int], asyncio.DatagramT
 
 
 PATHS = {"pylibsrtp": "pylibsrtp+uvloop", "python": "python", "native": "fast path"}
+# The fan-out table adds "lanes": the fast path's sender with viewers armed in C lane groups (DownTrack._arm),
+# the default in the gateway for viewers without transport-cc and without a VP8/VP9 picture id rewrite.
+FANOUT_PATHS = {**PATHS, "lanes": "C lanes"}
 
 
 SRTP_PROFILES = {"sha1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "gcm": Policy.SRTP_PROFILE_AEAD_AES_128_GCM}
@@ -76,19 +83,21 @@ SRTP_PROFILES = {"sha1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "gcm": Policy
 async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = False, path: str = "pylibsrtp",
                        srtp_profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80) -> float:
     sink, addr, transport = await open_sink()
-    codec = Codec(96, "VP8", 90000, None, {}, ["nack", "nack pli"])
+    codec = Codec(96, "VP8" if transport_cc else "H264", 90000, None, {}, ["nack", "nack pli"])
     track = PublishedTrack(
         kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
         rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
     )
     track.layers[0].ssrc = 0x1234
     senders = []
+    lanes = path == "lanes"
     for i in range(viewers):
-        sender = rtc.PacketSender.on_transport(transport, addr, srtp_session(srtp_profile), path=path)
+        sender = rtc.PacketSender.on_transport(transport, addr, srtp_session(srtp_profile), path="native" if lanes else path)
         senders.append(sender)
         send = sender.send_rtp
         profile = EgressProfile(100, None, 1, "0", (), transport_cc_id=3 if transport_cc else None)
-        down = DownTrack(track, profile, ssrc=1000 + i, rtx_ssrc=None, cname="b", send_rtp=send, send_rtcp=lambda b: 0)
+        down = DownTrack(track, profile, ssrc=1000 + i, rtx_ssrc=None, cname="b", send_rtp=send, send_rtcp=lambda b: 0,
+                         native_sender=sender.native_route if lanes else None)
         if transport_cc:
             down.bandwidth = ViewerBandwidth(transport_cc=True)
             # A viewer whose estimate is far above the stream: the pacer's budget check runs per packet, but
@@ -100,6 +109,8 @@ async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = 
     for data in packets:
         track.on_packet(layer, parse_rtp(data), 0.0)
     cpu = time.process_time() - start
+    forwarded = sum(d.packets_sent for d in track.down_tracks)
+    assert forwarded >= (len(packets) - 1) * viewers, f"{path}: {forwarded} of {len(packets) * viewers} forwarded"
     for sender in senders:
         sender.close()
     transport.close()
@@ -272,6 +283,10 @@ async def main() -> None:
     parser.add_argument("--no-fanout", action="store_true")
     parser.add_argument("--srtp", choices=list(SRTP_PROFILES), default="sha1_80",
                         help="whipgate viewers' SRTP profile in the fan-out table (the baseline keeps sha1_80)")
+    parser.add_argument("--viewers-kind", choices=["twcc", "plain"], default="twcc",
+                        help="twcc: VP8 viewers with a transport-wide seq stamped and logged (browsers); plain: H.264 "
+                             "viewers without transport-cc (players, relays, bench/load.py's viewers), which the C "
+                             "lanes forward: the table gets a 'C lanes' column")
     args = parser.parse_args()
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"event loop: {loop_name}, python {sys.version.split()[0]}, default egress path: {rtc.EGRESS_PATH}")
@@ -279,11 +294,14 @@ async def main() -> None:
         await run_sender(args.sender_calls, max(args.repeat, 3))
     if args.no_fanout:
         return
-    paths = [p for p in PATHS if p != "native" or rtc.EGRESS_PATH == "native"]
-    packets = incoming(args.packets)
-    print(f"fan-out of {args.packets} x 1112-byte RTP packets, CPU us per packet per viewer (+TWCC: the path browsers get), "
-          f"SRTP {args.srtp}")
-    head = [f"{'+TWCC ' + PATHS[p]:>22}" for p in paths]
+    twcc = args.viewers_kind == "twcc"
+    paths = [p for p in FANOUT_PATHS if p in ("pylibsrtp", "python") or rtc.EGRESS_PATH == "native"]
+    if twcc:
+        paths = [p for p in paths if p != "lanes"]  # a transport-cc viewer is never armed
+    packets = incoming(args.packets, plain=not twcc)
+    kind = "+TWCC VP8 (the path browsers get)" if twcc else "plain H.264 (no transport-cc)"
+    print(f"fan-out of {args.packets} x 1112-byte RTP packets, CPU us per packet per viewer, {kind}, SRTP {args.srtp}")
+    head = [f"{('+TWCC ' if twcc else '') + FANOUT_PATHS[p]:>22}" for p in paths]
     print(f"{'run':>3} {'viewers':>7} | {' | '.join(head)} | {'pkts/s/core':>11} | {'before/fast':>11} | "
           f"{'baseline':>8} | {'baseline/fast':>13}")
     for run in range(args.repeat):
@@ -291,7 +309,7 @@ async def main() -> None:
             n = args.packets * viewers
             us = {}
             for p in (paths if run % 2 == 0 else paths[::-1]):
-                us[p] = await run_whipgate(packets, viewers, True, p, SRTP_PROFILES[args.srtp]) / n * 1e6
+                us[p] = await run_whipgate(packets, viewers, twcc, p, SRTP_PROFILES[args.srtp]) / n * 1e6
             base = await run_baseline(packets, viewers) / n * 1e6
             fast = us[paths[-1]]
             cells = " | ".join(f"{us[p]:>22.2f}" for p in paths)

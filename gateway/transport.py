@@ -21,7 +21,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import aioice.ice
 
@@ -117,7 +117,6 @@ class PeerTransport:
         self.closed = asyncio.Event()
         self.connected = False
         self.remote_ufrag: Optional[str] = None
-        self.bytes_sent = 0
 
     def _guard(self, handler: Callable[..., None]) -> Callable[..., None]:
         """No packet may stop this transport's receive loop: a handler error is counted, logged once, dropped."""
@@ -282,9 +281,12 @@ class PeerTransport:
         sender = self._sender
         if sender is None:
             return 0
-        n = sender.send_rtp(packet)
-        self.bytes_sent += n
-        return n
+        return sender.send_rtp(packet)
+
+    def native_sender(self) -> Any:
+        """The compiled sender of the nominated pair (gateway/sfu/down_track.py arms C lanes on it), or None."""
+        sender = self._sender
+        return sender.native_route() if sender is not None else None
 
     def send_rtcp(self, packet: bytes) -> int:
         sender = self._sender

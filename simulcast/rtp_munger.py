@@ -310,6 +310,22 @@ class RtpMunger(_Segments):
             return None
         return out_seq, (ts + self._ts_offset) & _TS_MASK
 
+    def lane_state(self) -> tuple[int, int, int, int, int, int, float] | None:
+        """What a compiled lane (gateway/_srtp_send.c LaneGroup) needs to run `map`'s fast path for the current
+        segment: (in_start, offset, ts_offset, highest_in, last_out, last_ts, last_time); None before the first
+        switch. The lane applies the same rules and gives the moved state back through `resume`."""
+        if not self._started:
+            return None
+        return (self._in_start, self._offset, self._ts_offset, self._highest_in, self._last_out, self._last_ts,
+                self._last_time)
+
+    def resume(self, highest_in: int, last_out: int, last_ts: int, last_time: float) -> None:
+        """Take back the state a compiled lane moved on while it forwarded the current segment."""
+        self._highest_in = highest_in
+        self._last_out = last_out
+        self._last_ts = last_ts
+        self._last_time = last_time
+
     def unmap(self, out_seq: int) -> Origin | None:
         """The packet a viewer's NACK names (RFC 4585 §6.2.1): `Origin(layer, seq, ts_offset)` of the current or
         an earlier segment (earlier layers included), or None when `out_seq` was never sent or is too old.

@@ -80,7 +80,8 @@ class ViewerSession(PeerSession):
 
     def _down_args(self, plan: "DownTrackPlan") -> dict:
         return dict(ssrc=plan.ssrc, rtx_ssrc=plan.rtx_ssrc, cname=self.cname,
-                    send_rtp=self.transport.send_rtp, send_rtcp=self.transport.send_rtcp)
+                    send_rtp=self.transport.send_rtp, send_rtcp=self.transport.send_rtcp,
+                    native_sender=self.transport.native_sender)
 
     def extension_links(self) -> list[tuple[str, str]]:
         return extension_links(self.location)

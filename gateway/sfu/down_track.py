@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from gateway import metrics
+from gateway.aiortc_adapter import LaneGroup
 from gateway.rtcp import build_sdes_cname, build_sender_report
 from gateway.rtp import RtpPacket
 from gateway.sdp import same_codec
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 
 PACED_HEADER_BYTES = 16 + 8 + 10 + 28  # RTP fixed header + transport-cc extension + SRTP tag + IP/UDP: what the pacer charges
+# Packets an armed viewer's C lane forwards before it takes one packet through the Python path again, where its
+# PacketSender re-checks the nominated ICE pair (~3-10 s of video, ~10 s of Opus).
+LANE_LEASE = 512
 
 
 class RetransmissionBudget:
@@ -86,6 +90,7 @@ class DownTrack:
         cname: str,
         send_rtp: Callable[[bytes], int],
         send_rtcp: Callable[[bytes], int],
+        native_sender: Optional[Callable[[], object]] = None,
     ) -> None:
         self.source = source
         self.kind = source.kind
@@ -95,6 +100,10 @@ class DownTrack:
         self.cname = cname
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
+        # The compiled sender of the viewer's route (PeerTransport.native_sender): with it, a viewer in steady
+        # state is forwarded by a C lane of its layer (see `_arm`); `lanes` is the LaneGroup it is armed in.
+        self._native_sender = native_sender if LaneGroup is not None else None
+        self.lanes: Optional[object] = None
         self.munger = RtpMunger(source.codec.clock_rate)
         codec_mungers = {"vp8": vp8.Vp8Munger, "vp9": vp9.Vp9Munger}
         self.codec_munger = codec_mungers[source.codec_key]() if source.codec_key in codec_mungers else None
@@ -103,8 +112,8 @@ class DownTrack:
         self.pinned: Optional["LayerRequest"] = None  # WHEP layer extension: a viewer's own choice
         self.reason = "automatic"
         self.active = False
-        self.packets_sent = 0
-        self.octets_sent = 0
+        self._packets_sent = 0  # forwarded by the Python path; a lane counts its own (see packets_sent)
+        self._octets_sent = 0
         self.retransmissions = 0
         self._budget = RetransmissionBudget()
         self.switches = 0
@@ -145,6 +154,51 @@ class DownTrack:
     def stop(self) -> None:
         self.active = False
         self.source.detach(self)
+
+    # ---- the compiled lane -------------------------------------------------------------------------
+    def _arm(self, layer: "Layer") -> None:
+        """Hand this viewer's forwarding of `layer` to the layer's C lane group (gateway/_srtp_send.c): called after
+        the Python path forwarded a packet, for a viewer with nothing per packet that only Python does (no
+        transport-wide sequence number, no VP8/VP9 picture id rewrite, no switch pending). The lane runs the
+        munger's fast path, header, protect and send; whatever else happens to this viewer settles it first."""
+        sender = self._native_sender() if self._native_sender is not None else None
+        state = self.munger.lane_state() if sender is not None else None
+        if state is None:
+            return
+        group = self.source.lane_group(layer, self.profile)
+        group.arm(self, sender, self.ssrc, *state, LANE_LEASE)  # type: ignore[attr-defined]
+        self.lanes = group
+
+    def settle(self) -> None:
+        """Leave the C lane, if armed: the munger state and counts it moved on come back here."""
+        group = self.lanes
+        if group is not None:
+            state = group.disarm(self)  # type: ignore[attr-defined]
+            self.lanes = None
+            if state is not None:
+                self.lane_left(state)
+
+    def lane_left(self, state: tuple[int, int, int, float, int, int]) -> None:
+        """The lane's state after it left its group (settle, or the group gave it up before a packet)."""
+        self.lanes = None
+        highest_in, last_out, last_ts, last_time, packets, octets = state
+        self.munger.resume(highest_in, last_out, last_ts, last_time)
+        self._packets_sent += packets
+        self._octets_sent += octets
+
+    def _lane_counts(self) -> tuple[int, int]:
+        group = self.lanes
+        counts = group.counts(self) if group is not None else None  # type: ignore[attr-defined]
+        return counts if counts is not None else (0, 0)
+
+    @property
+    def packets_sent(self) -> int:
+        return self._packets_sent + self._lane_counts()[0]
+
+    @property
+    def octets_sent(self) -> int:
+        """Payload octets sent (RFC 3550 §6.4.1 sender's octet count)."""
+        return self._octets_sent + self._lane_counts()[1]
 
     # ---- changing the source (a publisher leaves, another takes its place) ---------------------------
     def unbind(self) -> None:
@@ -205,6 +259,7 @@ class DownTrack:
         old = self.target
         if new is old:
             return
+        self.settle()
         current = self.current
         self._congested = (
             new is not None and current is not None and new.spatial_id < current.spatial_id and self.reason.startswith("down")
@@ -249,6 +304,8 @@ class DownTrack:
         """Send one packet of `layer` to this viewer if it is the layer it receives; 1 if sent, else 0.
 
         `descriptor` and `payload` (VP8/VP9 only) are parsed once per incoming packet by the track."""
+        if self.lanes is not None:  # called directly while armed (start()'s keyframe replay): Python takes over
+            self.settle()
         if layer is not self.current:
             if layer is not self.target or (self.kind == "video" and not keyframe):
                 return 0
@@ -267,8 +324,11 @@ class DownTrack:
         out_seq, out_ts = mapped
         if not self._send(template, out_seq, out_ts, self.ssrc):
             return 0
-        self.packets_sent += 1
-        self.octets_sent += packet.payload_end - packet.payload_offset
+        self._packets_sent += 1
+        self._octets_sent += packet.payload_end - packet.payload_offset
+        if (self._native_sender is not None and layer is self.target and self.codec_munger is None
+                and self.profile.transport_cc_id is None and self.active):
+            self._arm(layer)
         return 1
 
     def _rewrite_payload(self, template: Template, payload: bytes, descriptor: object) -> Optional[Template]:
@@ -312,6 +372,7 @@ class DownTrack:
 
     def send_padding(self, size: int) -> int:
         """Padding-only RTX packets (bandwidth probes); bytes put on the wire, 0 without RTX."""
+        self.settle()  # the padding carries the munger's last timestamp
         if self.profile.rtx_payload_type is None or self.rtx_ssrc is None or not self.active:
             return 0
         sent = 0
@@ -345,6 +406,7 @@ class DownTrack:
     # ---- viewer feedback ---------------------------------------------------------------------------
     def on_nack(self, lost: list[int]) -> None:
         """Resend what the viewer lost: on RTX when negotiated (RFC 4588 §4), else the packet again."""
+        self.settle()  # unmap reads the munger's newest outgoing value
         layers = self.source.layers
         now = time.monotonic()
         video = self.kind == "video"

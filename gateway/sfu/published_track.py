@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from gateway import metrics
+from gateway.aiortc_adapter import LaneGroup
 from gateway.rtp import RtpPacket
 from gateway.sfu.egress import EgressProfile, Template
 from simulcast import vp8, vp9
@@ -76,6 +77,8 @@ class PublishedTrack:
         # refresh() asks again, rate limited per layer, until each has switched.
         self.switching: set["DownTrack"] = set()
         self._profiles: dict[tuple, EgressProfile] = {}
+        # Per layer (by offer_index): the C lane groups of its armed viewers, one per egress profile (DownTrack._arm).
+        self._lanes: list[dict[EgressProfile, object]] = [{} for _ in self.layers]
         self.on_layers_changed: list["Callable[[PublishedTrack], None]"] = []
 
     # ---- the fan-out -------------------------------------------------------------------------------
@@ -93,8 +96,11 @@ class PublishedTrack:
             payload = packet.data[packet.payload_offset : packet.payload_end]
             descriptor = self.parse_descriptor(payload)
         templates: dict[EgressProfile, Template] = {}
-        sent = 0
+        lanes = self._lanes[layer.offer_index]
+        sent = self._send_on_lanes(lanes, templates, packet, now) if lanes else 0
         for down in subscribers:
+            if down.lanes is not None:
+                continue  # forwarded by its lane above
             profile = down.profile
             template = templates.get(profile)
             if template is None:
@@ -105,6 +111,46 @@ class PublishedTrack:
                 metrics.count_drop("forward_error")
                 log.exception("forwarding to a viewer failed")
         metrics.forwarded_packets[self.kind] += sent
+
+    def _send_on_lanes(self, lanes: dict, templates: dict, packet: RtpPacket, now: float) -> int:
+        """The armed viewers of this packet's layer, one C call per egress profile. A lane that cannot take the
+        packet leaves its group first (its state comes back to its DownTrack), so the loop in on_packet forwards
+        it the Python way."""
+        sent = 0
+        seq, ts = packet.sequence_number, packet.timestamp
+        size = packet.payload_end - packet.payload_offset
+        for profile, group in lanes.items():
+            if not group:
+                continue
+            template = templates.get(profile)
+            if template is None:
+                template = templates[profile] = profile.build(packet)
+            try:
+                sent += group.send(template[0], template[2], seq, ts, now, size)
+            except Exception:  # e.g. a packet too long for the compiled path: every lane goes the Python way
+                metrics.count_drop("forward_error")
+                log.exception("forwarding on a lane group failed")
+                for down in self.down_tracks:
+                    if down.lanes is group:
+                        down.settle()
+            if group.failed:
+                for down, state in group.take_failed():
+                    down.lane_left(state)
+            if group.drops:
+                full, failed = group.take_drops()
+                if full:
+                    metrics.count_drop("egress_socket_full", full)
+                if failed:
+                    metrics.count_drop("egress_send_failed", failed)
+        return sent
+
+    def lane_group(self, layer: Layer, profile: EgressProfile) -> object:
+        """The C lane group of `layer`'s viewers with `profile` (made on first use)."""
+        lanes = self._lanes[layer.offer_index]
+        group = lanes.get(profile)
+        if group is None:
+            group = lanes[profile] = LaneGroup()
+        return group
 
     # ---- layers ------------------------------------------------------------------------------------
     @property
@@ -165,6 +211,7 @@ class PublishedTrack:
         self.down_tracks = self.down_tracks + (down,)
 
     def detach(self, down: "DownTrack") -> None:
+        down.settle()
         self.down_tracks = tuple(d for d in self.down_tracks if d is not down)
         self.switching.discard(down)
         for layer in self.layers:

@@ -1,0 +1,214 @@
+"""C lanes (gateway/_srtp_send.c LaneGroup): an armed viewer gets exactly the bytes the Python path would send.
+
+Two viewers of one track receive the same packets, one through the Python path and one armed in a C lane, each
+with its own real libsrtp session; what reaches their sockets is unprotected and compared header by header and
+payload by payload (sequence numbers and timestamps relative to each viewer's random start). Then the cases
+where a lane must hand a packet back to Python: a packet older than its segment, the lease running out, a NACK,
+a layer switch, a closed sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+
+import pylibsrtp
+import pytest
+from pylibsrtp import Policy, Session
+
+from gateway import aiortc_adapter as rtc
+from gateway.rtp import build_header, parse_rtp
+from gateway.sdp import Codec
+from gateway.sfu import down_track as down_track_module
+from gateway.sfu.down_track import DownTrack
+from gateway.sfu.egress import EgressProfile
+from gateway.sfu.published_track import PublishedTrack
+
+pytestmark = pytest.mark.skipif(rtc.LaneGroup is None, reason="the compiled egress path is not built")
+
+MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+BODY = os.urandom(900)
+
+
+def packet(seq: int, ts: int, keyframe: bool = False, marker: bool = False, ssrc: int = 0x1234) -> bytes:
+    nal = b"\x65" if keyframe else b"\x41"  # H.264 IDR / non-IDR slice
+    return bytes(build_header(marker, 96, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc, [(9, b"0")])) + nal + (seq & 0xFFFF).to_bytes(2, "big") + BODY
+
+
+class Viewer:
+    """One viewer's socket and SRTP receive session; its sender (PacketSender on a shared datagram transport)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+        key = os.urandom(30)
+        self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sink.bind(("127.0.0.1", 0))
+        self.sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sink.setblocking(False)
+        profile = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+        policy = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+        policy.allow_repeat_tx = True  # as aiortc's sessions: a NACK without RTX resends the same index
+        tx = Session(policy)
+        self.rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
+        self.sender = rtc.PacketSender.on_transport(transport, self.sink.getsockname(), tx, path="native")
+
+    def received(self) -> list[bytes | None]:
+        out = []
+        while True:
+            try:
+                data = self.sink.recv(2048)
+            except BlockingIOError:
+                return out
+            try:
+                out.append(self.rx.unprotect(data))
+            except pylibsrtp.Error as exc:  # a resend of the same index (a NACK without RTX) is a replay to libsrtp
+                assert "replay" in str(exc), exc
+                out.append(None)
+
+    def close(self) -> None:
+        self.sender.close()
+        self.sink.close()
+
+
+def relative(packets: list[bytes | None]) -> list[tuple]:
+    """(marker+pt, seq - first seq, ts - first ts, rest) per packet: comparable across random starts; a replayed
+    index is ("replayed",)."""
+    first = next((p for p in packets if p is not None), None)
+    if first is None:
+        return [("replayed",)] * len(packets)
+    seq0, ts0 = struct.unpack_from("!HI", first, 2)
+    out = []
+    for p in packets:
+        if p is None:
+            out.append(("replayed",))
+            continue
+        seq, ts = struct.unpack_from("!HI", p, 2)
+        out.append((p[1], (seq - seq0) & 0xFFFF, (ts - ts0) & 0xFFFFFFFF, p[12:]))
+    return out
+
+
+@pytest.fixture
+async def pair():
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    codec = Codec(96, "H264", 90000, None, {}, ["nack", "nack pli"])
+    track = PublishedTrack(
+        kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
+        rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
+    )
+    track.layers[0].ssrc = 0x1234
+    viewers = [Viewer(transport), Viewer(transport)]
+    downs = []
+    for i, (viewer, lanes) in enumerate(zip(viewers, (False, True))):
+        profile = EgressProfile(100, None, 1, "0", ())
+        down = DownTrack(track, profile, ssrc=0xA000 + i, rtx_ssrc=None, cname="c", send_rtp=viewer.sender.send_rtp,
+                         send_rtcp=lambda b: 0, native_sender=viewer.sender.native_route if lanes else None)
+        down.start()
+        downs.append(down)
+    yield track, viewers, downs
+    for v in viewers:
+        v.close()
+    transport.close()
+
+
+def feed(track: PublishedTrack, packets: list[bytes]) -> None:
+    layer = track.layers[0]
+    for data in packets:
+        track.on_packet(layer, parse_rtp(data), time.monotonic())  # a held keyframe is replayed while < 1 s old
+
+
+async def drained(viewers: list[Viewer]) -> tuple[list[tuple], list[tuple]]:
+    await asyncio.sleep(0.05)
+    python_side, lane_side = (relative(v.received()) for v in viewers)
+    return python_side, lane_side
+
+
+async def test_armed_viewer_gets_the_python_paths_bytes(pair) -> None:
+    track, viewers, (python_down, lane_down) = pair
+    stream = [packet(100 + i, 3000 * (i // 3), keyframe=i < 3, marker=i % 3 == 2) for i in range(300)]
+    feed(track, stream)
+    assert lane_down.lanes is not None and python_down.lanes is None
+    python_side, lane_side = await drained(viewers)
+    assert len(python_side) == 300
+    assert lane_side == python_side
+    assert lane_down.packets_sent == python_down.packets_sent == 300
+    assert lane_down.octets_sent == python_down.octets_sent
+    # The lane moved the munger on: settled, it maps the next packet as the Python viewer's munger does.
+    lane_down.settle()
+    assert lane_down.lanes is None
+    assert lane_down.munger.lane_state()[3:5] == (399 & 0xFFFF, lane_down.munger.last_seq)
+    assert (lane_down.munger.last_seq - python_down.munger.last_seq) & 0xFFFF == (
+        lane_down.munger.lane_state()[1] - python_down.munger.lane_state()[1]) & 0xFFFF
+
+
+async def test_reordering_lease_and_sequence_wrap(pair, monkeypatch) -> None:
+    monkeypatch.setattr(down_track_module, "LANE_LEASE", 7)  # the lane hands back every 7 packets
+    track, viewers, (python_down, lane_down) = pair
+    seqs = list(range(65500, 65600))  # the publisher's sequence number wraps
+    seqs[10], seqs[11] = seqs[11], seqs[10]  # reordered inside the segment
+    stream = [packet(s, 90 * i, keyframe=i == 0) for i, s in enumerate(seqs)]
+    stream.insert(50, packet(65400, 0))  # older than the lane's segment start: Python's _map_older drops it
+    feed(track, stream)
+    python_side, lane_side = await drained(viewers)
+    assert len(python_side) == 100
+    assert lane_side == python_side
+    assert lane_down.packets_sent == python_down.packets_sent == 100
+
+
+async def test_nack_settles_the_lane(pair) -> None:
+    track, viewers, (python_down, lane_down) = pair
+    feed(track, [packet(1000 + i, 90 * i, keyframe=i == 0) for i in range(40)])
+    assert lane_down.lanes is not None
+    await asyncio.sleep(0.05)
+    raw = [v.received() for v in viewers]
+    assert relative(raw[0]) == relative(raw[1]) and len(raw[0]) == 40
+    # Each viewer NACKs the 30th packet it received (its own sequence numbers): both resend the same packet.
+    for down, got in zip((python_down, lane_down), raw):
+        down.on_nack([struct.unpack_from("!H", got[29], 2)[0]])
+    assert lane_down.lanes is None  # on_nack took the lane's state back (unmap needs the newest outgoing seq)
+    assert lane_down.retransmissions == python_down.retransmissions == 1
+    feed(track, [packet(1040 + i, 90 * (40 + i)) for i in range(20)])
+    assert lane_down.lanes is not None  # armed again by the next packet
+    python_side, lane_side = await drained(viewers)
+    assert lane_side == python_side and len(python_side) == 21 and python_side[0] == ("replayed",)
+
+
+async def test_closed_sender_hands_back_to_python(pair) -> None:
+    track, viewers, (python_down, lane_down) = pair
+    feed(track, [packet(5 + i, 90 * i, keyframe=i == 0) for i in range(10)])
+    group = lane_down.lanes
+    assert group is not None and len(group) == 1
+    viewers[1].sender.close()  # what PeerTransport.close does; the next send re-routes (on_transport: same pair)
+    feed(track, [packet(15 + i, 90 * (10 + i)) for i in range(10)])
+    assert len(group) == 1  # it left before the first packet after the close and was armed again on a new route
+    python_side, lane_side = await drained(viewers)
+    assert lane_side == python_side and len(lane_side) == 20
+    lane_down.stop()
+    assert len(group) == 0 and lane_down.lanes is None
+
+
+async def test_late_joiner_armed_during_keyframe_replay(pair) -> None:
+    """start() replays the held keyframe run through forward(); the first replayed packet arms the lane, so the
+    next forward() must take the lane's state back first (not arm twice, not map from a stale state)."""
+    track, viewers, _ = pair
+    feed(track, [packet(200 + i, 3000 * (i // 5), keyframe=i < 5, marker=i % 5 == 4) for i in range(12)])
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    late = [Viewer(transport), Viewer(transport)]
+    downs = []
+    for i, (viewer, lanes) in enumerate(zip(late, (False, True))):
+        down = DownTrack(track, EgressProfile(100, None, 1, "0", ()), ssrc=0xB000 + i, rtx_ssrc=None, cname="c",
+                         send_rtp=viewer.sender.send_rtp, send_rtcp=lambda b: 0,
+                         native_sender=viewer.sender.native_route if lanes else None)
+        down.start()  # replays what was held since the keyframe (12 packets)
+        downs.append(down)
+    assert downs[1].lanes is not None
+    feed(track, [packet(212 + i, 3000 * ((12 + i) // 5)) for i in range(30)])
+    python_side, lane_side = await drained(late)
+    assert len(python_side) == 42 and lane_side == python_side
+    assert downs[1].packets_sent == 42
+    for v in late:
+        v.close()
+    transport.close()
