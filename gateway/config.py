@@ -47,8 +47,9 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     cors_allow_origin: str = "*"
-    # Worker processes: 1 = this process serves everything; 0 = one per CPU core; N = N (gateway/workers.py).
-    workers: int = 1
+    # Worker processes: 0 = one per CPU core (the default; one core: a single process); 1 = this process serves
+    # everything; N = N (gateway/workers.py).
+    workers: int = 0
 
 
 @dataclass(frozen=True)

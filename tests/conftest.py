@@ -133,6 +133,9 @@ TEST_CONFIG: dict[str, Any] = {
     # Tests that a publisher's end ends its viewers run without the 10 s default wait for a returning publisher;
     # tests/test_publisher_continuity.py sets its own.
     "whep": {"publisher_grace": 0},
+    # One process (the default is one worker per core): tests look at one gateway's logs, metrics and sessions;
+    # tests/test_workers.py runs the front and its workers.
+    "http": {"workers": 1},
 }
 
 

@@ -36,7 +36,8 @@ STARTUP = 60.0  # seconds: three processes import the gateway on a shared, loade
 
 # ---- configuration and the routing rules ---------------------------------------------------------------------
 def test_workers_configuration() -> None:
-    assert parse_config({}).http.workers == 1  # one process, as before
+    assert parse_config({}).http.workers == 0  # one worker per core (issue #6)
+    assert parse_config({"http": {"workers": 1}}).http.workers == 1
     assert parse_config({"http": {"workers": 0}}).http.workers == 0
     assert parse_config({"http": {"workers": 4}}).http.workers == 4
     assert worker_count(parse_config({"http": {"workers": 3}})) == 3

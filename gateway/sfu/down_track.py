@@ -490,6 +490,7 @@ class DownTrack:
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmissions": self.retransmissions,
+            "lane": self.lanes is not None,  # forwarded by a C lane (gateway/_srtp_send.c LaneGroup)
             "fraction_lost": self.fraction_lost,
             "jitter": self.jitter,
         }
