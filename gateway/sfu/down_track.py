@@ -168,6 +168,7 @@ class DownTrack:
         group = self.source.lane_group(layer, self.profile)
         group.arm(self, sender, self.ssrc, *state, LANE_LEASE)  # type: ignore[attr-defined]
         self.lanes = group
+        self.source.lanes_version += 1
 
     def settle(self) -> None:
         """Leave the C lane, if armed: the munger state and counts it moved on come back here."""
@@ -181,6 +182,7 @@ class DownTrack:
     def lane_left(self, state: tuple[int, int, int, float, int, int]) -> None:
         """The lane's state after it left its group (settle, or the group gave it up before a packet)."""
         self.lanes = None
+        self.source.lanes_version += 1
         highest_in, last_out, last_ts, last_time, packets, octets = state
         self.munger.resume(highest_in, last_out, last_ts, last_time)
         self._packets_sent += packets

@@ -79,6 +79,11 @@ class PublishedTrack:
         self._profiles: dict[tuple, EgressProfile] = {}
         # Per layer (by offer_index): the C lane groups of its armed viewers, one per egress profile (DownTrack._arm).
         self._lanes: list[dict[EgressProfile, object]] = [{} for _ in self.layers]
+        # Per layer: (the subscribers tuple it was made from, lanes_version then, those subscribers no lane forwards),
+        # so the Python loop does not step over hundreds of armed viewers per packet. DownTrack bumps lanes_version
+        # when it arms or leaves a lane; Layer replaces its subscribers tuple when it changes.
+        self._unarmed: list[tuple[tuple, int, tuple]] = [((), -1, ()) for _ in self.layers]
+        self.lanes_version = 0
         self.on_layers_changed: list["Callable[[PublishedTrack], None]"] = []
 
     # ---- the fan-out -------------------------------------------------------------------------------
@@ -98,9 +103,7 @@ class PublishedTrack:
         templates: dict[EgressProfile, Template] = {}
         lanes = self._lanes[layer.offer_index]
         sent = self._send_on_lanes(lanes, templates, packet, now) if lanes else 0
-        for down in subscribers:
-            if down.lanes is not None:
-                continue  # forwarded by its lane above
+        for down in self._python_subscribers(layer):  # after the lanes: one that just left takes the packet here
             profile = down.profile
             template = templates.get(profile)
             if template is None:
@@ -143,6 +146,17 @@ class PublishedTrack:
                 if failed:
                     metrics.count_drop("egress_send_failed", failed)
         return sent
+
+    def _python_subscribers(self, layer: Layer) -> tuple["DownTrack", ...]:
+        """`layer`'s subscribers that no lane forwards (cached until a viewer arms or leaves a lane, or the
+        layer's subscribers change)."""
+        index = layer.offer_index
+        source, version, unarmed = self._unarmed[index]
+        subscribers = layer.subscribers
+        if source is not subscribers or version != self.lanes_version:
+            unarmed = tuple(down for down in subscribers if down.lanes is None)
+            self._unarmed[index] = (subscribers, self.lanes_version, unarmed)
+        return unarmed
 
     def lane_group(self, layer: Layer, profile: EgressProfile) -> object:
         """The C lane group of `layer`'s viewers with `profile` (made on first use)."""
