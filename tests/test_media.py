@@ -158,6 +158,19 @@ async def test_publisher_to_two_viewers(gateway, decode_errors, codec: str) -> N
             video_stats = next(t for t in v["tracks"] if t["kind"] == "video")
             assert video_stats["packets_sent"] > 0 and video_stats["reason"], video_stats
             assert video_stats["estimate_bps"] > 0, video_stats
+        # C lanes (gateway/_srtp_send.c): these aiortc viewers negotiate no transport-cc, so their Opus tracks and an
+        # H.264 track (no picture id to rewrite) are forwarded by lanes; VP8 goes the Python way. A lane that hands
+        # a packet back (NACK, lease) is armed again by the next packet: poll briefly.
+        want = {"audio": True, "video": codec == "H264"}
+        lanes: list = []
+        async with httpx.AsyncClient() as http:
+            for _ in range(20):
+                listed_now = (await http.get(f"{gateway.base_url}/api/streams/{STREAM}/viewers")).json()
+                lanes = [{t["kind"]: t["lane"] for t in v["tracks"]} for v in listed_now]
+                if lanes == [want, want]:
+                    break
+                await asyncio.sleep(0.05)
+        assert lanes == [want, want], lanes
         assert "whipgate_viewer_estimate_bits_per_second_count 2.0" in exposition
         assert 'whipgate_viewers_by_layer{cause="highest active layer",layer="0"} 2.0' in exposition, [
             line for line in exposition.splitlines() if "by_layer" in line]
