@@ -129,7 +129,7 @@ async def test_armed_viewer_gets_the_python_paths_bytes(pair) -> None:
     track, viewers, (python_down, lane_down) = pair
     stream = [packet(100 + i, 3000 * (i // 3), keyframe=i < 3, marker=i % 3 == 2) for i in range(300)]
     feed(track, stream)
-    assert lane_down.lanes is not None and python_down.lanes is None
+    assert lane_down.armed_in is not None and python_down.armed_in is None
     python_side, lane_side = await drained(viewers)
     assert len(python_side) == 300
     assert lane_side == python_side
@@ -137,7 +137,7 @@ async def test_armed_viewer_gets_the_python_paths_bytes(pair) -> None:
     assert lane_down.octets_sent == python_down.octets_sent
     # The lane moved the munger on: settled, it maps the next packet as the Python viewer's munger does.
     lane_down.settle()
-    assert lane_down.lanes is None
+    assert lane_down.armed_in is None
     assert lane_down.munger.lane_state()[3:5] == (399 & 0xFFFF, lane_down.munger.last_seq)
     assert (lane_down.munger.last_seq - python_down.munger.last_seq) & 0xFFFF == (
         lane_down.munger.lane_state()[1] - python_down.munger.lane_state()[1]) & 0xFFFF
@@ -160,17 +160,17 @@ async def test_reordering_lease_and_sequence_wrap(pair, monkeypatch) -> None:
 async def test_nack_settles_the_lane(pair) -> None:
     track, viewers, (python_down, lane_down) = pair
     feed(track, [packet(1000 + i, 90 * i, keyframe=i == 0) for i in range(40)])
-    assert lane_down.lanes is not None
+    assert lane_down.armed_in is not None
     await asyncio.sleep(0.05)
     raw = [v.received() for v in viewers]
     assert relative(raw[0]) == relative(raw[1]) and len(raw[0]) == 40
     # Each viewer NACKs the 30th packet it received (its own sequence numbers): both resend the same packet.
     for down, got in zip((python_down, lane_down), raw):
         down.on_nack([struct.unpack_from("!H", got[29], 2)[0]])
-    assert lane_down.lanes is None  # on_nack took the lane's state back (unmap needs the newest outgoing seq)
+    assert lane_down.armed_in is None  # on_nack took the lane's state back (unmap needs the newest outgoing seq)
     assert lane_down.retransmissions == python_down.retransmissions == 1
     feed(track, [packet(1040 + i, 90 * (40 + i)) for i in range(20)])
-    assert lane_down.lanes is not None  # armed again by the next packet
+    assert lane_down.armed_in is not None  # armed again by the next packet
     python_side, lane_side = await drained(viewers)
     assert lane_side == python_side and len(python_side) == 21 and python_side[0] == ("replayed",)
 
@@ -178,7 +178,7 @@ async def test_nack_settles_the_lane(pair) -> None:
 async def test_closed_sender_hands_back_to_python(pair) -> None:
     track, viewers, (python_down, lane_down) = pair
     feed(track, [packet(5 + i, 90 * i, keyframe=i == 0) for i in range(10)])
-    group = lane_down.lanes
+    group = lane_down.armed_in
     assert group is not None and len(group) == 1
     viewers[1].sender.close()  # what PeerTransport.close does; the next send re-routes (on_transport: same pair)
     feed(track, [packet(15 + i, 90 * (10 + i)) for i in range(10)])
@@ -186,7 +186,7 @@ async def test_closed_sender_hands_back_to_python(pair) -> None:
     python_side, lane_side = await drained(viewers)
     assert lane_side == python_side and len(lane_side) == 20
     lane_down.stop()
-    assert len(group) == 0 and lane_down.lanes is None
+    assert len(group) == 0 and lane_down.armed_in is None
 
 
 async def test_late_joiner_armed_during_keyframe_replay(pair) -> None:
@@ -204,7 +204,7 @@ async def test_late_joiner_armed_during_keyframe_replay(pair) -> None:
                          native_sender=viewer.sender.native_route if lanes else None)
         down.start()  # replays what was held since the keyframe (12 packets)
         downs.append(down)
-    assert downs[1].lanes is not None
+    assert downs[1].armed_in is not None
     feed(track, [packet(212 + i, 3000 * ((12 + i) // 5)) for i in range(30)])
     python_side, lane_side = await drained(late)
     assert len(python_side) == 42 and lane_side == python_side
@@ -212,3 +212,19 @@ async def test_late_joiner_armed_during_keyframe_replay(pair) -> None:
     for v in late:
         v.close()
     transport.close()
+
+
+async def test_a_packet_the_lanes_refuse_leaves_nobody_stale(pair) -> None:
+    """An RTP packet longer than 1,500 bytes: LaneGroup.send raises, every lane goes back to Python (which refuses
+    it as well: counted as forward_error); the next packet reaches both viewers alike, and the lane is armed again."""
+    track, viewers, (python_down, lane_down) = pair
+    feed(track, [packet(7 + i, 90 * i, keyframe=i == 0) for i in range(10)])
+    assert lane_down.armed_in is not None
+    oversized = bytes(build_header(False, 96, 17, 900, 0x1234, [(9, b"0")])) + b"\x41" + os.urandom(1500)
+    feed(track, [oversized])
+    assert lane_down.armed_in is None and len(track.down_tracks) == 2
+    feed(track, [packet(18 + i, 90 * (11 + i)) for i in range(5)])
+    assert lane_down.armed_in is not None
+    python_side, lane_side = await drained(viewers)
+    assert lane_side == python_side and len(lane_side) == 15
+    assert lane_down.packets_sent == python_down.packets_sent == 15

@@ -101,9 +101,9 @@ class DownTrack:
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
         # The compiled sender of the viewer's route (PeerTransport.native_sender): with it, a viewer in steady
-        # state is forwarded by a C lane of its layer (see `_arm`); `lanes` is the LaneGroup it is armed in.
+        # state is forwarded by a C lane of its layer (see `_arm`); `armed_in` is the LaneGroup it is armed in.
         self._native_sender = native_sender if LaneGroup is not None else None
-        self.lanes: Optional[object] = None
+        self.armed_in: Optional[object] = None
         self.munger = RtpMunger(source.codec.clock_rate)
         codec_mungers = {"vp8": vp8.Vp8Munger, "vp9": vp9.Vp9Munger}
         self.codec_munger = codec_mungers[source.codec_key]() if source.codec_key in codec_mungers else None
@@ -167,21 +167,23 @@ class DownTrack:
             return
         group = self.source.lane_group(layer, self.profile)
         group.arm(self, sender, self.ssrc, *state, LANE_LEASE)  # type: ignore[attr-defined]
-        self.lanes = group
+        self.armed_in = group
         self.source.lanes_version += 1
 
     def settle(self) -> None:
         """Leave the C lane, if armed: the munger state and counts it moved on come back here."""
-        group = self.lanes
+        group = self.armed_in
         if group is not None:
             state = group.disarm(self)  # type: ignore[attr-defined]
-            self.lanes = None
             if state is not None:
                 self.lane_left(state)
+            else:  # not in the group (cannot happen: the track takes failed lanes back first); never stay marked
+                self.armed_in = None
+                self.source.lanes_version += 1
 
     def lane_left(self, state: tuple[int, int, int, float, int, int]) -> None:
         """The lane's state after it left its group (settle, or the group gave it up before a packet)."""
-        self.lanes = None
+        self.armed_in = None
         self.source.lanes_version += 1
         highest_in, last_out, last_ts, last_time, packets, octets = state
         self.munger.resume(highest_in, last_out, last_ts, last_time)
@@ -189,7 +191,7 @@ class DownTrack:
         self._octets_sent += octets
 
     def _lane_counts(self) -> tuple[int, int]:
-        group = self.lanes
+        group = self.armed_in
         counts = group.counts(self) if group is not None else None  # type: ignore[attr-defined]
         return counts if counts is not None else (0, 0)
 
@@ -306,7 +308,7 @@ class DownTrack:
         """Send one packet of `layer` to this viewer if it is the layer it receives; 1 if sent, else 0.
 
         `descriptor` and `payload` (VP8/VP9 only) are parsed once per incoming packet by the track."""
-        if self.lanes is not None:  # called directly while armed (start()'s keyframe replay): Python takes over
+        if self.armed_in is not None:  # called directly while armed (start()'s keyframe replay): Python takes over
             self.settle()
         if layer is not self.current:
             if layer is not self.target or (self.kind == "video" and not keyframe):
@@ -492,7 +494,7 @@ class DownTrack:
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmissions": self.retransmissions,
-            "lane": self.lanes is not None,  # forwarded by a C lane (gateway/_srtp_send.c LaneGroup)
+            "lane": self.armed_in is not None,  # forwarded by a C lane (gateway/_srtp_send.c LaneGroup)
             "fraction_lost": self.fraction_lost,
             "jitter": self.jitter,
         }

@@ -130,15 +130,18 @@ class PublishedTrack:
                 template = templates[profile] = profile.build(packet)
             try:
                 sent += group.send(template[0], template[2], seq, ts, now, size)
+                failed = False
             except Exception:  # e.g. a packet too long for the compiled path: every lane goes the Python way
                 metrics.count_drop("forward_error")
                 log.exception("forwarding on a lane group failed")
-                for down in self.down_tracks:
-                    if down.lanes is group:
-                        down.settle()
+                failed = True
             if group.failed:
                 for down, state in group.take_failed():
                     down.lane_left(state)
+            if failed:
+                for down in self.down_tracks:
+                    if down.armed_in is group:
+                        down.settle()
             if group.drops:
                 full, failed = group.take_drops()
                 if full:
@@ -154,7 +157,7 @@ class PublishedTrack:
         source, version, unarmed = self._unarmed[index]
         subscribers = layer.subscribers
         if source is not subscribers or version != self.lanes_version:
-            unarmed = tuple(down for down in subscribers if down.lanes is None)
+            unarmed = tuple(down for down in subscribers if down.armed_in is None)
             self._unarmed[index] = (subscribers, self.lanes_version, unarmed)
         return unarmed
 
