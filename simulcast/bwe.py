@@ -61,6 +61,21 @@ What comes from GCC and what does not:
   decrease starts from the current final estimate (As_hat(i-1) is the final rate whenever delay limits it)
   and happens at most once per feedback RTT + 300 ms (losses behind a long queue arrive over several
   feedbacks; one congestion event must not cut the rate several times).
+- Capacity drop (ours, in the §5.4 detector's place; §5.5 then decreases as written, to beta x the rate the
+  path delivers): the trendline needs several 5 ms groups and overuse_time_th, so after a cut from 1.6 Mbit/s
+  to 300 kbit/s it signalled after ~0.3 s, while every packet beyond the new capacity was being dropped (tc
+  tbf's 100 ms queue fills in ~25 ms at a 5x overload). Once the queue is full, loss is reported only behind
+  it, later still. So each feedback also looks at the received packets of the last 200 ms of arrival time, at
+  the run that ends with the newest one where each packet's one-way delay exceeds the one before it (behind a
+  busy bottleneck each packet waits longer than the last while we send faster than it drains): over >= 40 ms
+  and >= 3 packets, has the delay grown >= 25 ms and by at least half the arrival span (the path delivered at
+  most half of what was sent meanwhile)? The bottleneck is busy throughout, so the run's delivered rate is its
+  capacity. Over-use when that rate is at most half of R_hat (what the path carried over the last 0.5 s). The
+  guard: a keyframe burst at a viewer whose link carries its layer builds the same queue, but then the link
+  delivers at least its usual rate (the burst is simply above it), so the ratio stays near or above 1. A
+  jitter spike releases its held packets at once: no run of growing delays, and everything delivered. At most
+  once per feedback RTT + 300 ms, and it counts as the loss controller's decrease for that event (the losses
+  of the same overload arrive over the next feedbacks; §6 would otherwise cut again).
 - Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
   ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
 """
@@ -123,6 +138,12 @@ LOSS_DECREASE_GAP_US = 300_000  # ours: one loss decrease per feedback RTT + thi
 DRAINED_QUEUE_US = 100_000  # ours: Hold (§5.5) lasts while the feedback RTT exceeds its minimum by more
 MIN_RTT_WINDOW_US = 30_000_000  # ours: the minimum feedback RTT is taken over this long (a queue standing
 # longer than this would become the new minimum; at 0.85 x capacity a 4 s queue takes ~28 s to drain)
+# Ours: a capacity drop seen within one or two feedbacks (see SendSideEstimator._capacity_drop).
+QUEUE_WINDOW_US = 200_000  # the arrival time the check looks back over
+QUEUE_JUMP_US = 25_000  # over the run (each packet delayed more than the last), the delay grows this much...
+QUEUE_RUN_MIN_US = 40_000  # ...the run spans at least this much arrival time...
+QUEUE_RUN_MIN_PACKETS = 3  # ...and this many received packets (its start included)
+CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R_hat (the guard)
 TWCC_ACTIVE_US = 2_000_000  # ours: transport-cc feedback this recent makes REMB / RR loss secondary
 HISTORY_US = 5_000_000  # ours: feedback about packets sent longer ago than this is ignored
 
@@ -387,6 +408,9 @@ class SendSideEstimator:
         "_remb_bps",
         "_rr_loss",
         "_loss_decreased_us",
+        "_recent_arrivals",
+        "_recent_newest",
+        "_capacity_drop_us",
         "_last_input_us",
         "_k_up",
         "_k_down",
@@ -456,6 +480,10 @@ class SendSideEstimator:
         self._remb_bps: int | None = None
         self._rr_loss: float | None = None
         self._loss_decreased_us: int | None = None
+        # (arrival, one-way delay, size) of received packets over the last QUEUE_WINDOW_US, in feedback order.
+        self._recent_arrivals: deque[tuple[int, int, int]] = deque()
+        self._recent_newest = 0
+        self._capacity_drop_us: int | None = None
         self._last_input_us = 0
         self._k_up = k_up  # §5.4 K_u, K_d
         self._k_down = k_down
@@ -582,6 +610,7 @@ class SendSideEstimator:
         last_arrival = 0
         newest_send = None
         overuse_seen = False
+        recent_arrivals = self._recent_arrivals
 
         g_first_send = self._g_first_send
         g_last_send = self._g_last_send
@@ -618,6 +647,7 @@ class SendSideEstimator:
                 last_arrival = arrival
             received += 1
             received_bytes += size
+            recent_arrivals.append((arrival, arrival - send, size))
             if newest_send is None or send > newest_send:
                 newest_send = send
             if prober is not None and clusters[index] is not None:
@@ -683,7 +713,10 @@ class SendSideEstimator:
 
         self.last_lost = lost
         self.last_received = received
-        self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us)
+        capacity = self._capacity_drop(last_arrival, now_us) if received else 0
+        if capacity:
+            overuse_seen = True  # for this feedback only; the detector's own signal is left as it is
+        self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us, capacity)
 
         # §6 loss-based controller, over at least LOSS_MIN_PACKETS packets or LOSS_MAX_PERIOD_US.
         if self._period_start_us is None:
@@ -810,8 +843,48 @@ class SendSideEstimator:
         self._threshold = min(max(threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
         return signalled
 
-    def _update_delay_based(self, signal: int, now_us: int) -> None:
-        """§5.5 rate control, run once per feedback with the detector's signal."""
+    def _capacity_drop(self, newest_arrival: int, now_us: int) -> int:
+        """The bottleneck's rate when the latest arrivals show a capacity drop (a queue building behind it, the
+        path delivering at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring."""
+        packets = self._recent_arrivals
+        if newest_arrival > self._recent_newest or newest_arrival < self._recent_newest - RESET_GAP_US:
+            self._recent_newest = newest_arrival
+        oldest = self._recent_newest - QUEUE_WINDOW_US
+        while packets and packets[0][0] < oldest:
+            packets.popleft()
+        count = len(packets)
+        if count < QUEUE_RUN_MIN_PACKETS:
+            return 0
+        # The run: back from the newest packet while each one's one-way delay exceeds its predecessor's. Behind
+        # a busy bottleneck every packet waits longer than the one before it (we send faster than it drains).
+        last_arrival, last_delay, _ = packets[-1]
+        start = count - 1
+        delivered_bytes = 0
+        while start > 0 and packets[start][1] > packets[start - 1][1]:
+            delivered_bytes += packets[start][2]
+            start -= 1
+        if count - start < QUEUE_RUN_MIN_PACKETS:
+            return 0
+        first_arrival, first_delay, _ = packets[start]
+        span = last_arrival - first_arrival
+        growth = last_delay - first_delay
+        # Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through.
+        if span < QUEUE_RUN_MIN_US or growth < QUEUE_JUMP_US or 2 * growth < span:
+            return 0
+        delivered = delivered_bytes * 8_000_000 // span  # the bytes after the run's first packet
+        carried = self._rate.bps
+        if not carried or delivered > CAPACITY_DROP_RATIO * carried:
+            return 0  # the guard: the path still delivers what it carried (a burst above its rate, not a drop)
+        last = self._capacity_drop_us
+        if last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US:
+            return 0
+        self._capacity_drop_us = now_us
+        self._loss_decreased_us = now_us  # the same congestion event for §6 (see the module docstring)
+        return delivered
+
+    def _update_delay_based(self, signal: int, now_us: int, capacity_bps: int = 0) -> None:
+        """§5.5 rate control, run once per feedback with the detector's signal. `capacity_bps`: the rate a
+        capacity drop was measured at (ours), which the decrease uses as R_hat."""
         state = self._state
         # §5.5 state table (blank = remain).
         if signal == _OVERUSE:
@@ -839,11 +912,13 @@ class SendSideEstimator:
             recent = self._recent_rate.bps
             if received and recent and recent < received:
                 received = recent  # ours: the path's rate now, not half a second ago
+            if capacity_bps and (not received or capacity_bps < received):
+                received = capacity_bps  # ours: the bottleneck's rate while the queue built
             # §5.5: A_hat(i) = beta * R_hat(i); never upwards (R_hat can exceed A_hat during a burst).
             target = BETA * received if received else BETA * estimate
             if target < estimate:
                 self._delay_bps = target
-                self._reason = "overuse"
+                self._reason = f"capacity drop {capacity_bps // 1000} kbit/s" if capacity_bps else "overuse"
                 self._decreased = True
             if received:
                 # §5.5: statistics of the receive rate at decreases, EMA with smoothing 0.95.

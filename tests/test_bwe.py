@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+import simulcast.bwe as bwe
 from gateway.rtcp import TransportCcFeedback, parse_compound
 from simulcast.bwe import (
     ALL_TEMPORAL,
@@ -124,6 +125,7 @@ class Sim:
     feedback_interval_us: int = 50_000
     layers: list[tuple[int, int, bool]] = field(default_factory=lambda: list(LAYERS))
     temporal_fractions: tuple[float, ...] | None = None
+    keyframe_factor: float = 4.0  # a keyframe's size in frames (sfu mode)
     seed: int = 7
 
     def __post_init__(self) -> None:
@@ -147,6 +149,7 @@ class Sim:
         self.layer: tuple[int, int] | None = None
         self.layer_bps = 0
         self.reasons: list[tuple[int, str]] = []
+        self.estimator_reasons: list[tuple[int, str]] = []  # (time, estimator reason), at each change
         self.frames = 0
         self.keyframe_due = True
         if self.mode == "sfu":
@@ -224,17 +227,21 @@ class Sim:
             (parsed,) = parse_compound(packet)
             assert isinstance(parsed, TransportCcFeedback)
             self.estimator.on_feedback(parse_feedback(parsed.raw), now)
+            reason = self.estimator.reason
+            if not self.estimator_reasons or self.estimator_reasons[-1][1] != reason:
+                self.estimator_reasons.append((now, reason))
             self.pacer.set_estimate(self.estimator.estimate_bps)
             if self.mode == "sfu":
                 self._select()
             self._maybe_probe()
-        # Media: 30 frames per second, +-10 % size noise, a keyframe 4x as large after a switch and every 4 s.
+        # Media: 30 frames per second, +-10 % size noise, a keyframe keyframe_factor x as large after a switch
+        # and every 4 s.
         if now >= self.next_frame:
             self.next_frame += SECOND // 30
             self.frames += 1
             size = self._media_rate() / 30 / 8 * self.rng.uniform(0.9, 1.1)
             if self.mode == "sfu" and (self.keyframe_due or self.frames % 120 == 0):
-                size *= 4
+                size *= self.keyframe_factor
                 self.keyframe_due = False
             size = max(int(size), 100)
             while size > 0:
@@ -381,20 +388,35 @@ def test_capacity_drop_and_recovery() -> None:
     assert up is not None and up - back <= 5 * SECOND
 
 
-def test_standing_queue_in_a_deep_buffer_drains() -> None:
-    """3 Mbps -> 300 kbps into a 200 KB buffer (5.3 s at 300 kbps): the queue the drop fills is drained by
-    staying in Hold (§5.5) while the feedback RTT is above its minimum; draining runs at (1 - beta) x C."""
-    sim = Sim(3_000_000, queue_bytes=200_000)
-    sim.run(60 * SECOND, {20 * SECOND: 300_000})
+def _queue_medians(sim: Sim) -> list[float]:
     medians = []
     for start in range(20, 60, 5):
         window = sim.window(start * SECOND, (start + 5) * SECOND)
         medians.append(sorted(b.queue_ms for b in window)[len(window) // 2])
+    return medians
+
+
+def test_standing_queue_in_a_deep_buffer_drains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """3 Mbps -> 300 kbps into a 200 KB buffer (5.3 s at 300 kbps): the queue the drop fills is drained by
+    staying in Hold (§5.5) while the feedback RTT is above its minimum; draining runs at (1 - beta) x C.
+
+    The capacity-drop rule catches this drop within ~0.1 s, before the buffer fills; so that a deep standing
+    queue exists to drain (as after a slower detection, e.g. a milder drop the rule leaves to the trendline),
+    the rule is switched off for the Hold part, and compared with it on."""
+    with_rule = Sim(3_000_000, queue_bytes=200_000)
+    with_rule.run(60 * SECOND, {20 * SECOND: 300_000})
+    monkeypatch.setattr(SendSideEstimator, "_capacity_drop", lambda self, newest_arrival, now_us: 0)
+    sim = Sim(3_000_000, queue_bytes=200_000)
+    sim.run(60 * SECOND, {20 * SECOND: 300_000})
+    medians = _queue_medians(sim)
+    medians_with_rule = _queue_medians(with_rule)
     drained = next((20 + 5 * i for i, q in enumerate(medians) if q < 150), None)
     print(
         f"\n[deep buffer] median queue per 5 s from 20 s: {[round(q) for q in medians]} ms; "
-        f"below 150 ms from {drained} s"
+        f"below 150 ms from {drained} s; with the capacity-drop rule: {[round(q) for q in medians_with_rule]} ms"
     )
+    assert medians_with_rule[0] < medians[0] / 2  # the rule leaves far less queue behind
+    assert all(q < 200 for q in medians_with_rule[2:])
     assert max(medians) > 2000  # the drop did fill it
     assert drained is not None and drained <= 55
     assert all(q < 200 for q in medians[(drained - 20) // 5 :])
@@ -1004,3 +1026,107 @@ def test_selector_layer_going_inactive_is_not_a_flap() -> None:
     assert selector.select(gone, 2_000_000, 2 * SECOND + 500 * MS)[2] == "layer inactive"
     assert selector.select(LAYERS, 2_000_000, 2 * SECOND + 600 * MS, probe_ok_bps=2_000_000)[0] == 1
     assert selector.select(LAYERS, 2_000_000, 3 * SECOND + 600 * MS, probe_ok_bps=2_000_000)[0] == 2  # 1 s again
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Capacity drop within the first feedbacks, and what must not look like one (issue #4)
+
+
+def _cut(queue_bytes: int) -> Sim:
+    """A viewer on the top layer of an unconstrained link; at 20 s the link is cut to 300 kbit/s with a tbf-like
+    queue of `queue_bytes` (7 KB ~ tbf latency 100 ms + its 3.2 KB burst; 18 KB ~ 400 ms), lifted at 40 s."""
+    sim = Sim(50_000_000, mode="sfu", initial_bps=1_000_000)
+    sim.run(20 * SECOND)
+    assert sim.layer is not None and sim.layer[0] == 2
+    sim.link.set_capacity(300_000, sim.now)
+    sim.link.queue_limit = queue_bytes
+    sim.run(40 * SECOND)
+    sim.link.set_capacity(50_000_000, sim.now)
+    sim.link.queue_limit = 64_000
+    sim.run(50 * SECOND)
+    return sim
+
+
+@pytest.mark.parametrize("queue_bytes", [7_000, 18_000], ids=["100ms", "400ms"])
+def test_capacity_drop_moves_down_from_the_first_feedbacks(queue_bytes: int) -> None:
+    """The cut shows in the first feedbacks after it as a run of packets each delayed more than the one before,
+    delivered at ~300 kbit/s while ~1.6 Mbit/s was carried: the viewer goes straight to the lowest layer ~0.1 s
+    after the cut (the trendline alone took 0.3 s behind the 7 KB queue and 0.6 s behind the 18 KB one, while
+    ~80 % of what was sent was dropped), the loss of that event is not cut a second time, and the climb back
+    after the lift is unchanged."""
+    sim = _cut(queue_bytes)
+    cut, lift = 20 * SECOND, 40 * SECOND
+    downs = [(t, r) for t, r in sim.reasons if cut <= t < lift]
+    first = next((t for t, r in sim.estimator_reasons if t >= cut and r != sim.estimator_reasons[0][1]), None)
+    drop_reasons = [(t, r) for t, r in sim.estimator_reasons if cut <= t < cut + SECOND]
+    up = sim.first_time(lift, lambda b: b.layer is not None and b.layer[0] == 2)
+    print(
+        f"\n[cut {queue_bytes} B] down {[((t - cut) / 1e6, r) for t, r in downs]}; estimator "
+        f"{[((t - cut) / 1e6, r) for t, r in drop_reasons]}; loss first s {sim.loss(cut, cut + SECOND):.1%}, "
+        f"capped {sim.loss(cut, lift):.1%}; up {(up - lift) / 1e6 if up is not None else None} s after the lift"
+    )
+    assert first is not None
+    assert len(downs) == 1 and downs[0][1].startswith("down")
+    assert downs[0][0] - cut <= 200 * MS
+    assert sim.window(cut + 300 * MS, lift)[0].layer[0] == 0  # one step, to the layer that fits
+    assert drop_reasons[0][1].startswith("capacity drop")
+    assert not any(r.startswith("loss") for t, r in drop_reasons if t < drop_reasons[0][0] + 300 * MS)
+    assert sim.loss(cut, lift) <= 0.03  # before: 5.8 % (7 KB) and 8.0 % (18 KB)
+    assert up is not None and up - lift <= 5 * SECOND
+
+
+def test_keyframe_burst_at_a_700k_viewer_is_not_a_capacity_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 700 kbit/s viewer on the 500 kbit/s layer gets keyframes 12 frames large (~25 KB) every 4 s: each one
+    leaves the pacer at 2.5x the estimate, builds ~150 ms of queue and arrives at 700 kbit/s, i.e. exactly the
+    run of growing delays the capacity-drop rule looks for. The guard (the run delivered at most half of R_hat)
+    keeps it from firing: the link delivers at least what it carried. Without the guard it fires, which shows
+    the scenario does exercise the rule."""
+
+    def run() -> Sim:
+        sim = Sim(700_000, mode="sfu", initial_bps=1_000_000, keyframe_factor=12)
+        sim.run(30 * SECOND)
+        return sim
+
+    sim = run()
+    fired = [t for t, r in sim.estimator_reasons if r.startswith("capacity drop")]
+    print(f"\n[keyframes at 700k] switches {[(t / 1e6, r) for t, r in sim.reasons]}; capacity drops {fired}")
+    assert not fired
+    assert [layer for _, layer in [(0, sim.layer)]] == [(1, ALL_TEMPORAL)]
+    assert sim.switches() == 0
+    monkeypatch.setattr(bwe, "CAPACITY_DROP_RATIO", 10.0)  # the guard off
+    unguarded = run()
+    fired = [t for t, r in unguarded.estimator_reasons if r.startswith("capacity drop")]
+    print(f"[keyframes at 700k, no guard] capacity drops at {[t / 1e6 for t in fired]}")
+    assert fired
+
+
+def _steady(est: SendSideEstimator, log: SendLog, seq: int, t: int, feedbacks: int, lost: range = range(0),
+            hold_us: int = 0) -> tuple[int, int]:  # fmt: skip
+    """Feedbacks of 10 packets of 1020 B sent over 50 ms each (1.63 Mbit/s) on a link that carries them (5 ms
+    one way). In the last feedback the packets whose index is in `lost` are lost and the first half is held
+    `hold_us` and then released at once (a Wi-Fi retry burst)."""
+    for number in range(feedbacks):
+        arrivals: list[int | None] = []
+        last = number == feedbacks - 1
+        for i in range(10):
+            send = t + i * 5 * MS
+            log.record((seq + i) & 0xFFFF, 1020, send)
+            arrival = send + 5 * MS
+            if last and hold_us and i < 5:
+                arrival = t + hold_us + 5 * MS + i * 100  # released together, in order
+            arrivals.append(None if last and i in lost else arrival)
+        est.on_feedback(_feedback(seq, arrivals), t + 60 * MS + (hold_us if last else 0))
+        seq, t = seq + 10, t + 50 * MS
+    return seq, t
+
+
+def test_jitter_burst_at_a_viewer_whose_link_is_fine_is_not_a_capacity_drop() -> None:
+    """Half a feedback held 80 ms and released at once (Wi-Fi retries): its packets wait less and less (the later
+    ones were sent later), so there is no run of growing delays, and the path delivered everything."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_500_000)
+    seq, t = _steady(est, log, 0, 0, 40)
+    before = est.estimate_bps
+    _steady(est, log, seq, t, 1, hold_us=80 * MS)
+    assert not est.reason.startswith("capacity drop")
+    assert est.estimate_bps >= 0.85 * before
