@@ -60,7 +60,9 @@ What comes from GCC and what does not:
   20 packets (or 1 s) rather than per feedback, so one lost packet of five does not read as 20 % loss; the
   decrease starts from the current final estimate (As_hat(i-1) is the final rate whenever delay limits it)
   and happens at most once per feedback RTT + 300 ms (losses behind a long queue arrive over several
-  feedbacks; one congestion event must not cut the rate several times).
+  feedbacks; one congestion event must not cut the rate several times). It is capped at the rate the path
+  delivered while losing only when that is a capacity drop (at most half of R_hat, as below): a short loss
+  burst on a link that carries the layer lowers the delivered rate by the loss itself.
 - Capacity drop (ours, in the §5.4 detector's place; §5.5 then decreases as written, to beta x the rate the
   path delivers): the trendline needs several 5 ms groups and overuse_time_th, so after a cut from 1.6 Mbit/s
   to 300 kbit/s it signalled after ~0.3 s, while every packet beyond the new capacity was being dropped (tc
@@ -999,8 +1001,17 @@ class SendSideEstimator:
             # Ours: never above what the path delivered while losing (the period's received bytes over their
             # arrival span). Heavy loss after a capacity drop means the sender is far above the new capacity;
             # (1 - 0.5p) alone takes several steps (one per RTT + 300 ms) to get there, and every step is
-            # another layer switch and keyframe wait.
-            if delivered_bps and delivered_bps < decreased:
+            # another layer switch and keyframe wait. Only when the path delivered at most
+            # CAPACITY_DROP_RATIO x R_hat, as for the capacity-drop rule: a short loss burst on a link that
+            # carries the layer (Wi-Fi, a policer's burst) also lowers the delivered rate, by the loss itself
+            # (7 of 27 packets: 0.74 x the layer, below the layer / 1.2), and must not move the viewer down;
+            # §6's (1 - 0.5p) step alone applies then.
+            carried = self._rate.bps
+            if (
+                delivered_bps
+                and delivered_bps < decreased
+                and (not carried or delivered_bps <= CAPACITY_DROP_RATIO * carried)
+            ):
                 decreased = float(delivered_bps)
             self._loss_bps = decreased
             self._decreased = True

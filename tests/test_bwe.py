@@ -1120,6 +1120,37 @@ def _steady(est: SendSideEstimator, log: SendLog, seq: int, t: int, feedbacks: i
     return seq, t
 
 
+TOP_1630 = [(0, 150_000, True), (1, 500_000, True), (2, 1_630_000, True)]
+
+
+def test_short_loss_burst_at_a_viewer_whose_link_is_fine_keeps_its_layer() -> None:
+    """7 of 10 packets of one feedback lost (7 of 30 over the loss period) on a link that carries the 1.63 Mbit/s
+    layer: §6 cuts by (1 - 0.5p), but the delivered rate (0.77 x the layer) is no capacity drop, so the estimate
+    is not capped at it and the viewer stays on the top layer. (Capped, it would be 1.25 Mbit/s: 1.63 > 1.2 x
+    1.25, a downgrade.)"""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_500_000)
+    selector = LayerSelector()
+    assert selector.select(TOP_1630, est.estimate_bps, 0)[0] == 2
+    seq, t = _steady(est, log, 0, 0, 40)
+    seq, t = _steady(est, log, seq, t, 2, lost=range(2, 9))
+    assert est.reason.startswith("loss"), est.reason
+    assert est.estimate_bps * 1.2 >= 1_630_000, est.estimate_bps
+    assert selector.select(TOP_1630, est.estimate_bps, t)[0] == 2
+    # The same loss with the path delivering a fifth of what it carried is a capacity drop: capped.
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_500_000)
+    seq, t = _steady(est, log, 0, 0, 40)
+    for _ in range(2):
+        arrivals: list[int | None] = []
+        for i in range(10):
+            log.record((seq + i) & 0xFFFF, 1020, t + i * 5 * MS)
+            arrivals.append(t + 5 * MS + i * 5 * MS if i % 5 == 0 else None)  # 2 of 10 arrive
+        est.on_feedback(_feedback(seq, arrivals), t + 60 * MS)
+        seq, t = seq + 10, t + 50 * MS
+    assert est.reason.startswith("loss") and est.estimate_bps <= 500_000, (est.reason, est.estimate_bps)
+
+
 def test_jitter_burst_at_a_viewer_whose_link_is_fine_is_not_a_capacity_drop() -> None:
     """Half a feedback held 80 ms and released at once (Wi-Fi retries): its packets wait less and less (the later
     ones were sent later), so there is no run of growing delays, and the path delivered everything."""
