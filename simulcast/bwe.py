@@ -68,16 +68,18 @@ What comes from GCC and what does not:
   to 300 kbit/s it signalled after ~0.3 s, while every packet beyond the new capacity was being dropped (tc
   tbf's 100 ms queue fills in ~25 ms at a 5x overload). Once the queue is full, loss is reported only behind
   it, later still. So each feedback also looks at the received packets of the last 200 ms of arrival time, at
-  the run that ends with the newest one where each packet's one-way delay exceeds the one before it (behind a
-  busy bottleneck each packet waits longer than the last while we send faster than it drains): over >= 40 ms
-  and >= 3 packets, has the delay grown >= 25 ms and by at least half the arrival span (the path delivered at
-  most half of what was sent meanwhile)? The bottleneck is busy throughout, so the run's delivered rate is its
-  capacity. Over-use when that rate is at most half of R_hat (what the path carried over the last 0.5 s). The
-  guard: a keyframe burst at a viewer whose link carries its layer builds the same queue, but then the link
-  delivers at least its usual rate (the burst is simply above it), so the ratio stays near or above 1. A
-  jitter spike releases its held packets at once: no run of growing delays, and everything delivered. At most
-  once per feedback RTT + 300 ms, and it counts as the loss controller's decrease for that event (the losses
-  of the same overload arrive over the next feedbacks; §6 would otherwise cut again).
+  the run ending with the newest one over which the bottleneck stayed busy (each packet was sent before its
+  predecessor left the queue: the predecessor's queuing delay, its one-way delay above the window's minimum,
+  exceeds the send gap; or the packet waited longer than its predecessor): has the delay grown >= 25 ms over
+  it, and by at least half its arrival span (the path delivered at most half of what was sent meanwhile)? A
+  busy bottleneck delivers at its capacity, so the run's rate (the lowest over its recent parts of >= 30 ms
+  and >= 3 packets: a queue already building at the old rate does not count) is the new capacity. Over-use
+  when that rate is at most half of R_hat (what the path carried over the last 0.5 s). The guard: a keyframe
+  burst at a viewer whose link carries its layer builds the same queue, but then the link delivers at least
+  its usual rate (the burst is simply above it), so the ratio stays near or above 1. A jitter spike (Wi-Fi
+  retries) releases its held packets at once: no rate can be measured over their few ms, and everything was
+  delivered. At most once per feedback RTT + 300 ms, and it counts as the loss controller's decrease for that
+  event (the losses of the same overload arrive over the next feedbacks; §6 would otherwise cut again).
 - Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
   ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
 """
@@ -142,9 +144,10 @@ MIN_RTT_WINDOW_US = 30_000_000  # ours: the minimum feedback RTT is taken over t
 # longer than this would become the new minimum; at 0.85 x capacity a 4 s queue takes ~28 s to drain)
 # Ours: a capacity drop seen within one or two feedbacks (see SendSideEstimator._capacity_drop).
 QUEUE_WINDOW_US = 200_000  # the arrival time the check looks back over
-QUEUE_JUMP_US = 25_000  # over the run (each packet delayed more than the last), the delay grows this much...
-QUEUE_RUN_MIN_US = 40_000  # ...the run spans at least this much arrival time...
-QUEUE_RUN_MIN_PACKETS = 3  # ...and this many received packets (its start included)
+QUEUE_JUMP_US = 25_000  # over the run (the bottleneck busy throughout), the delay grows this much...
+QUEUE_RUN_MIN_US = 30_000  # ...and its rate is measured over at least this much arrival time...
+QUEUE_RUN_MIN_PACKETS = 3  # ...and this many received packets (the first included)
+BUSY_SLACK_US = 1_000  # timestamp noise allowed for when judging whether the bottleneck stayed busy
 CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R_hat (the guard)
 TWCC_ACTIVE_US = 2_000_000  # ours: transport-cc feedback this recent makes REMB / RR loss secondary
 HISTORY_US = 5_000_000  # ours: feedback about packets sent longer ago than this is ignored
@@ -846,8 +849,8 @@ class SendSideEstimator:
         return signalled
 
     def _capacity_drop(self, newest_arrival: int, now_us: int) -> int:
-        """The bottleneck's rate when the latest arrivals show a capacity drop (a queue building behind it, the
-        path delivering at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring."""
+        """The bottleneck's rate when the latest arrivals show a capacity drop (a queue building behind a busy
+        bottleneck that delivers at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring."""
         packets = self._recent_arrivals
         if newest_arrival > self._recent_newest or newest_arrival < self._recent_newest - RESET_GAP_US:
             self._recent_newest = newest_arrival
@@ -857,23 +860,41 @@ class SendSideEstimator:
         count = len(packets)
         if count < QUEUE_RUN_MIN_PACKETS:
             return 0
-        # The run: back from the newest packet while each one's one-way delay exceeds its predecessor's. Behind
-        # a busy bottleneck every packet waits longer than the one before it (we send faster than it drains).
         last_arrival, last_delay, _ = packets[-1]
+        base = min(entry[1] for entry in packets)
+        if last_delay - base < QUEUE_JUMP_US:
+            return 0
+        # The run: back from the newest packet while the bottleneck stayed busy between consecutive packets,
+        # i.e. each packet was sent before its predecessor had left the queue: the predecessor's queuing delay
+        # (one-way delay above the window's minimum) exceeds the send gap between the two (+1 ms for timestamp
+        # noise), or, at the queue's start, the packet waited longer than its predecessor. Its delivered rate
+        # is the bottleneck's: the lowest rate over the run's recent parts (those of >= QUEUE_RUN_MIN_US and
+        # >= QUEUE_RUN_MIN_PACKETS), so that a queue already building at the old rate before the drop does not
+        # count.
+        delivered = 0
         start = count - 1
-        delivered_bytes = 0
-        while start > 0 and packets[start][1] > packets[start - 1][1]:
-            delivered_bytes += packets[start][2]
+        after_bytes = 0  # bytes of the packets after `start`
+        arrival, delay, size = packets[start]
+        while start > 0:
+            previous_arrival, previous_delay, previous_size = packets[start - 1]
+            send_gap = (arrival - delay) - (previous_arrival - previous_delay)
+            if previous_delay - base < send_gap + BUSY_SLACK_US and delay <= previous_delay:
+                break
+            after_bytes += size
             start -= 1
-        if count - start < QUEUE_RUN_MIN_PACKETS:
+            arrival, delay, size = previous_arrival, previous_delay, previous_size
+            span = last_arrival - arrival
+            if span >= QUEUE_RUN_MIN_US and count - start >= QUEUE_RUN_MIN_PACKETS:
+                rate = after_bytes * 8_000_000 // span
+                if not delivered or rate < delivered:
+                    delivered = rate
+        if not delivered:
             return 0
-        first_arrival, first_delay, _ = packets[start]
-        span = last_arrival - first_arrival
-        growth = last_delay - first_delay
+        span = last_arrival - arrival
+        growth = last_delay - delay
         # Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through.
-        if span < QUEUE_RUN_MIN_US or growth < QUEUE_JUMP_US or 2 * growth < span:
+        if growth < QUEUE_JUMP_US or 2 * growth < span:
             return 0
-        delivered = delivered_bytes * 8_000_000 // span  # the bytes after the run's first packet
         carried = self._rate.bps
         if not carried or delivered > CAPACITY_DROP_RATIO * carried:
             return 0  # the guard: the path still delivers what it carried (a burst above its rate, not a drop)

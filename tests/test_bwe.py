@@ -126,6 +126,7 @@ class Sim:
     layers: list[tuple[int, int, bool]] = field(default_factory=lambda: list(LAYERS))
     temporal_fractions: tuple[float, ...] | None = None
     keyframe_factor: float = 4.0  # a keyframe's size in frames (sfu mode)
+    audio: bool = False  # also 120-byte audio packets every 20 ms, not paced (as Opus next to the video)
     seed: int = 7
 
     def __post_init__(self) -> None:
@@ -251,6 +252,8 @@ class Sim:
                     self._send(chunk)
                 else:
                     self.pacer.enqueue(chunk, chunk)
+        if self.audio and now % (20 * MS) == 0:
+            self._send(120)
         for chunk in self.pacer.poll(now):
             self._send(chunk)
         # Probe padding, straight out (not through the pacer), 250-byte packets.
@@ -1034,8 +1037,9 @@ def test_selector_layer_going_inactive_is_not_a_flap() -> None:
 
 def _cut(queue_bytes: int) -> Sim:
     """A viewer on the top layer of an unconstrained link; at 20 s the link is cut to 300 kbit/s with a tbf-like
-    queue of `queue_bytes` (7 KB ~ tbf latency 100 ms + its 3.2 KB burst; 18 KB ~ 400 ms), lifted at 40 s."""
-    sim = Sim(50_000_000, mode="sfu", initial_bps=1_000_000)
+    queue of `queue_bytes` (7 KB ~ tbf latency 100 ms + its 3.2 KB burst; 18 KB ~ 400 ms), lifted at 40 s. With
+    audio next to the video and feedback every 62 ms, as from Chromium."""
+    sim = Sim(50_000_000, mode="sfu", initial_bps=1_000_000, audio=True, feedback_interval_us=62_000)
     sim.run(20 * SECOND)
     assert sim.layer is not None and sim.layer[0] == 2
     sim.link.set_capacity(300_000, sim.now)
@@ -1049,11 +1053,11 @@ def _cut(queue_bytes: int) -> Sim:
 
 @pytest.mark.parametrize("queue_bytes", [7_000, 18_000], ids=["100ms", "400ms"])
 def test_capacity_drop_moves_down_from_the_first_feedbacks(queue_bytes: int) -> None:
-    """The cut shows in the first feedbacks after it as a run of packets each delayed more than the one before,
+    """The cut shows in the first feedbacks after it as a run of packets queued behind a busy bottleneck,
     delivered at ~300 kbit/s while ~1.6 Mbit/s was carried: the viewer goes straight to the lowest layer ~0.1 s
-    after the cut (the trendline alone took 0.3 s behind the 7 KB queue and 0.6 s behind the 18 KB one, while
-    ~80 % of what was sent was dropped), the loss of that event is not cut a second time, and the climb back
-    after the lift is unchanged."""
+    after the cut (before: §6 or the trendline after 0.29 s behind the 7 KB queue and 0.42 s behind the 18 KB
+    one, while ~80 % of what was sent beyond the queue was dropped), the loss of that event is not cut a second
+    time, and the climb back after the lift stays within 5 s."""
     sim = _cut(queue_bytes)
     cut, lift = 20 * SECOND, 40 * SECOND
     downs = [(t, r) for t, r in sim.reasons if cut <= t < lift]
@@ -1071,7 +1075,10 @@ def test_capacity_drop_moves_down_from_the_first_feedbacks(queue_bytes: int) -> 
     assert sim.window(cut + 300 * MS, lift)[0].layer[0] == 0  # one step, to the layer that fits
     assert drop_reasons[0][1].startswith("capacity drop")
     assert not any(r.startswith("loss") for t, r in drop_reasons if t < drop_reasons[0][0] + 300 * MS)
-    assert sim.loss(cut, lift) <= 0.03  # before: 5.8 % (7 KB) and 8.0 % (18 KB)
+    # Before (the trendline or §6 first, 0.29 / 0.42 s after the cut): 31 % / 34 % in the first second, 2.3 % /
+    # 2.7 % over the 20 s (packets sent, audio included).
+    assert sim.loss(cut, cut + SECOND) <= 0.2
+    assert sim.loss(cut, lift) <= 0.015
     assert up is not None and up - lift <= 5 * SECOND
 
 
@@ -1161,3 +1168,42 @@ def test_jitter_burst_at_a_viewer_whose_link_is_fine_is_not_a_capacity_drop() ->
     _steady(est, log, seq, t, 1, hold_us=80 * MS)
     assert not est.reason.startswith("capacity drop")
     assert est.estimate_bps >= 0.85 * before
+
+
+# Recorded at a Chromium viewer (bench/bwe.py, tbf 300 kbit/s with a 100 ms queue, 0.82 Mbit/s top layer + Opus):
+# (arrival ms, one-way delay above the minimum ms, bytes) of what two transport-cc feedbacks acknowledged, the
+# first 60 ms before the cut (frames of 3 packets, audio between), the second 70 ms after it.
+CHROMIUM_BEFORE_CUT = [
+    (0.0, 0.2, 43), (16.5, 0.2, 1034), (16.5, 0.1, 1034), (18.0, 0.0, 1034), (19.5, 0.0, 43), (43.8, 1.0, 43),
+    (52.0, 0.2, 1007), (52.2, 0.3, 1007), (52.5, 0.1, 1007), (59.8, 0.1, 43), (83.0, 0.1, 43), (83.8, 0.3, 1129),
+    (84.0, 0.2, 1129), (86.2, 1.2, 1129), (88.5, 0.3, 1130), (91.5, 0.1, 1130), (100.0, 0.1, 43),
+    (118.2, 0.2, 895), (118.5, 0.3, 896), (118.5, 0.2, 896), (119.5, 0.1, 43), (141.8, 0.3, 162),
+    (156.0, 0.8, 1010), (156.0, 0.7, 1010), (156.0, 0.3, 1010), (159.8, 0.0, 140), (182.8, 0.2, 1045),
+    (183.0, 0.2, 1045), (183.2, 0.1, 141), (183.2, 0.0, 1046), (200.0, 0.3, 121),
+]
+CHROMIUM_AFTER_CUT = [
+    (217.5, 0.1, 1069), (217.7, 0.3, 1069), (221.3, 2.0, 1069), (225.5, 6.2, 121), (255.3, 33.8, 1070),
+    (285.0, 61.1, 1070), (314.5, 87.4, 1070), (318.7, 76.2, 121),
+]
+
+
+def test_capacity_drop_on_a_recorded_chromium_cut() -> None:
+    """On the recorded arrivals the bottleneck stays busy from the first queued packet on, though the last one
+    (audio, sent 15 ms after the video packet before it) waited less than its predecessor: the drop is seen in
+    this first feedback with a queue, at ~280 kbit/s (a rule asking for ever-growing delays saw it 2 feedbacks
+    later, after ~6 more packets had been dropped)."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=1_200_000)
+    seq = 0
+    for packets, when in ((CHROMIUM_BEFORE_CUT, 210), (CHROMIUM_AFTER_CUT, 330)):
+        arrivals: list[int | None] = []
+        for i, (arrival_ms, delay_ms, size) in enumerate(packets):
+            arrival = int(arrival_ms * MS) + 5 * MS
+            log.record(seq + i, size, arrival - int(delay_ms * MS) - 5 * MS)
+            arrivals.append(arrival)
+        est.on_feedback(_feedback(seq, arrivals), when * MS)
+        seq += len(packets)
+        if packets is CHROMIUM_BEFORE_CUT:
+            assert est.estimate_bps >= 1_000_000 and not est.reason.startswith("capacity drop")
+    assert est.reason.startswith("capacity drop"), est.reason
+    assert 0.85 * 250_000 <= est.estimate_bps <= 0.85 * 320_000, est.estimate_bps
