@@ -135,7 +135,7 @@ def main() -> int:
         base = run(False, pathlib.Path(tmp) / "base", args.buffer_ms)
     print(json.dumps({"whipgate": ours, "baseline": base}, indent=1))
     print(f"\nlink cut from unlimited to {CAP_KBIT} kbit/s (tbf, {args.buffer_ms} ms queue) for {CAPPED_SECONDS:g} s, then lifted")
-    print(f"{'':34} | {'whipgate':>10} | {'top layer only':>14}")
+    print(f"{'':36} | {'whipgate':>10} | {'top layer only':>14}")
     rows = [
         ("decision to move down (log)", fmt(ours["decision_s"], " s"), "-"),
         ("time to downgrade (decoded size)", fmt(ours["downgrade_s"], " s"), fmt(base["downgrade_s"], " s")),
@@ -148,7 +148,7 @@ def main() -> int:
         ("frames decoded while capped", str(ours["frames_while_capped"]), str(base["frames_while_capped"])),
     ]
     for name, a, b in rows:
-        print(f"{name:34} | {a:>10} | {b:>14}")
+        print(f"{name:36} | {a:>10} | {b:>14}")
     return 0
 
 
