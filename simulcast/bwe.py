@@ -852,7 +852,12 @@ class SendSideEstimator:
         """The bottleneck's rate when the latest arrivals show a capacity drop (a queue building behind a busy
         bottleneck that delivers at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring."""
         packets = self._recent_arrivals
-        if newest_arrival > self._recent_newest or newest_arrival < self._recent_newest - RESET_GAP_US:
+        if newest_arrival < self._recent_newest - RESET_GAP_US:
+            # The receiver clock went backwards: what came before is on the old clock.
+            while packets and packets[0][0] > newest_arrival:
+                packets.popleft()
+            self._recent_newest = newest_arrival
+        elif newest_arrival > self._recent_newest:
             self._recent_newest = newest_arrival
         oldest = self._recent_newest - QUEUE_WINDOW_US
         while packets and packets[0][0] < oldest:

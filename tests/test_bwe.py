@@ -1207,3 +1207,18 @@ def test_capacity_drop_on_a_recorded_chromium_cut() -> None:
             assert est.estimate_bps >= 1_000_000 and not est.reason.startswith("capacity drop")
     assert est.reason.startswith("capacity drop"), est.reason
     assert 0.85 * 250_000 <= est.estimate_bps <= 0.85 * 320_000, est.estimate_bps
+
+
+def test_capacity_drop_survives_a_receiver_clock_jump() -> None:
+    """The receiver's clock jumping back (a restart of its arrival clock) leaves no packets of the old clock in
+    the capacity-drop window: after the jump a steady link reads as steady, a cut as a cut."""
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_500_000)
+    seq, t = _steady(est, log, 0, 0, 20)
+    arrivals: list[int | None] = []
+    for i in range(10):  # the same steady flow, its arrival times 10 s earlier on the viewer's clock
+        log.record(seq + i, 1020, t + i * 5 * MS)
+        arrivals.append(t + i * 5 * MS + 5 * MS - 10 * SECOND)
+    est.on_feedback(_feedback(seq, arrivals, reference=-20 * SECOND), t + 60 * MS)
+    assert all(entry[0] <= arrivals[-1] for entry in est._recent_arrivals)
+    assert not est.reason.startswith("capacity drop")
