@@ -1030,7 +1030,7 @@ class SendSideEstimator:
             # another layer switch and keyframe wait. Only when the path delivered at most
             # CAPACITY_DROP_RATIO x R_hat, as for the capacity-drop rule: a short loss burst on a link that
             # carries the layer (Wi-Fi, a policer's burst) also lowers the delivered rate, by the loss itself
-            # (7 of 27 packets: 0.74 x the layer, below the layer / 1.2), and must not move the viewer down;
+            # (7 of 30 packets: 0.77 x the layer, below the layer / 1.2), and must not move the viewer down;
             # §6's (1 - 0.5p) step alone applies then.
             carried = self._rate.bps
             if (
