@@ -5,8 +5,10 @@ namespace behind a veth link shaped with tc tbf (tests/netlab.py). The viewer's 
 300 kbit/s for 15 s, then lifted. Run once with `rtc.bandwidth_estimation = true` and once with `false` (the
 baseline: the highest layer alive, as without estimation), and print side by side:
 time from the cut to the gateway's decision (its log) and to the first decoded frame of the lower
-layer, loss in the first 5 s after the cut and over the whole capped period, time to upgrade after the lift, and
-the share of the 300 kbit/s the viewer actually received (goodput) while capped.
+layer, loss in the first 5 s after the cut, from the cut until the viewer decodes the lower layer (whipgate only:
+the baseline never does) and over the whole capped period (also as a packet count), time to upgrade after the
+lift, and the share of the 300 kbit/s the viewer actually received (goodput) while capped. The JSON also lists
+the gateway's layer decisions and switches relative to the cut (`layer_log`).
 
     sudo python3 bench/bwe.py [--buffer-ms 100]   (root for network namespaces; Debian chromium; ~2 minutes)
 
@@ -17,8 +19,10 @@ starts ~25 ms after the cut; home routers often hold several hundred ms, where d
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import pathlib
+import re
 import sys
 import tempfile
 import time
@@ -43,6 +47,20 @@ def loss_between(a: dict, b: dict) -> tuple[int, int]:
     return lost, received
 
 
+def layer_log(gateway_log: str, since: float, until: float) -> list[str]:
+    """The gateway's layer decisions and switches (its INFO lines) between two wall-clock times, as
+    "+0.123 s <line>" relative to `since` (the cut): how the run went, for the JSON."""
+    out = []
+    for line in gateway_log.splitlines():
+        match = re.match(r"(\d+-\d+-\d+ \d+:\d+:\d+,\d+) \S+ whep\.session: viewer \S+ (.*)", line)
+        if not match or not ("layer" in match.group(2)):
+            continue
+        when = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if since - 1 <= when <= until:
+            out.append(f"{when - since:+.3f} s {match.group(2)[:160]}")
+    return out
+
+
 def run(estimation: bool, workdir: pathlib.Path, buffer_ms: int) -> dict:
     with NetLab() as lab:
         viewer_host = lab.add_host("viewer")
@@ -58,10 +76,12 @@ def run(estimation: bool, workdir: pathlib.Path, buffer_ms: int) -> dict:
             viewer_host.shape(CAP_KBIT, latency_ms=buffer_ms)
             downgrade = None
             first_5s = None
+            to_downgrade = None  # (lost, received) from the cut until the viewer decodes the lower layer
             while time.monotonic() - t_cut < CAPPED_SECONDS:
                 stats = video(page)
                 if downgrade is None and (stats.get("frameWidth") or 9999) < 640:
                     downgrade = time.monotonic() - t_cut
+                    to_downgrade = loss_between(before, stats)
                 if first_5s is None and time.monotonic() - t_cut >= 5:
                     first_5s = loss_between(before, stats)
                 time.sleep(0.05)
@@ -70,6 +90,7 @@ def run(estimation: bool, workdir: pathlib.Path, buffer_ms: int) -> dict:
             decided = decided_at(gw.log(), wall_cut) if estimation else None
             lost, received = loss_between(before, after)
             lost_5s, received_5s = first_5s or (lost, received)
+            lost_down, received_down = to_downgrade or (lost, received)
             goodput_kbit = ((after.get("bytesReceived") or 0) - (before.get("bytesReceived") or 0)) * 8 / capped / 1000
             t_lift = time.monotonic()
             viewer_host.shape(None)
@@ -84,10 +105,14 @@ def run(estimation: bool, workdir: pathlib.Path, buffer_ms: int) -> dict:
                 "downgrade_s": downgrade,
                 "loss_5s": lost_5s / max(1, lost_5s + received_5s),
                 "lost_5s": lost_5s,
+                "loss_to_downgrade": lost_down / max(1, lost_down + received_down),
+                "lost_to_downgrade": lost_down,
                 "loss": lost / max(1, lost + received),
+                "lost": lost,
                 "upgrade_s": upgrade,
                 "goodput_share": goodput_kbit / CAP_KBIT,
                 "frames_while_capped": (after.get("framesDecoded") or 0) - (before.get("framesDecoded") or 0),
+                "layer_log": layer_log(gw.log(), wall_cut, wall_cut + CAPPED_SECONDS + (upgrade or 30) + 1),
             }
 
 
@@ -110,18 +135,20 @@ def main() -> int:
         base = run(False, pathlib.Path(tmp) / "base", args.buffer_ms)
     print(json.dumps({"whipgate": ours, "baseline": base}, indent=1))
     print(f"\nlink cut from unlimited to {CAP_KBIT} kbit/s (tbf, {args.buffer_ms} ms queue) for {CAPPED_SECONDS:g} s, then lifted")
-    print(f"{'':34} | {'whipgate':>10} | {'top layer only':>14}")
+    print(f"{'':36} | {'whipgate':>10} | {'top layer only':>14}")
     rows = [
         ("decision to move down (log)", fmt(ours["decision_s"], " s"), "-"),
         ("time to downgrade (decoded size)", fmt(ours["downgrade_s"], " s"), fmt(base["downgrade_s"], " s")),
         ("loss, first 5 s after the cut", fmt(ours["loss_5s"]), fmt(base["loss_5s"])),
+        ("loss, cut until lower layer decoded", fmt(ours["loss_to_downgrade"]), "-"),
         ("loss while capped", fmt(ours["loss"]), fmt(base["loss"])),
+        ("packets lost while capped", str(ours["lost"]), str(base["lost"])),
         ("time to upgrade after lift", fmt(ours["upgrade_s"], " s"), fmt(base["upgrade_s"], " s")),
         ("goodput / capacity (capped)", fmt(ours["goodput_share"]), fmt(base["goodput_share"])),
         ("frames decoded while capped", str(ours["frames_while_capped"]), str(base["frames_while_capped"])),
     ]
     for name, a, b in rows:
-        print(f"{name:34} | {a:>10} | {b:>14}")
+        print(f"{name:36} | {a:>10} | {b:>14}")
     return 0
 
 

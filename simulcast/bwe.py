@@ -60,7 +60,26 @@ What comes from GCC and what does not:
   20 packets (or 1 s) rather than per feedback, so one lost packet of five does not read as 20 % loss; the
   decrease starts from the current final estimate (As_hat(i-1) is the final rate whenever delay limits it)
   and happens at most once per feedback RTT + 300 ms (losses behind a long queue arrive over several
-  feedbacks; one congestion event must not cut the rate several times).
+  feedbacks; one congestion event must not cut the rate several times). It is capped at the rate the path
+  delivered while losing only when that is a capacity drop (at most half of R_hat, as below): a short loss
+  burst on a link that carries the layer lowers the delivered rate by the loss itself.
+- Capacity drop (ours, in the §5.4 detector's place; §5.5 then decreases as written, to beta x the rate the
+  path delivers): the trendline needs several 5 ms groups and overuse_time_th, so after a cut from 1.6 Mbit/s
+  to 300 kbit/s it signalled after ~0.3 s, while every packet beyond the new capacity was being dropped (tc
+  tbf's 100 ms queue fills in ~25 ms at a 5x overload). Once the queue is full, loss is reported only behind
+  it, later still. So each feedback also looks at the received packets of the last 200 ms of arrival time, at
+  the run ending with the newest one over which the bottleneck stayed busy (each packet was sent before its
+  predecessor left the queue: the predecessor's queuing delay, its one-way delay above the window's minimum,
+  exceeds the send gap; or the packet waited longer than its predecessor): has the delay grown >= 25 ms over
+  it, and by at least half its arrival span (the path delivered at most half of what was sent meanwhile)? A
+  busy bottleneck delivers at its capacity, so the run's rate (the lowest over its recent parts of >= 30 ms
+  and >= 3 packets: a queue already building at the old rate does not count) is the new capacity. Over-use
+  when that rate is at most half of R_hat (what the path carried over the last 0.5 s). The guard: a keyframe
+  burst at a viewer whose link carries its layer builds the same queue, but then the link delivers at least
+  its usual rate (the burst is simply above it), so the ratio stays near or above 1. A jitter spike (Wi-Fi
+  retries) releases its held packets at once: no rate can be measured over their few ms, and everything was
+  delivered. At most once per feedback RTT + 300 ms, and it counts as the loss controller's decrease for that
+  event (the losses of the same overload arrive over the next feedbacks; §6 would otherwise cut again).
 - Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
   ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
 """
@@ -123,6 +142,13 @@ LOSS_DECREASE_GAP_US = 300_000  # ours: one loss decrease per feedback RTT + thi
 DRAINED_QUEUE_US = 100_000  # ours: Hold (§5.5) lasts while the feedback RTT exceeds its minimum by more
 MIN_RTT_WINDOW_US = 30_000_000  # ours: the minimum feedback RTT is taken over this long (a queue standing
 # longer than this would become the new minimum; at 0.85 x capacity a 4 s queue takes ~28 s to drain)
+# Ours: a capacity drop seen within one or two feedbacks (see SendSideEstimator._capacity_drop).
+QUEUE_WINDOW_US = 200_000  # the arrival time the check looks back over
+QUEUE_JUMP_US = 25_000  # over the run (the bottleneck busy throughout), the delay grows this much...
+QUEUE_RUN_MIN_US = 30_000  # ...and its rate is measured over at least this much arrival time...
+QUEUE_RUN_MIN_PACKETS = 3  # ...and this many received packets (the first included)
+BUSY_SLACK_US = 1_000  # timestamp noise allowed for when judging whether the bottleneck stayed busy
+CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R_hat (the guard)
 TWCC_ACTIVE_US = 2_000_000  # ours: transport-cc feedback this recent makes REMB / RR loss secondary
 HISTORY_US = 5_000_000  # ours: feedback about packets sent longer ago than this is ignored
 
@@ -387,6 +413,9 @@ class SendSideEstimator:
         "_remb_bps",
         "_rr_loss",
         "_loss_decreased_us",
+        "_recent_arrivals",
+        "_recent_newest",
+        "_capacity_drop_us",
         "_last_input_us",
         "_k_up",
         "_k_down",
@@ -456,6 +485,10 @@ class SendSideEstimator:
         self._remb_bps: int | None = None
         self._rr_loss: float | None = None
         self._loss_decreased_us: int | None = None
+        # (arrival, one-way delay, size) of received packets over the last QUEUE_WINDOW_US, in feedback order.
+        self._recent_arrivals: deque[tuple[int, int, int]] = deque()
+        self._recent_newest = 0
+        self._capacity_drop_us: int | None = None
         self._last_input_us = 0
         self._k_up = k_up  # §5.4 K_u, K_d
         self._k_down = k_down
@@ -582,6 +615,7 @@ class SendSideEstimator:
         last_arrival = 0
         newest_send = None
         overuse_seen = False
+        recent_arrivals = self._recent_arrivals
 
         g_first_send = self._g_first_send
         g_last_send = self._g_last_send
@@ -618,6 +652,7 @@ class SendSideEstimator:
                 last_arrival = arrival
             received += 1
             received_bytes += size
+            recent_arrivals.append((arrival, arrival - send, size))
             if newest_send is None or send > newest_send:
                 newest_send = send
             if prober is not None and clusters[index] is not None:
@@ -683,7 +718,10 @@ class SendSideEstimator:
 
         self.last_lost = lost
         self.last_received = received
-        self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us)
+        capacity = self._capacity_drop(last_arrival, now_us) if received else 0
+        if capacity:
+            overuse_seen = True  # for this feedback only; the detector's own signal is left as it is
+        self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us, capacity)
 
         # §6 loss-based controller, over at least LOSS_MIN_PACKETS packets or LOSS_MAX_PERIOD_US.
         if self._period_start_us is None:
@@ -810,8 +848,71 @@ class SendSideEstimator:
         self._threshold = min(max(threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
         return signalled
 
-    def _update_delay_based(self, signal: int, now_us: int) -> None:
-        """§5.5 rate control, run once per feedback with the detector's signal."""
+    def _capacity_drop(self, newest_arrival: int, now_us: int) -> int:
+        """The bottleneck's rate when the latest arrivals show a capacity drop (a queue building behind a busy
+        bottleneck that delivers at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring."""
+        packets = self._recent_arrivals
+        if newest_arrival < self._recent_newest - RESET_GAP_US:
+            # The receiver clock went backwards: what came before is on the old clock.
+            while packets and packets[0][0] > newest_arrival:
+                packets.popleft()
+            self._recent_newest = newest_arrival
+        elif newest_arrival > self._recent_newest:
+            self._recent_newest = newest_arrival
+        oldest = self._recent_newest - QUEUE_WINDOW_US
+        while packets and packets[0][0] < oldest:
+            packets.popleft()
+        count = len(packets)
+        if count < QUEUE_RUN_MIN_PACKETS:
+            return 0
+        last_arrival, last_delay, _ = packets[-1]
+        base = min(entry[1] for entry in packets)
+        if last_delay - base < QUEUE_JUMP_US:
+            return 0
+        # The run: back from the newest packet while the bottleneck stayed busy between consecutive packets,
+        # i.e. each packet was sent before its predecessor had left the queue: the predecessor's queuing delay
+        # (one-way delay above the window's minimum) exceeds the send gap between the two (+1 ms for timestamp
+        # noise), or, at the queue's start, the packet waited longer than its predecessor. Its delivered rate
+        # is the bottleneck's: the lowest rate over the run's recent parts (those of >= QUEUE_RUN_MIN_US and
+        # >= QUEUE_RUN_MIN_PACKETS), so that a queue already building at the old rate before the drop does not
+        # count.
+        delivered = 0
+        start = count - 1
+        after_bytes = 0  # bytes of the packets after `start`
+        arrival, delay, size = packets[start]
+        while start > 0:
+            previous_arrival, previous_delay, previous_size = packets[start - 1]
+            send_gap = (arrival - delay) - (previous_arrival - previous_delay)
+            if previous_delay - base < send_gap + BUSY_SLACK_US and delay <= previous_delay:
+                break
+            after_bytes += size
+            start -= 1
+            arrival, delay, size = previous_arrival, previous_delay, previous_size
+            span = last_arrival - arrival
+            if span >= QUEUE_RUN_MIN_US and count - start >= QUEUE_RUN_MIN_PACKETS:
+                rate = after_bytes * 8_000_000 // span
+                if not delivered or rate < delivered:
+                    delivered = rate
+        if not delivered:
+            return 0
+        span = last_arrival - arrival
+        growth = last_delay - delay
+        # Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through.
+        if growth < QUEUE_JUMP_US or 2 * growth < span:
+            return 0
+        carried = self._rate.bps
+        if not carried or delivered > CAPACITY_DROP_RATIO * carried:
+            return 0  # the guard: the path still delivers what it carried (a burst above its rate, not a drop)
+        last = self._capacity_drop_us
+        if last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US:
+            return 0
+        self._capacity_drop_us = now_us
+        self._loss_decreased_us = now_us  # the same congestion event for §6 (see the module docstring)
+        return delivered
+
+    def _update_delay_based(self, signal: int, now_us: int, capacity_bps: int = 0) -> None:
+        """§5.5 rate control, run once per feedback with the detector's signal. `capacity_bps`: the rate a
+        capacity drop was measured at (ours), which the decrease uses as R_hat."""
         state = self._state
         # §5.5 state table (blank = remain).
         if signal == _OVERUSE:
@@ -839,11 +940,13 @@ class SendSideEstimator:
             recent = self._recent_rate.bps
             if received and recent and recent < received:
                 received = recent  # ours: the path's rate now, not half a second ago
+            if capacity_bps and (not received or capacity_bps < received):
+                received = capacity_bps  # ours: the bottleneck's rate while the queue built
             # §5.5: A_hat(i) = beta * R_hat(i); never upwards (R_hat can exceed A_hat during a burst).
             target = BETA * received if received else BETA * estimate
             if target < estimate:
                 self._delay_bps = target
-                self._reason = "overuse"
+                self._reason = f"capacity drop {capacity_bps // 1000} kbit/s" if capacity_bps else "overuse"
                 self._decreased = True
             if received:
                 # §5.5: statistics of the receive rate at decreases, EMA with smoothing 0.95.
@@ -924,8 +1027,17 @@ class SendSideEstimator:
             # Ours: never above what the path delivered while losing (the period's received bytes over their
             # arrival span). Heavy loss after a capacity drop means the sender is far above the new capacity;
             # (1 - 0.5p) alone takes several steps (one per RTT + 300 ms) to get there, and every step is
-            # another layer switch and keyframe wait.
-            if delivered_bps and delivered_bps < decreased:
+            # another layer switch and keyframe wait. Only when the path delivered at most
+            # CAPACITY_DROP_RATIO x R_hat, as for the capacity-drop rule: a short loss burst on a link that
+            # carries the layer (Wi-Fi, a policer's burst) also lowers the delivered rate, by the loss itself
+            # (7 of 30 packets: 0.77 x the layer, below the layer / 1.2), and must not move the viewer down;
+            # §6's (1 - 0.5p) step alone applies then.
+            carried = self._rate.bps
+            if (
+                delivered_bps
+                and delivered_bps < decreased
+                and (not carried or delivered_bps <= CAPACITY_DROP_RATIO * carried)
+            ):
                 decreased = float(delivered_bps)
             self._loss_bps = decreased
             self._decreased = True
