@@ -172,6 +172,7 @@ class Step:
     net_rx_per_s: list[float] = field(default_factory=list)  # NET_RX softirqs per CPU per second (machine-wide)
     drain_datagrams_per_call: Optional[float] = None
     drain_datagrams_per_read: Optional[float] = None
+    stun_to_aioice: int = 0  # STUN datagrams (the server's consent checks, RFC 7675) the C viewers passed to aioice
     video_pps_per_viewer: float = 0.0
     fps_per_viewer: float = 0.0
     server_waited: float = 0.0
@@ -271,7 +272,8 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
 
             marks = [len(v.latencies) for v in viewers]
             kmarks = [len(v.kernel_latencies) for v in viewers]
-            drain0 = (drain.calls, drain.datagrams, drain_reads(drain, viewers)) if drain is not None else None
+            drain0 = (drain.calls, drain.datagrams, drain_reads(drain, viewers), drain_stun(drain, viewers)) \
+                if drain is not None else None
             softirq0 = net_rx_softirqs()
             before = [v.snapshot() for v in viewers]
             video_before = [v.video_received() for v in viewers]
@@ -288,6 +290,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                                            drain_reads(drain, viewers) - drain0[2])
                 step.drain_datagrams_per_call = datagrams / calls if calls else None
                 step.drain_datagrams_per_read = datagrams / reads if reads else None
+                step.stun_to_aioice = drain_stun(drain, viewers) - drain0[3]
             step.udp_rcvbuf_drops = udp_receive_buffer_errors() - rcvbuf0
             step.server_waited = (proc_wait_seconds(server.pid) - wait0) / (t1 - t0)
             step.load_waited = (proc_wait_seconds(os.getpid()) - lwait0) / (t1 - t0)
@@ -365,6 +368,10 @@ def drain_reads(drain: Drain, viewers: list[Viewer]) -> int:
     return sum(drain.states[v.slot].reads for v in viewers if v.slot is not None)
 
 
+def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
+    return sum(drain.states[v.slot].stun for v in viewers if v.slot is not None)
+
+
 def net_rx_softirqs() -> list[int]:
     """NET_RX softirqs handled per CPU so far (/proc/softirqs; machine-wide, not per network namespace)."""
     with open("/proc/softirqs") as f:
@@ -420,6 +427,7 @@ def print_step(s: Step, flush: bool = False) -> None:
         f"lat(python) p50/p99={fmt(s.latency_ms_p50, '.2f')}/{fmt(s.latency_ms_p99, '.2f')} ms ({s.latency_samples}) "
         f"NET_RX/s per cpu={'/'.join(f'{x:,.0f}' for x in s.net_rx_per_s)} "
         + (f"datagrams per drain call/recvmmsg={fmt(s.drain_datagrams_per_call)}/{fmt(s.drain_datagrams_per_read)} "
+           f"stun->aioice={s.stun_to_aioice} "
            if s.drain_datagrams_per_call is not None else "") +
         f"ttff p50/p95={fmt(s.ttff_ms_p50, '.0f')}/{fmt(s.ttff_ms_p95, '.0f')} ms "
         f"rss/viewer={fmt(s.rss_per_viewer_kb, '.0f')} KiB verified={s.verified} auth-fail={s.auth_failures} "
