@@ -170,6 +170,7 @@ class Step:
     kernel_latency_ms_p99: Optional[float] = None
     kernel_latency_samples: int = 0
     net_rx_per_s: list[float] = field(default_factory=list)  # NET_RX softirqs per CPU per second (machine-wide)
+    softirq_share: list[float] = field(default_factory=list)  # per CPU: share of the window in softirq (/proc/stat)
     drain_datagrams_per_call: Optional[float] = None
     drain_datagrams_per_read: Optional[float] = None
     stun_to_aioice: int = 0  # STUN datagrams (the server's consent checks, RFC 7675) the C viewers passed to aioice
@@ -274,7 +275,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             kmarks = [len(v.kernel_latencies) for v in viewers]
             drain0 = (drain.calls, drain.datagrams, drain_reads(drain, viewers), drain_stun(drain, viewers)) \
                 if drain is not None else None
-            softirq0 = net_rx_softirqs()
+            softirq0, sitime0 = net_rx_softirqs(), softirq_seconds()
             before = [v.snapshot() for v in viewers]
             video_before = [v.video_received() for v in viewers]
             counters_before = [(v.verified, v.auth_failures, v.unknown_payloads) for v in viewers]
@@ -285,6 +286,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             await asyncio.sleep(opts.duration)
             cpu1, load1, t1 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             step.net_rx_per_s = [(b - a) / (t1 - t0) for a, b in zip(softirq0, net_rx_softirqs())]
+            step.softirq_share = [(b - a) / (t1 - t0) for a, b in zip(sitime0, softirq_seconds())]
             if drain is not None and drain0 is not None:
                 calls, datagrams, reads = (drain.calls - drain0[0], drain.datagrams - drain0[1],
                                            drain_reads(drain, viewers) - drain0[2])
@@ -372,6 +374,17 @@ def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
     return sum(drain.states[v.slot].stun for v in viewers if v.slot is not None)
 
 
+def softirq_seconds() -> list[float]:
+    """Time each CPU spent in softirq so far (/proc/stat cpuN field 7; machine-wide). Softirq work done on the way
+    out of a syscall is only counted here with IRQ time accounting; otherwise it is the calling process's stime."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                out.append(int(line.split()[7]) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
 def net_rx_softirqs() -> list[int]:
     """NET_RX softirqs handled per CPU so far (/proc/softirqs; machine-wide, not per network namespace)."""
     with open("/proc/softirqs") as f:
@@ -426,6 +439,7 @@ def print_step(s: Step, flush: bool = False) -> None:
         f"({s.kernel_latency_samples}) "
         f"lat(python) p50/p99={fmt(s.latency_ms_p50, '.2f')}/{fmt(s.latency_ms_p99, '.2f')} ms ({s.latency_samples}) "
         f"NET_RX/s per cpu={'/'.join(f'{x:,.0f}' for x in s.net_rx_per_s)} "
+        f"softirq per cpu={'/'.join(f'{x * 100:.0f}%' for x in s.softirq_share)} "
         + (f"datagrams per drain call/recvmmsg={fmt(s.drain_datagrams_per_call)}/{fmt(s.drain_datagrams_per_read)} "
            f"stun->aioice={s.stun_to_aioice} "
            if s.drain_datagrams_per_call is not None else "") +
