@@ -116,8 +116,14 @@ class SendOnlyTransport(asyncio.DatagramTransport):
 class Drain:
     """Every C viewer's socket in one epoll set, read when the event loop says it is readable."""
 
-    def __init__(self, capacity: int = 8192, sample_every: int = 50) -> None:
+    def __init__(self, capacity: int = 8192, sample_every: int = 50, interval: float = 0.0) -> None:
+        """interval > 0: after a read, wait this long (s) before watching the sockets again, so that each socket
+        has gathered a few datagrams per recvmmsg and the event loop wakes up far less often. Loss and the
+        kernel-time latency do not depend on when a datagram is read; the Python-side latency and the time to
+        first frame grow by up to `interval`."""
         self.ffi, self.lib = compile_drain()
+        self.interval = interval
+        self._closed = False
         self.capacity = capacity
         self.sample_every = sample_every
         self.ep = self.lib.drain_open()
@@ -169,7 +175,14 @@ class Drain:
         """Count one datagram that did not come through drain_run (aioice read it before the switch)."""
         return self.lib.drain_process(self.ffi.addressof(self.states[slot]), data, len(data))
 
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self.ep, self._on_ready)
+
     def _on_ready(self) -> None:
+        if self.interval > 0:
+            self._loop.remove_reader(self.ep)
+            self._loop.call_later(self.interval, self._resume)
         lib, out, arena, viewers = self.lib, self.out, self._arena, self.viewers
         n = lib.drain_run(self.ep, self.states, self.capacity, out, MAX_OUT, self.arena, ARENA, BUDGET,
                           self._received)
@@ -187,6 +200,7 @@ class Drain:
                 viewer.on_passed(p.kind, data, p.rx_ns)
 
     def close(self) -> None:
+        self._closed = True
         try:
             self._loop.remove_reader(self.ep)
         finally:
