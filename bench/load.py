@@ -171,6 +171,7 @@ class Step:
     kernel_latency_samples: int = 0
     net_rx_per_s: list[float] = field(default_factory=list)  # NET_RX softirqs per CPU per second (machine-wide)
     softirq_share: list[float] = field(default_factory=list)  # per CPU: share of the window in softirq (/proc/stat)
+    cpu_busy: list[float] = field(default_factory=list)  # per CPU: share of the window not idle (/proc/stat; all processes)
     drain_datagrams_per_call: Optional[float] = None
     drain_datagrams_per_read: Optional[float] = None
     stun_to_aioice: int = 0  # STUN datagrams (the server's consent checks, RFC 7675) the C viewers passed to aioice
@@ -276,7 +277,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             kmarks = [len(v.kernel_latencies) for v in viewers]
             drain0 = (drain.calls, drain.datagrams, drain_reads(drain, viewers), drain_stun(drain, viewers)) \
                 if drain is not None else None
-            softirq0, sitime0 = net_rx_softirqs(), softirq_seconds()
+            softirq0, sitime0, busy0 = net_rx_softirqs(), softirq_seconds(), cpu_busy_seconds()
             before = [v.snapshot() for v in viewers]
             video_before = [v.video_received() for v in viewers]
             counters_before = [(v.verified, v.auth_failures, v.unknown_payloads) for v in viewers]
@@ -288,6 +289,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             cpu1, load1, t1 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             step.net_rx_per_s = [(b - a) / (t1 - t0) for a, b in zip(softirq0, net_rx_softirqs())]
             step.softirq_share = [(b - a) / (t1 - t0) for a, b in zip(sitime0, softirq_seconds())]
+            step.cpu_busy = [(b - a) / (t1 - t0) for a, b in zip(busy0, cpu_busy_seconds())]
             if drain is not None and drain0 is not None:
                 calls, datagrams, reads = (drain.calls - drain0[0], drain.datagrams - drain0[1],
                                            drain_reads(drain, viewers) - drain0[2])
@@ -386,6 +388,17 @@ def softirq_seconds() -> list[float]:
     return out
 
 
+def cpu_busy_seconds() -> list[float]:
+    """Non-idle time of each CPU so far (/proc/stat: all fields but idle and iowait; machine-wide)."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:9]]
+                out.append((sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
 def net_rx_softirqs() -> list[int]:
     """NET_RX softirqs handled per CPU so far (/proc/softirqs; machine-wide, not per network namespace)."""
     with open("/proc/softirqs") as f:
@@ -441,6 +454,7 @@ def print_step(s: Step, flush: bool = False) -> None:
         f"lat(python) p50/p99={fmt(s.latency_ms_p50, '.2f')}/{fmt(s.latency_ms_p99, '.2f')} ms ({s.latency_samples}) "
         f"NET_RX/s per cpu={'/'.join(f'{x:,.0f}' for x in s.net_rx_per_s)} "
         f"softirq per cpu={'/'.join(f'{x * 100:.0f}%' for x in s.softirq_share)} "
+        f"busy per cpu={'/'.join(f'{x * 100:.0f}%' for x in s.cpu_busy)} "
         + (f"datagrams per drain call/recvmmsg={fmt(s.drain_datagrams_per_call)}/{fmt(s.drain_datagrams_per_read)} "
            f"stun->aioice={s.stun_to_aioice} "
            if s.drain_datagrams_per_call is not None else "") +
