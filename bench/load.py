@@ -495,7 +495,7 @@ def print_report(steps: list[Step], opts: Options) -> None:
           "the viewer's Python handling (includes the load process's own scheduling); ttff = WHEP POST -> first "
           "complete keyframe received.")
     print("fps = video frames per second each viewer received (30 sent); load busy = CPU of this process (publisher + "
-          "viewers) / window; CPU wait = share of the window the server was runnable but another process had its "
+          "viewers) / window (in brackets: core 0's whole non-idle share, softirqs included); CPU wait = share of the window the server was runnable but another process had its "
           "core (the machine is shared: figures with a high wait are contention, not capacity).")
     if "baseline" in opts.servers:
         print("baseline = aiortc RTCPeerConnection + MediaRelay: aiortc decodes the publisher's media and re-encodes "
@@ -521,7 +521,8 @@ def print_report(steps: list[Step], opts: Options) -> None:
             if ours:
                 out += [f"{fmt(s.kernel_latency_ms_p50, '.2f')} / {fmt(s.kernel_latency_ms_p99, '.2f')}",
                         f"{fmt(s.latency_ms_p50, '.2f')} / {fmt(s.latency_ms_p99, '.2f')}",
-                        f"{s.load_core_busy * 100:.0f}%"]
+                        f"{s.load_core_busy * 100:.0f}%"
+                        + (f" ({s.cpu_busy[0] * 100:.0f}%)" if s.cpu_busy else "")]
             out += [f"{fmt(s.ttff_ms_p50, '.0f')} / {fmt(s.ttff_ms_p95, '.0f')}", fmt(s.rss_per_viewer_kb, ".0f"),
                     f"{s.server_waited * 100:.0f}%"]
             return out
