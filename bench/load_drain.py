@@ -62,7 +62,7 @@ def compile_drain() -> tuple[Any, Any]:
     if _compiled is not None:
         return _compiled
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
+    if cc is None or shutil.which(cc) is None:
         raise SystemExit("bench/load.py: the C viewers need a C compiler (cc, gcc or clang; set CC), "
                          "e.g. apt-get install gcc; or run with --python-viewers")
     outdir = pathlib.Path(tempfile.mkdtemp(prefix="whipgate-drain-"))
