@@ -10,10 +10,19 @@ asyncio loop with uvloop) pins itself to the other (core 0). For each profile (6
 - gateway CPU µs per forwarded packet: utime+stime of the server process (/proc/<pid>/stat, all threads) over
   the measuring window / packets the viewers received in it; and packets forwarded per CPU-second (per core);
 - loss at the viewers, from RTP sequence gaps (read from the clear SRTP header, RFC 3711 §3.1);
-- latency publisher send -> viewer receive for sampled video packets (p50/p99), matched by payload hash; this
-  includes two kernel loopback hops and the time the load process takes to get to the datagram;
+- latency publisher send -> viewer socket's kernel receive time (SO_TIMESTAMPNS) for sampled video packets
+  (p50/p99), matched by payload hash: on loopback the viewer's kernel receive time is the gateway's sendto, so
+  this is the gateway's added latency (its ingest queueing, its work, two loopback hops) without this process's
+  scheduling; the older figure, publisher send -> the viewer's Python handling of the packet, is printed beside
+  ("py lat"); with --python-viewers only the older one exists;
 - time from the WHEP POST to the first complete keyframe received (p50/p95) for the viewers added in the step;
 - server RSS growth per viewer since the publisher alone; the highest N one core carries with < 0.5% loss.
+
+Viewers (default): every viewer socket is read in C (bench/viewer_drain.c via bench/load_drain.py: recvmmsg,
+RTP counted per SSRC in C, only STUN, media before the first keyframe and 1-in-50 samples reach Python);
+--python-viewers: every datagram in Python as before; --compare-viewers: both, one after the other.
+--rps: run the gateway and this process in a network namespace whose loopback steers receive processing (RPS)
+to core 0, so the viewers' kernel receive work does not run on the gateway's core (as on a real network).
 
 The baseline (bench/load_baseline.py: aiortc RTCPeerConnection + MediaRelay, decode + re-encode per viewer,
 because aiortc has no forwarding path) is measured the same way in the same run, printed beside as ratios.
@@ -41,8 +50,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.load_drain import Drain, compile_drain  # noqa: E402
 from bench.load_media import Clip, encode_clip  # noqa: E402
 from bench.load_peers import (  # noqa: E402
+    SAMPLE_EVERY,
     Publisher,
     Viewer,
     loss_between,
@@ -139,6 +150,8 @@ class Step:
     server: str
     profile: str
     viewers: int
+    viewer_mode: str = "c"
+    rps: bool = False
     connected: int = 0
     failed: int = 0
     window_s: float = 0.0
@@ -153,6 +166,15 @@ class Step:
     latency_ms_p50: Optional[float] = None
     latency_ms_p99: Optional[float] = None
     latency_samples: int = 0
+    kernel_latency_ms_p50: Optional[float] = None
+    kernel_latency_ms_p99: Optional[float] = None
+    kernel_latency_samples: int = 0
+    net_rx_per_s: list[float] = field(default_factory=list)  # NET_RX softirqs per CPU per second (machine-wide)
+    softirq_share: list[float] = field(default_factory=list)  # per CPU: share of the window in softirq (/proc/stat)
+    cpu_busy: list[float] = field(default_factory=list)  # per CPU: share of the window not idle (/proc/stat; all processes)
+    drain_datagrams_per_call: Optional[float] = None
+    drain_datagrams_per_read: Optional[float] = None
+    stun_to_aioice: int = 0  # STUN datagrams (the server's consent checks, RFC 7675) the C viewers passed to aioice
     video_pps_per_viewer: float = 0.0
     fps_per_viewer: float = 0.0
     server_waited: float = 0.0
@@ -189,19 +211,22 @@ class Options:
     first_frame_timeout: float
     workdir: pathlib.Path
     py_spy: Optional[pathlib.Path] = None
+    viewer_mode: str = "c"
+    rps: bool = False
+    drain_interval_ms: float = 10.0
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     audio: Optional[Clip] = None
 
 
 async def add_viewers(http: httpx.AsyncClient, url: str, publisher: Publisher, count: int,
-                      concurrency: int) -> tuple[list[Viewer], int, str]:
+                      concurrency: int, drain: Optional[Drain] = None) -> tuple[list[Viewer], int, str]:
     semaphore = asyncio.Semaphore(concurrency)
     viewers: list[Viewer] = []
     errors: list[str] = []
 
     async def one() -> None:
         async with semaphore:
-            viewer = Viewer(publisher.sent_at)
+            viewer = Viewer(publisher.sent_at, drain=drain)
             try:
                 await asyncio.wait_for(viewer.start(http, url), 30)
                 viewers.append(viewer)
@@ -222,6 +247,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
     http = httpx.AsyncClient(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=64))
     viewers: list[Viewer] = []
     publisher: Optional[Publisher] = None
+    drain = Drain(sample_every=SAMPLE_EVERY, interval=opts.drain_interval_ms / 1000) if opts.viewer_mode == "c" and server_kind == "whipgate" else None
     try:
         await server.wait_healthy()
         layers = opts.clips[profile]
@@ -231,10 +257,10 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
         await asyncio.sleep(2.0)  # the server sees a keyframe (GOP 1 s) and the stream settles
         rss_alone = proc_rss_bytes(server.pid)
         for n in opts.viewers:
-            step = Step(server_kind, profile, n)
+            step = Step(server_kind, profile, n, viewer_mode="c" if drain is not None else "python", rps=opts.rps)
             t_step = time.monotonic()
             added, failed, error = await add_viewers(http, f"{server.base_url}/whep/{STREAM}", publisher,
-                                                     n - len(viewers), opts.connect_concurrency)
+                                                     n - len(viewers), opts.connect_concurrency, drain)
             viewers += added
             step.connected, step.failed = len(viewers), failed
             if error:
@@ -248,6 +274,10 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             await asyncio.sleep(opts.warmup)
 
             marks = [len(v.latencies) for v in viewers]
+            kmarks = [len(v.kernel_latencies) for v in viewers]
+            drain0 = (drain.calls, drain.datagrams, drain_reads(drain, viewers), drain_stun(drain, viewers)) \
+                if drain is not None else None
+            softirq0, sitime0, busy0 = net_rx_softirqs(), softirq_seconds(), cpu_busy_seconds()
             before = [v.snapshot() for v in viewers]
             video_before = [v.video_received() for v in viewers]
             counters_before = [(v.verified, v.auth_failures, v.unknown_payloads) for v in viewers]
@@ -257,6 +287,15 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             cpu0, load0, t0 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(opts.duration)
             cpu1, load1, t1 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
+            step.net_rx_per_s = [(b - a) / (t1 - t0) for a, b in zip(softirq0, net_rx_softirqs())]
+            step.softirq_share = [(b - a) / (t1 - t0) for a, b in zip(sitime0, softirq_seconds())]
+            step.cpu_busy = [(b - a) / (t1 - t0) for a, b in zip(busy0, cpu_busy_seconds())]
+            if drain is not None and drain0 is not None:
+                calls, datagrams, reads = (drain.calls - drain0[0], drain.datagrams - drain0[1],
+                                           drain_reads(drain, viewers) - drain0[2])
+                step.drain_datagrams_per_call = datagrams / calls if calls else None
+                step.drain_datagrams_per_read = datagrams / reads if reads else None
+                step.stun_to_aioice = drain_stun(drain, viewers) - drain0[3]
             step.udp_rcvbuf_drops = udp_receive_buffer_errors() - rcvbuf0
             step.server_waited = (proc_wait_seconds(server.pid) - wait0) / (t1 - t0)
             step.load_waited = (proc_wait_seconds(os.getpid()) - lwait0) / (t1 - t0)
@@ -284,6 +323,9 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             latencies = [x * 1000 for v, m in zip(viewers, marks) for x in v.latencies[m:]]
             step.latency_samples = len(latencies)
             step.latency_ms_p50, step.latency_ms_p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+            klat = [x * 1000 for v, m in zip(viewers, kmarks) for x in v.kernel_latencies[m:]]
+            step.kernel_latency_samples = len(klat)
+            step.kernel_latency_ms_p50, step.kernel_latency_ms_p99 = percentile(klat, 0.5), percentile(klat, 0.99)
             for v, (ver, auth, unk) in zip(viewers, counters_before):
                 step.verified += v.verified - ver
                 step.auth_failures += v.auth_failures - auth
@@ -321,7 +363,49 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                 pass
         await http.aclose()
         server.stop()
+        if drain is not None:
+            drain.close()
     return steps
+
+
+def drain_reads(drain: Drain, viewers: list[Viewer]) -> int:
+    """recvmmsg calls that returned data, over the attached viewers."""
+    return sum(drain.states[v.slot].reads for v in viewers if v.slot is not None)
+
+
+def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
+    return sum(drain.states[v.slot].stun for v in viewers if v.slot is not None)
+
+
+def softirq_seconds() -> list[float]:
+    """Time each CPU spent in softirq so far (/proc/stat cpuN field 7; machine-wide). Softirq work done on the way
+    out of a syscall is only counted here with IRQ time accounting; otherwise it is the calling process's stime."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                out.append(int(line.split()[7]) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def cpu_busy_seconds() -> list[float]:
+    """Non-idle time of each CPU so far (/proc/stat: all fields but idle and iowait; machine-wide)."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:9]]
+                out.append((sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def net_rx_softirqs() -> list[int]:
+    """NET_RX softirqs handled per CPU so far (/proc/softirqs; machine-wide, not per network namespace)."""
+    with open("/proc/softirqs") as f:
+        for line in f:
+            if line.strip().startswith("NET_RX:"):
+                return [int(x) for x in line.split()[1:]]
+    return []
 
 
 def start_py_spy(opts: Options, server: Server, profile: str, n: int) -> Optional[subprocess.Popen]:
@@ -359,12 +443,21 @@ def fmt(value: Optional[float], spec: str = ".1f") -> str:
 
 def print_step(s: Step, flush: bool = False) -> None:
     print(
-        f"# {s.server:8s} {s.profile:10s} N={s.viewers:<5d} pkts={s.packets:<8d} loss={s.loss * 100:.2f}% "
+        f"# {s.server:8s} {s.profile:10s} {s.viewer_mode + '-viewers':14s} rps={'on' if s.rps else 'off'} "
+        f"N={s.viewers:<5d} pkts={s.packets:<8d} loss={s.loss * 100:.2f}% "
         f"video pkts/s/viewer={s.video_pps_per_viewer:.0f} fps/viewer={s.fps_per_viewer:.1f} µs/pkt={fmt(s.us_per_packet, '.2f')} pkts/s/core={fmt(s.packets_per_core_s, ',.0f')} "
         f"server busy/waiting={s.server_core_busy * 100:.0f}%/{s.server_waited * 100:.0f}% "
         f"load busy/waiting={s.load_core_busy * 100:.0f}%/{s.load_waited * 100:.0f}% "
         f"udp-rcvbuf-drops={s.udp_rcvbuf_drops} "
-        f"lat p50/p99={fmt(s.latency_ms_p50, '.2f')}/{fmt(s.latency_ms_p99, '.2f')} ms ({s.latency_samples}) "
+        f"lat(kernel rx) p50/p99={fmt(s.kernel_latency_ms_p50, '.2f')}/{fmt(s.kernel_latency_ms_p99, '.2f')} ms "
+        f"({s.kernel_latency_samples}) "
+        f"lat(python) p50/p99={fmt(s.latency_ms_p50, '.2f')}/{fmt(s.latency_ms_p99, '.2f')} ms ({s.latency_samples}) "
+        f"NET_RX/s per cpu={'/'.join(f'{x:,.0f}' for x in s.net_rx_per_s)} "
+        f"softirq per cpu={'/'.join(f'{x * 100:.0f}%' for x in s.softirq_share)} "
+        f"busy per cpu={'/'.join(f'{x * 100:.0f}%' for x in s.cpu_busy)} "
+        + (f"datagrams per drain call/recvmmsg={fmt(s.drain_datagrams_per_call)}/{fmt(s.drain_datagrams_per_read)} "
+           f"stun->aioice={s.stun_to_aioice} "
+           if s.drain_datagrams_per_call is not None else "") +
         f"ttff p50/p95={fmt(s.ttff_ms_p50, '.0f')}/{fmt(s.ttff_ms_p95, '.0f')} ms "
         f"rss/viewer={fmt(s.rss_per_viewer_kb, '.0f')} KiB verified={s.verified} auth-fail={s.auth_failures} "
         f"unknown={s.unknown_payloads} step={s.step_s:.1f}s {s.note}",
@@ -392,52 +485,72 @@ def ratio(base: Optional[float], ours: Optional[float]) -> str:
 def print_report(steps: list[Step], opts: Options) -> None:
     print()
     print("Load with real peers: server pinned to core 1, publisher + viewers on core 0; "
-          f"window {opts.duration:.0f} s per step after {opts.warmup:.0f} s warm-up.")
-    print("latency = publisher send -> viewer receive of sampled video packets (includes two kernel loopback hops "
-          "and the load process's own scheduling); ttff = WHEP POST -> first complete keyframe received.")
-    print("fps = video frames per second each viewer received (30 sent); CPU wait = share of the window the server "
-          "was runnable but another process had its core (the machine is shared: figures with a high wait are "
-          "contention, not capacity).")
-    print("baseline = aiortc RTCPeerConnection + MediaRelay: aiortc decodes the publisher's media and re-encodes it "
-          "per viewer (H.264 libx264 at aiortc's 1 Mbit/s default + Opus); it has no forwarding path.")
+          f"window {opts.duration:.0f} s per step after {opts.warmup:.0f} s warm-up; "
+          f"RPS {'on: the loopback of a bench network namespace steers receive processing to core 0' if opts.rps else 'off: receive processing runs on the sender core (the gateway pays its viewers kernel receive side)'}.")
+    print("viewers: c = socket read + RTP counted in C (recvmmsg), Python sees STUN, media before the first "
+          "keyframe and 1 in 50 samples; python = every datagram in Python.")
+    print("lat (kernel) = publisher send (CLOCK_REALTIME before protect + sendto) -> kernel receive time at the viewer "
+          "socket (SO_TIMESTAMPNS) of sampled video packets: the gateway's added latency incl. ingest queueing and two "
+          "loopback hops, without the load process's scheduling (c viewers only); lat (python) = publisher send -> "
+          "the viewer's Python handling (includes the load process's own scheduling); ttff = WHEP POST -> first "
+          "complete keyframe received.")
+    print("fps = video frames per second each viewer received (30 sent); load busy = CPU of this process (publisher + "
+          "viewers) / window (in brackets: core 0's whole non-idle share, softirqs included); CPU wait = share of the window the server was runnable but another process had its "
+          "core (the machine is shared: figures with a high wait are contention, not capacity).")
+    if "baseline" in opts.servers:
+        print("baseline = aiortc RTCPeerConnection + MediaRelay: aiortc decodes the publisher's media and re-encodes "
+              "it per viewer (H.264 libx264 at aiortc's 1 Mbit/s default + Opus); it has no forwarding path.")
     for profile in opts.profiles:
         print()
         print(f"## {profile}")
-        header = ("| N | whipgate µs/pkt | pkts/s/core | loss | fps | lat p50/p99 ms | ttff p50/p95 ms | KiB/viewer |"
-                  " CPU wait | baseline µs/pkt | pkts/s/core | loss | fps | ttff p50/p95 ms | KiB/viewer | CPU wait |"
-                  " µs/pkt base/ours |")
+        with_base = "baseline" in opts.servers
+        header = ("| viewers | N | whipgate µs/pkt | pkts/s/core | loss | fps | lat (kernel) p50/p99 ms |"
+                  " lat (python) p50/p99 ms | load busy | ttff p50/p95 ms | KiB/viewer | CPU wait |"
+                  + (" baseline µs/pkt | pkts/s/core | loss | fps | ttff p50/p95 ms | KiB/viewer | CPU wait |"
+                     " µs/pkt base/ours |" if with_base else ""))
         print(header)
-        print("|" + " ---: |" * (header.count("|") - 1))
-        ours = {s.viewers: s for s in steps if s.server == "whipgate" and s.profile == profile}
+        print("| --- |" + " ---: |" * (header.count("|") - 2))
+        modes = [m for m in ("c", "python") if any(s.viewer_mode == m and s.server == "whipgate" for s in steps)]
         base = {s.viewers: s for s in steps if s.server == "baseline" and s.profile == profile}
-        for n in sorted(set(ours) | set(base)):
-            o, b = ours.get(n), base.get(n)
 
-            def cols(s: Optional[Step], latency: bool) -> list[str]:
-                if s is None:
-                    return ["—"] * (8 if latency else 7)
-                out = [fmt(s.us_per_packet, ".2f"), fmt(s.packets_per_core_s, ",.0f"), f"{s.loss * 100:.2f}%",
-                       f"{s.fps_per_viewer:.1f}"]
-                if latency:
-                    out.append(f"{fmt(s.latency_ms_p50, '.2f')} / {fmt(s.latency_ms_p99, '.2f')}")
-                out += [f"{fmt(s.ttff_ms_p50, '.0f')} / {fmt(s.ttff_ms_p95, '.0f')}", fmt(s.rss_per_viewer_kb, ".0f"),
-                        f"{s.server_waited * 100:.0f}%"]
-                return out
+        def cols(s: Optional[Step], ours: bool) -> list[str]:
+            if s is None:
+                return ["—"] * (10 if ours else 7)
+            out = [fmt(s.us_per_packet, ".2f"), fmt(s.packets_per_core_s, ",.0f"), f"{s.loss * 100:.2f}%",
+                   f"{s.fps_per_viewer:.1f}"]
+            if ours:
+                out += [f"{fmt(s.kernel_latency_ms_p50, '.2f')} / {fmt(s.kernel_latency_ms_p99, '.2f')}",
+                        f"{fmt(s.latency_ms_p50, '.2f')} / {fmt(s.latency_ms_p99, '.2f')}",
+                        f"{s.load_core_busy * 100:.0f}%"
+                        + (f" ({s.cpu_busy[0] * 100:.0f}%)" if s.cpu_busy else "")]
+            out += [f"{fmt(s.ttff_ms_p50, '.0f')} / {fmt(s.ttff_ms_p95, '.0f')}", fmt(s.rss_per_viewer_kb, ".0f"),
+                    f"{s.server_waited * 100:.0f}%"]
+            return out
 
-            row = [str(n)] + cols(o, True) + cols(b, False) + [
-                ratio(b.us_per_packet if b else None, o.us_per_packet if o else None)]
-            print("| " + " | ".join(row) + " |")
-        mo, mb = max_viewers(steps, "whipgate", profile), max_viewers(steps, "baseline", profile)
-        carried_ours = [s for s in ours.values() if carried(s) and s.us_per_packet]
-        carried_base = [s for s in base.values() if carried(s) and s.us_per_packet]
-        if carried_ours and carried_base:
-            o, b = min(carried_ours, key=lambda s: s.viewers), max(carried_base, key=lambda s: s.viewers)
-            print(f"µs per forwarded packet, baseline at N={b.viewers} / whipgate at N={o.viewers} (the two rarely "
-                  f"carry the same N: the baseline saturates first): {ratio(b.us_per_packet, o.us_per_packet)};"
-                  f" RSS per viewer {ratio(b.rss_per_viewer_kb, o.rss_per_viewer_kb)}")
-        print(f"highest N carried on one core (< {LOSS_LIMIT * 100:.1f}% loss, >= {FPS_CARRIED:.0f} fps): whipgate {mo if mo is not None else '—'}"
-              f" (of the N tried), baseline {mb if mb is not None else '—'}"
-              + (f"; ratio {mo / mb:.0f}x" if mo and mb else ""))
+        for i, mode in enumerate(modes or ["c"]):
+            ours = {s.viewers: s for s in steps if s.server == "whipgate" and s.profile == profile
+                    and s.viewer_mode == mode}
+            for n in sorted(set(ours) | (set(base) if i == 0 else set())):
+                o, b = ours.get(n), base.get(n) if i == 0 else None
+                row = [mode, str(n)] + cols(o, True)
+                if with_base:
+                    row += cols(b, False) + [ratio(b.us_per_packet if b else None, o.us_per_packet if o else None)]
+                print("| " + " | ".join(row) + " |")
+        for mode in modes:
+            ours_m = [s for s in steps if s.server == "whipgate" and s.profile == profile and s.viewer_mode == mode]
+            mo = max((s.viewers for s in ours_m if carried(s)), default=None)
+            mb = max_viewers(steps, "baseline", profile)
+            carried_ours = [s for s in ours_m if carried(s) and s.us_per_packet]
+            carried_base = [s for s in base.values() if carried(s) and s.us_per_packet]
+            if carried_ours and carried_base:
+                o, b = min(carried_ours, key=lambda s: s.viewers), max(carried_base, key=lambda s: s.viewers)
+                print(f"µs per forwarded packet, baseline at N={b.viewers} / whipgate at N={o.viewers} (the two rarely "
+                      f"carry the same N: the baseline saturates first): {ratio(b.us_per_packet, o.us_per_packet)};"
+                      f" RSS per viewer {ratio(b.rss_per_viewer_kb, o.rss_per_viewer_kb)}")
+            print(f"highest N carried on one core (< {LOSS_LIMIT * 100:.1f}% loss, >= {FPS_CARRIED:.0f} fps), "
+                  f"{mode} viewers: whipgate {mo if mo is not None else '—'} (of the N tried)"
+                  + (f", baseline {mb if mb is not None else '—'}" if base else "")
+                  + (f"; ratio {mo / mb:.0f}x" if mo and mb else ""))
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -460,6 +573,19 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--py-spy", metavar="DIR", type=pathlib.Path,
                    help="record the server with py-spy during every window (collapsed stacks in DIR) and print the "
                         "top self-time frames of whipgate's largest step")
+    viewers = p.add_mutually_exclusive_group()
+    viewers.add_argument("--python-viewers", action="store_true",
+                         help="viewers handle every datagram in Python (the fallback; no kernel-time latency)")
+    viewers.add_argument("--compare-viewers", action="store_true",
+                         help="each profile twice: C viewers, then Python viewers")
+    p.add_argument("--drain-interval-ms", type=float, default=10.0,
+                   help="C viewers: after reading, wait this long before watching the sockets again (bigger "
+                        "recvmmsg batches, far fewer wake-ups; 0 = read whenever readable)")
+    p.add_argument("--rps", action="store_true",
+                   help="run the gateway and the load in a new network namespace whose loopback has RPS steering "
+                        "receive processing to core 0 (the load's core), as a real network would keep the viewers' "
+                        "kernel receive work off the gateway's core; needs root and `ip`")
+    p.add_argument("--in-netns", metavar="NAME", help=argparse.SUPPRESS)  # set by --rps for the re-run inside
     return p.parse_args(argv)
 
 
@@ -482,7 +608,14 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
         profiles=profiles, servers=["whipgate"] + (["baseline"] if args.baseline else []),
         connect_concurrency=args.connect_concurrency, step_timeout=args.step_timeout,
         first_frame_timeout=args.first_frame_timeout, workdir=workdir, py_spy=args.py_spy,
+        rps=bool(args.in_netns), drain_interval_ms=args.drain_interval_ms,
     )
+    modes = ["python"] if args.python_viewers else ["c", "python"] if args.compare_viewers else ["c"]
+    if "c" in modes:
+        compile_drain()  # fails now, with a clear message, when there is no C compiler
+    print(f"# viewers: {' then '.join(modes)}"
+          + (f" (C drain interval {args.drain_interval_ms:g} ms)" if "c" in modes else "")
+          + f"; RPS: {rps_description(args.in_netns)}", flush=True)
     print(f"# open files limit {fds}; logs in {workdir}; cores: server 1, load 0"
           f"{'' if have_taskset() else ' (taskset unavailable: not pinned)'}", flush=True)
     for name in profiles:
@@ -500,7 +633,8 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
                 opts_b = Options(**{**asdict_shallow(opts), "viewers": baseline_viewers})
                 steps += await run_profile(server, profile, opts_b)
             else:
-                steps += await run_profile(server, profile, opts)
+                for mode in modes:
+                    steps += await run_profile(server, profile, Options(**{**asdict_shallow(opts), "viewer_mode": mode}))
     print_report(steps, opts)
     if opts.py_spy is not None:
         ours = [s for s in steps if s.server == "whipgate" and s.packets]
@@ -520,7 +654,44 @@ def asdict_shallow(opts: Options) -> dict:
     return {f: getattr(opts, f) for f in opts.__dataclass_fields__}
 
 
+def rps_description(netns: Optional[str]) -> str:
+    try:
+        mask = pathlib.Path("/sys/class/net/lo/queues/rx-0/rps_cpus").read_text().strip()
+    except OSError:
+        mask = "?"
+    if netns:
+        return f"on (network namespace {netns}, its lo rps_cpus={mask})"
+    return f"off (lo rps_cpus={mask})"
+
+
+def run_in_rps_namespace(argv: list[str]) -> int:
+    """--rps: a fresh network namespace whose lo steers receive processing to CPU 0 (rps_cpus mask 1); this script
+    runs again inside it (gateway and load both), then the namespace is deleted. The host's lo is not touched."""
+    if shutil.which("ip") is None:
+        raise SystemExit("--rps needs iproute2's `ip` (and root)")
+    name = f"whipgate-rps-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        # ip netns exec mounts the namespace's own /sys, so this is the namespace's lo
+        subprocess.run(["ip", "netns", "exec", name, "sh", "-c",
+                        "echo 1 > /sys/class/net/lo/queues/rx-0/rps_cpus"], check=True)
+        shown = subprocess.run(["ip", "netns", "exec", name, "cat", "/sys/class/net/lo/queues/rx-0/rps_cpus"],
+                               capture_output=True, text=True).stdout.strip()
+        host = pathlib.Path("/sys/class/net/lo/queues/rx-0/rps_cpus").read_text().strip()
+        print(f"# --rps: namespace {name}: lo rps_cpus={shown} (host lo stays {host})", flush=True)
+        args = [a for a in argv if a != "--rps"]
+        return subprocess.run(["ip", "netns", "exec", name, sys.executable, str(pathlib.Path(__file__).resolve()),
+                               *args, "--in-netns", name]).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--rps" in argv and not any(a.startswith("--in-netns") for a in argv):
+        parse_args(argv)  # --help and errors before anything is created
+        return run_in_rps_namespace(argv)
     try:
         import uvloop
 

@@ -5,11 +5,16 @@ with no RTCPeerConnection, no RTCRtpSender/Receiver and no codec. Many of them l
 
 - `Publisher` replays a pre-encoded clip (bench/load_media.py): RTP headers packed here, SRTP protect and
   `sendto` on the nominated candidate pair (gateway.aiortc_adapter.PacketSender). Every video payload's send
-  time is kept by payload hash, which is how viewers measure the latency through the server.
+  time (perf_counter and CLOCK_REALTIME, taken right before the protect + sendto) is kept by payload hash, which
+  is how viewers measure the latency through the server.
 - `Viewer` counts what arrives without decrypting it: the RTP header is in the clear in SRTP (RFC 3711 §3.1:
   the header is authenticated, not encrypted), so sequence numbers give loss. It unprotects every packet until
   its first complete keyframe (time to first frame), then one packet in `SAMPLE_EVERY` to check content
   (authentication passes, the payload is one the publisher sent) and to sample latency.
+  Two receive paths: with a `Drain` (bench/load_drain.py, the default in bench/load.py) the socket is read and
+  counted in C (bench/viewer_drain.c) and only STUN, the media before the first keyframe and the samples reach
+  Python, the samples with their kernel receive time; without one (`--python-viewers`) every datagram goes
+  through `on_datagram` in Python.
 
 aiortc/aioice private names used here (bench is tooling, not the gateway; the gateway keeps its own in
 gateway/aiortc_adapter.py, some of whose helpers are reused here):
@@ -18,6 +23,8 @@ gateway/aiortc_adapter.py, some of whose helpers are reused here):
 - aioice `Connection.data_received` replaced per viewer instance once DTLS is up, so SRTP datagrams reach the
   viewer synchronously instead of aiortc's queue + unprotect-everything loop;
 - aioice `Connection._queue`: datagrams that arrived between the end of the DTLS handshake and the switch above;
+- aioice `Connection._protocols` and `StunProtocol.transport` (C viewers: the socket moves to the drain, aioice
+  sends through a `SendOnlyTransport`);
 - `RTCDtlsTransport._rx_srtp` (the viewer's SRTP receive session, for the sampled unprotects).
 """
 
@@ -27,10 +34,11 @@ import asyncio
 import os
 import pathlib
 import secrets
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 from urllib.parse import urljoin
 
 import httpx
@@ -46,6 +54,9 @@ from gateway.aiortc_adapter import (
     set_dtls_role,
     stop_aioice_consent,
 )
+
+if TYPE_CHECKING:
+    from bench.load_drain import Drain
 
 LOOPBACK = "127.0.0.1"
 H264_PT = 102
@@ -205,7 +216,7 @@ class Publisher:
         self.audio_ssrc = secrets.randbits(32) or 1
         self.audio_seq = secrets.randbits(16)
         self.audio_ts0 = secrets.randbits(32)
-        self.sent_at: dict[bytes, float] = {}
+        self.sent_at: dict[bytes, tuple[float, float]] = {}  # payload hash -> (perf_counter, time.time) at send
         self.video_packets_sent = 0
         self.audio_packets_sent = 0
         self.keyframe_requests = 0
@@ -252,6 +263,7 @@ class Publisher:
         send = self._sender.send_rtp  # type: ignore[union-attr]
         sent_at = self.sent_at
         perf = time.perf_counter
+        wall = time.time
         exts = {layer.ssrc: self._extensions("1", layer.rid) for layer in self.layers}
         while True:
             if self._keyframe_wanted:
@@ -271,7 +283,7 @@ class Publisher:
                 for i, payload in enumerate(frame.payloads):
                     packet = rtp_packet(H264_PT, layer.seq, ts, layer.ssrc, i == last, payload, ext)
                     layer.seq += 1
-                    sent_at[payload_key(payload)] = perf()
+                    sent_at[payload_key(payload)] = (perf(), wall())
                     if not send(packet):
                         self.unsent += 1
                     self.video_packets_sent += 1
@@ -360,17 +372,21 @@ def h264_keyframe_start(payload: bytes) -> bool:
 
 
 class Viewer:
-    """One WHEP viewer: counts SRTP packets by reading their clear RTP headers."""
+    """One WHEP viewer: counts SRTP packets by reading their clear RTP headers (in C with a `Drain`, else here)."""
 
-    def __init__(self, sent_at: dict[bytes, float], video_pt: int = H264_PT) -> None:
+    def __init__(self, sent_at: dict[bytes, tuple[float, float]], video_pt: int = H264_PT,
+                 drain: Optional["Drain"] = None) -> None:
         self.peer = RawPeer()
         self.sent_at = sent_at
         self.video_pt = video_pt
+        self.drain = drain
+        self.slot: Optional[int] = None
         self.counts: dict[int, SsrcCount] = {}
         self.packets = 0
         self.post_at = 0.0
         self.first_frame_at: Optional[float] = None
-        self.latencies: list[float] = []
+        self.latencies: list[float] = []  # publisher send -> this process's Python handling (perf_counter), s
+        self.kernel_latencies: list[float] = []  # publisher send -> kernel receive on this socket (C viewers), s
         self.verified = 0
         self.unknown_payloads = 0
         self.auth_failures = 0
@@ -378,6 +394,7 @@ class Viewer:
         self._unprotect: Optional[Callable[[bytes], bytes]] = None
         self._keyframe_ts: Optional[int] = None
         self._keyframe_next_seq = 0
+        self._stun_protocol = None
 
     async def start(self, http: httpx.AsyncClient, url: str) -> None:
         await self.peer.gather()
@@ -389,12 +406,65 @@ class Viewer:
         # aioice). What arrived since the handshake ended (e.g. the server's replay of a held keyframe) is
         # still queued for aiortc's receive loop, which has not run yet: take it first.
         connection = self.peer.ice._connection
+        if self.drain is not None:
+            self._switch_to_drain(connection)
+            return
         connection.data_received = self.on_datagram
         queue = connection._queue
         while not queue.empty():
             item = queue.get_nowait()
             if item is not None:
                 self.on_datagram(*item)
+
+    def _switch_to_drain(self, connection) -> None:
+        """Move the socket from aioice's uvloop transport to the C drain (see bench/load_drain.py). Synchronous:
+        nothing is read by anyone else between the steps."""
+        from bench.load_drain import SendOnlyTransport
+
+        drain = self.drain
+        assert drain is not None
+        self.slot = slot = drain.attach(self, self.video_pt)
+        connection.data_received = self._on_aioice_datagram
+        queue = connection._queue
+        while not queue.empty():
+            item = queue.get_nowait()
+            if item is not None:
+                self._on_aioice_datagram(*item)
+        (protocol,) = connection._protocols  # one host candidate on 127.0.0.1
+        self._stun_protocol = protocol
+        transport = protocol.transport
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        transport.set_protocol(asyncio.DatagramProtocol())  # its connection_lost must not reach aioice
+        transport.close()  # uvloop stops polling and closes its fd; our dup keeps the socket
+
+        def closed() -> None:
+            drain.detach(slot)
+            sock.close()
+            asyncio.get_running_loop().call_soon(protocol.connection_lost, None)  # ends aioice's protocol.close()
+
+        protocol.transport = SendOnlyTransport(sock, closed)
+        drain.read_socket(slot, fd)
+
+    def _on_aioice_datagram(self, data: bytes, component: int) -> None:
+        """A non-STUN datagram aioice read before its transport closed: counted by the same C code."""
+        kind = self.drain.process(self.slot, data)  # type: ignore[union-attr]
+        if kind > 0:
+            self.on_passed(kind, data, 0)
+
+    def on_stun(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._stun_protocol is not None:
+            self._stun_protocol.datagram_received(data, addr)
+
+    def on_passed(self, kind: int, data: bytes, rx_ns: int) -> None:
+        """A datagram the C drain hands back: 1 = media before the first keyframe, 2 = a sample."""
+        if kind == 1:
+            self._watch_first_keyframe(data, (data[2] << 8) | data[3])
+            if self.first_frame_at is not None:
+                self.drain.states[self.slot].pass_media = 0  # type: ignore[union-attr]
+        else:
+            self._sample(data, data[1] & 0x7F == self.video_pt, rx_ns)
 
     def on_datagram(self, data: bytes, component: int) -> None:
         if not 127 < data[0] < 192 or len(data) < 12:
@@ -440,7 +510,7 @@ class Viewer:
                       "received", count.received if count else None, "first_frame", self.first_frame_at is not None, flush=True)
             return None
 
-    def _sample(self, data: bytes, video: bool) -> None:
+    def _sample(self, data: bytes, video: bool, rx_ns: int = 0) -> None:
         now = time.perf_counter()
         packet = self._decrypt(data)
         if packet is None or not video:
@@ -450,7 +520,9 @@ class Viewer:
             self.unknown_payloads += 1
             return
         self.verified += 1
-        self.latencies.append(now - sent)
+        self.latencies.append(now - sent[0])
+        if rx_ns:
+            self.kernel_latencies.append(rx_ns / 1e9 - sent[1])
 
     def _watch_first_keyframe(self, data: bytes, seq: int) -> None:
         """First complete keyframe: an IDR start, then every packet of that timestamp up to the marker."""
@@ -471,13 +543,21 @@ class Viewer:
         if packet[1] & 0x80:
             self.first_frame_at = time.perf_counter()
 
+    def _ssrc_counts(self) -> list[tuple[int, int, int, bool, int]]:
+        """(ssrc, received, extended highest seq, video, frames) per SSRC, from C or from this object."""
+        if self.slot is not None:
+            state = self.drain.states[self.slot]  # type: ignore[union-attr]
+            return [(c.ssrc, c.received, c.highest, bool(c.video), c.frames)
+                    for c in (state.ssrcs[i] for i in range(state.nssrc))]
+        return [(ssrc, c.received, c.highest, c.video, c.frames) for ssrc, c in self.counts.items()]
+
     def snapshot(self) -> dict[int, tuple[int, int]]:
-        return {ssrc: (c.received, c.highest) for ssrc, c in self.counts.items()}
+        return {ssrc: (received, highest) for ssrc, received, highest, _, _ in self._ssrc_counts()}
 
     def video_received(self) -> tuple[int, int]:
         """(video packets, video frames ended by a marker) received so far."""
-        video = [c for c in self.counts.values() if c.video]
-        return sum(c.received for c in video), sum(c.frames for c in video)
+        video = [(received, frames) for _, received, _, is_video, frames in self._ssrc_counts() if is_video]
+        return sum(r for r, _ in video), sum(f for _, f in video)
 
     @property
     def time_to_first_frame(self) -> Optional[float]:
