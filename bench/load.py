@@ -100,8 +100,11 @@ class Server:
                    PYTHONUNBUFFERED="1")
         if kind == "whipgate":
             config = workdir / f"whipgate{'-' + name if name else ''}.toml"
+            # One process (what "per core" measures): the default, one worker per core, would be a front and N
+            # workers wherever taskset cannot pin the server; bench/workers.py passes its own.
+            workers = http_config or "workers = 1\n"
             config.write_text(
-                f'[http]\nlisten = "127.0.0.1:{self.port}"\n{http_config}'
+                f'[http]\nlisten = "127.0.0.1:{self.port}"\n{workers}'
                 '[rtc]\nice_addresses = ["127.0.0.1"]\nice_timeout = 30.0\n'
                 '[log]\nlevel = "warning"\n'
             )
