@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 /* RFC 3711: the RTP header and payload stay in place, SRTP appends at most the MKI and the tag; libsrtp's
  * SRTP_MAX_TRAILER_LEN (16 + 128) and SRTCP's (4 + 16 + 128) bound what protect adds. */
@@ -49,6 +50,8 @@ typedef struct {
     socklen_t addrlen;
     unsigned long long dropped;  /* datagrams the kernel did not take (EAGAIN/ENOBUFS/...) */
     int last_errno;
+    dev_t sock_dev;     /* the socket's identity (fstat of our dup): senders on one socket batch in sendmmsg */
+    ino_t sock_ino;
 } Sender;
 
 static int
@@ -102,6 +105,11 @@ Sender_init(Sender *self, PyObject *args, PyObject *kwds)
     if (self->fd >= 0)
         close(self->fd);
     self->fd = copy;
+    struct stat st;
+    if (fstat(copy, &st) == 0) {
+        self->sock_dev = st.st_dev;
+        self->sock_ino = st.st_ino;
+    }
     self->protect = (srtp_protect_fn)(uintptr_t)protect;
     self->protect_rtcp = (srtp_protect_fn)(uintptr_t)protect_rtcp;
     self->ctx = (void *)(uintptr_t)ctx;
@@ -471,11 +479,62 @@ LaneGroup_counts(LaneGroup *self, PyObject *owner)
     return Py_BuildValue("(KK)", self->lanes[i].packets, self->lanes[i].octets);
 }
 
+/* Datagrams of lanes on ONE socket leave in one sendmmsg (rtc.udp_port: every viewer shares the gateway's socket);
+ * lanes on their own sockets (a port per session) make batches of one. Protected straight into these slots. */
+#define BATCH 32
+static unsigned char batch_buffers[BATCH][MAX_PACKET + MAX_TRAILER];
+static struct mmsghdr batch_messages[BATCH];
+static struct iovec batch_iovecs[BATCH];
+
+typedef struct {
+    int count;
+    int fd;
+    dev_t dev;
+    ino_t ino;
+    Py_ssize_t lane[BATCH];  /* lane indices: below the loop's index, so a lane leaving the group moves none of them */
+} Batch;
+
+static void
+batch_drop(LaneGroup *self, Sender *sender, int error)
+{
+    sender->dropped++;
+    sender->last_errno = error;
+    if (error == EAGAIN || error == EWOULDBLOCK || error == ENOBUFS)
+        self->socket_full++;
+    else
+        self->send_failed++;
+}
+
+static void
+batch_flush(LaneGroup *self, Batch *batch, long *sent, unsigned long long payload_len)
+{
+    int done = 0;
+    while (done < batch->count) {
+        int n;
+        do {
+            n = sendmmsg(batch->fd, batch_messages + done, (unsigned int)(batch->count - done), MSG_DONTWAIT);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            /* the first datagram left was not taken (socket buffer full, ...): UDP loses it; go on after it */
+            batch_drop(self, self->lanes[batch->lane[done]].sender, n < 0 ? errno : EAGAIN);
+            done++;
+            continue;
+        }
+        for (int k = done; k < done + n; k++) {
+            Lane *lane = &self->lanes[batch->lane[k]];
+            lane->packets++;
+            lane->octets += payload_len;
+        }
+        *sent += n;
+        done += n;
+    }
+    batch->count = 0;
+}
+
 /* send(first_word, rest, seq, ts, now, payload_len) -> packets sent */
 static PyObject *
 LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned char buffer[MAX_PACKET + MAX_TRAILER];
     if (nargs != 6 || !PyBytes_CheckExact(args[1])) {
         PyErr_SetString(PyExc_TypeError, "send(first_word: int, rest: bytes, seq: int, ts: int, now: float, payload_len: int)");
         return NULL;
@@ -497,14 +556,20 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
     uint16_t seq = (uint16_t)seq_in;
     uint32_t ts = (uint32_t)ts_in;
     long sent = 0;
+    Batch batch;
+    batch.count = 0;
     Py_ssize_t i = 0;
     while (i < self->count) {
         Lane *lane = &self->lanes[i];
-        if ((uint16_t)(seq - lane->in_start) >= 0x8000 || lane->lease <= 0) {
+        Sender *sender = lane->sender;
+        if ((uint16_t)(seq - lane->in_start) >= 0x8000 || lane->lease <= 0 || sender->fd < 0) {
             if (lane_fail(self, i) < 0)
                 return NULL;
             continue;
         }
+        if (batch.count == BATCH || (batch.count && (sender->sock_ino != batch.ino || sender->sock_dev != batch.dev)))
+            batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
+        unsigned char *buffer = batch_buffers[batch.count];
         uint16_t out_seq = (uint16_t)(seq + lane->offset);
         uint32_t out_ts = ts + lane->ts_offset;
         uint32_t ssrc = lane->ssrc;
@@ -521,9 +586,8 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         buffer[10] = (unsigned char)(ssrc >> 8);
         buffer[11] = (unsigned char)ssrc;
         memcpy(buffer + MIN_RTP_HEADER, rest, (size_t)rest_len);
-        int status;
-        int n = protect_send_buffer(lane->sender, buffer, length, lane->sender->protect, &status);
-        if (n < 0) {
+        int out_len = length;
+        if (sender->protect(sender->ctx, buffer, &out_len) != 0) {
             if (lane_fail(self, i) < 0)
                 return NULL;
             continue;
@@ -539,19 +603,23 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         lane->lease--;
-        if (n > 0) {
-            lane->packets++;
-            lane->octets += (unsigned long long)payload_len;
-            sent++;
-        } else {
-            int e = lane->sender->last_errno;
-            if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS)
-                self->socket_full++;
-            else
-                self->send_failed++;
+        struct mmsghdr *message = &batch_messages[batch.count];
+        batch_iovecs[batch.count].iov_base = buffer;
+        batch_iovecs[batch.count].iov_len = (size_t)out_len;
+        memset(&message->msg_hdr, 0, sizeof(message->msg_hdr));
+        message->msg_hdr.msg_name = &sender->addr;
+        message->msg_hdr.msg_namelen = sender->addrlen;
+        message->msg_hdr.msg_iov = &batch_iovecs[batch.count];
+        message->msg_hdr.msg_iovlen = 1;
+        if (batch.count == 0) {
+            batch.fd = sender->fd;
+            batch.dev = sender->sock_dev;
+            batch.ino = sender->sock_ino;
         }
+        batch.lane[batch.count++] = i;
         i++;
     }
+    batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
     return PyLong_FromLong(sent);
 }
 

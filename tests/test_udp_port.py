@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from clients import get_metric, loopback_only
 from test_media import STREAM, assert_live_numbered_frames, start_publisher, start_viewer, stop_all
 
@@ -30,17 +32,22 @@ def candidate_ports(sdp: str) -> set[int]:
     return ports
 
 
-async def test_every_session_shares_one_udp_port(gateway_factory) -> None:
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_every_session_shares_one_udp_port(gateway_factory, codec: str) -> None:
+    """With H.264 the viewers' video and audio are forwarded by C lanes, whose datagrams to viewers on one socket
+    leave in one sendmmsg per packet; with VP8 the audio is."""
     port = free_udp_port()
     gw = gateway_factory({"rtc": {"udp_port": port}})
     clients: list = []
     try:
         with loopback_only():
-            pub = await start_publisher(gw, clients, video_codec="VP8", width=640, height=480, fps=30)
+            pub = await start_publisher(gw, clients, video_codec=codec, width=640, height=480, fps=30)
             viewers = [await start_viewer(gw, clients) for _ in range(3)]
             await asyncio.gather(*(v.wait_frames(30, timeout=20) for v in viewers))
+            await asyncio.gather(*(v.wait_audio(25, timeout=10) for v in viewers))
             for v in viewers:
                 assert_live_numbered_frames(v, pub, (640, 480))
+                assert v.audio_peak_rms > 0.02, f"audio decoded as silence (rms {v.audio_peak_rms})"
             answers = [pub.response.text] + [v.response.text for v in viewers]
             assert all(candidate_ports(sdp) == {port} for sdp in answers), [candidate_ports(sdp) for sdp in answers]
 
