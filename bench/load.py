@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.load_drain import Drain, compile_drain  # noqa: E402
+from bench.proc_stats import cpu_busy_seconds, net_rx_softirqs, softirq_seconds  # noqa: E402
 from bench.load_media import Clip, encode_clip  # noqa: E402
 from bench.load_peers import (  # noqa: E402
     SAMPLE_EVERY,
@@ -389,37 +390,6 @@ def drain_reads(drain: Drain, viewers: list[Viewer]) -> int:
 
 def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
     return sum(drain.states[v.slot].stun for v in viewers if v.slot is not None)
-
-
-def softirq_seconds() -> list[float]:
-    """Time each CPU spent in softirq so far (/proc/stat cpuN field 7; machine-wide). Softirq work done on the way
-    out of a syscall is only counted here with IRQ time accounting; otherwise it is the calling process's stime."""
-    out = []
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                out.append(int(line.split()[7]) / os.sysconf("SC_CLK_TCK"))
-    return out
-
-
-def cpu_busy_seconds() -> list[float]:
-    """Non-idle time of each CPU so far (/proc/stat: all fields but idle and iowait; machine-wide)."""
-    out = []
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                v = [int(x) for x in line.split()[1:9]]
-                out.append((sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"))
-    return out
-
-
-def net_rx_softirqs() -> list[int]:
-    """NET_RX softirqs handled per CPU so far (/proc/softirqs; machine-wide, not per network namespace)."""
-    with open("/proc/softirqs") as f:
-        for line in f:
-            if line.strip().startswith("NET_RX:"):
-                return [int(x) for x in line.split()[1:]]
-    return []
 
 
 def start_py_spy(opts: Options, server: Server, profile: str, n: int) -> Optional[subprocess.Popen]:

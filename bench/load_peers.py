@@ -371,6 +371,15 @@ def h264_keyframe_start(payload: bytes) -> bool:
     return False
 
 
+def take_queued(connection: object, handler: Callable[[bytes, int], None]) -> None:
+    """Hand what aioice queued for aiortc's receive loop (which has not run yet) to `handler`, in order."""
+    queue = connection._queue  # type: ignore[attr-defined]
+    while not queue.empty():
+        item = queue.get_nowait()
+        if item is not None:
+            handler(*item)
+
+
 class Viewer:
     """One WHEP viewer: counts SRTP packets by reading their clear RTP headers (in C with a `Drain`, else here)."""
 
@@ -410,11 +419,7 @@ class Viewer:
             self._switch_to_drain(connection)
             return
         connection.data_received = self.on_datagram
-        queue = connection._queue
-        while not queue.empty():
-            item = queue.get_nowait()
-            if item is not None:
-                self.on_datagram(*item)
+        take_queued(connection, self.on_datagram)
 
     def _switch_to_drain(self, connection) -> None:
         """Move the socket from aioice's uvloop transport to the C drain (see bench/load_drain.py). Synchronous:
@@ -425,11 +430,7 @@ class Viewer:
         assert drain is not None
         self.slot = slot = drain.attach(self, self.video_pt)
         connection.data_received = self._on_aioice_datagram
-        queue = connection._queue
-        while not queue.empty():
-            item = queue.get_nowait()
-            if item is not None:
-                self._on_aioice_datagram(*item)
+        take_queued(connection, self._on_aioice_datagram)
         (protocol,) = connection._protocols  # one host candidate on 127.0.0.1
         self._stun_protocol = protocol
         transport = protocol.transport

@@ -14,21 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.proc_stats import net_rx_softirqs, softirq_ticks  # noqa: E402
 
 COUNT = 200_000
-
-
-def net_rx() -> list[int]:
-    with open("/proc/softirqs") as f:
-        for line in f:
-            if line.strip().startswith("NET_RX:"):
-                return [int(x) for x in line.split()[1:]]
-    return []
-
-
-def softirq_ticks() -> list[int]:
-    with open("/proc/stat") as f:
-        return [int(line.split()[7]) for line in f if line.startswith("cpu") and line[3].isdigit()]
 
 
 def transfer() -> None:
@@ -52,13 +44,13 @@ def transfer() -> None:
     os.sched_setaffinity(0, {1})
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     payload = b"x" * 1000
-    rx0, si0 = net_rx(), softirq_ticks()
+    rx0, si0 = net_rx_softirqs(), softirq_ticks()
     for i in range(COUNT):
         sender.sendto(payload, ("127.0.0.1", port))
         if i % 64 == 0:
             time.sleep(0)
     os.waitpid(pid, 0)
-    rx1, si1 = net_rx(), softirq_ticks()
+    rx1, si1 = net_rx_softirqs(), softirq_ticks()
     with open("/sys/class/net/lo/queues/rx-0/rps_cpus") as f:
         mask = f.read().strip()
     print(f"rps_cpus={mask}: NET_RX per CPU {[b - a for a, b in zip(rx0, rx1)]}, "
