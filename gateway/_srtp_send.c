@@ -102,14 +102,17 @@ Sender_init(Sender *self, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    struct stat st;
+    if (fstat(copy, &st) < 0) {  /* the socket's identity decides which datagrams share a sendmmsg: never guess it */
+        PyErr_SetFromErrno(PyExc_OSError);
+        close(copy);
+        return -1;
+    }
     if (self->fd >= 0)
         close(self->fd);
     self->fd = copy;
-    struct stat st;
-    if (fstat(copy, &st) == 0) {
-        self->sock_dev = st.st_dev;
-        self->sock_ino = st.st_ino;
-    }
+    self->sock_dev = st.st_dev;
+    self->sock_ino = st.st_ino;
     self->protect = (srtp_protect_fn)(uintptr_t)protect;
     self->protect_rtcp = (srtp_protect_fn)(uintptr_t)protect_rtcp;
     self->ctx = (void *)(uintptr_t)ctx;
@@ -563,6 +566,8 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         Lane *lane = &self->lanes[i];
         Sender *sender = lane->sender;
         if ((uint16_t)(seq - lane->in_start) >= 0x8000 || lane->lease <= 0 || sender->fd < 0) {
+            /* lane_fail makes Python objects (a GC pass may run Python code): nothing may wait in the batch */
+            batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
             if (lane_fail(self, i) < 0)
                 return NULL;
             continue;
@@ -588,6 +593,7 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         memcpy(buffer + MIN_RTP_HEADER, rest, (size_t)rest_len);
         int out_len = length;
         if (sender->protect(sender->ctx, buffer, &out_len) != 0) {
+            batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
             if (lane_fail(self, i) < 0)
                 return NULL;
             continue;
