@@ -142,34 +142,6 @@ Sender_dealloc(Sender *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Protect the `length` bytes in `buffer` (room for MAX_TRAILER more) in place with `fn` and send them: the bytes
- * on the wire, 0 when the datagram was dropped (counted), -1 when libsrtp refused the packet (its status in
- * *status) or the sender is closed (*status = -1). No Python object is touched: the lane fan-out calls it too. */
-static int
-protect_send_buffer(Sender *self, unsigned char *buffer, int length, srtp_protect_fn fn, int *status)
-{
-    if (self->fd < 0) {
-        *status = -1;
-        return -1;
-    }
-    int out_len = length;
-    *status = fn(self->ctx, buffer, &out_len);
-    if (*status != 0)
-        return -1;
-    ssize_t sent;
-    do {
-        sent = sendto(self->fd, buffer, (size_t)out_len, MSG_DONTWAIT, (struct sockaddr *)&self->addr, self->addrlen);
-    } while (sent < 0 && errno == EINTR);
-    if (sent < 0) {
-        /* EAGAIN/EWOULDBLOCK/ENOBUFS: the socket buffer is full; anything else (EPERM from a firewall,
-         * ENETUNREACH, ...) is a datagram the network did not take either. UDP loses it: drop and count. */
-        self->dropped++;
-        self->last_errno = errno;
-        return 0;
-    }
-    return out_len;
-}
-
 /* Protect `packet` with `fn` into a stack buffer and send it: the bytes on the wire, 0 when the datagram was
  * dropped (counted), NULL with an exception when libsrtp refused the packet or it is too long/short. */
 static PyObject *
@@ -199,16 +171,28 @@ protect_and_send(Sender *self, PyObject *packet, srtp_protect_fn fn, Py_ssize_t 
     memcpy(buffer, data, (size_t)length);
     if (have_view)
         PyBuffer_Release(&view);
-    int status;
-    int sent = protect_send_buffer(self, buffer, (int)length, fn, &status);
-    if (sent < 0) {
-        if (status == -1)
-            PyErr_SetString(PyExc_ValueError, "sender is closed");
-        else
-            PyErr_Format(self->error, "srtp protect failed (libsrtp status %d)", status);
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "sender is closed");
         return NULL;
     }
-    return PyLong_FromLong(sent);
+    int out_len = (int)length;
+    int status = fn(self->ctx, buffer, &out_len);
+    if (status != 0) {
+        PyErr_Format(self->error, "srtp protect failed (libsrtp status %d)", status);
+        return NULL;
+    }
+    ssize_t sent;
+    do {
+        sent = sendto(self->fd, buffer, (size_t)out_len, MSG_DONTWAIT, (struct sockaddr *)&self->addr, self->addrlen);
+    } while (sent < 0 && errno == EINTR);
+    if (sent < 0) {
+        /* EAGAIN/EWOULDBLOCK/ENOBUFS: the socket buffer is full; anything else (EPERM from a firewall,
+         * ENETUNREACH, ...) is a datagram the network did not take either. UDP loses it: drop and count. */
+        self->dropped++;
+        self->last_errno = errno;
+        return PyLong_FromLong(0);
+    }
+    return PyLong_FromLong(out_len);
 }
 
 static PyObject *
