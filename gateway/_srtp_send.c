@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* RFC 3711: the RTP header and payload stay in place, SRTP appends at most the MKI and the tag; libsrtp's
  * SRTP_MAX_TRAILER_LEN (16 + 128) and SRTCP's (4 + 16 + 128) bound what protect adds. */
@@ -257,16 +258,155 @@ static PyTypeObject SenderType = {
     .tp_getset = Sender_getset,
 };
 
+/* ---- TransportWide: one viewer's transport-wide congestion control state, shared with Python --------------
+ *
+ * draft-holmer-rmcat-transport-wide-cc-extensions-01: every packet on a viewer's transport carries the next
+ * 16-bit transport-wide sequence number (§2), and the sender keeps what it sent by that number to read the
+ * viewer's feedback against (simulcast/bwe.py SendLog). GCC §4: video leaves through a pacer (simulcast/bwe.py
+ * Pacer). All of that state lives in Python-owned arrays (SendLog's rings, the Pacer's bucket and the viewer's
+ * counters); a TransportWide holds buffer views of them so a lane can stamp, log and pace in C exactly as
+ * gateway/sfu/down_track.py does, on the very same counters. */
+enum { TW_SEQS, TW_SIZES, TW_TIMES, TW_CLUSTERS, TW_STATES, TW_COUNTERS, TW_BUCKET, TW_VIEWS };
+enum { COUNTER_NEXT_SEQ, COUNTER_PROBING, COUNTERS };           /* simulcast/viewer_bandwidth.py */
+enum { BUCKET_RATE, BUCKET_BURST, BUCKET_BUDGET, BUCKET_UPDATED, BUCKET_QUEUED, BUCKET_SLOTS };  /* bwe.Pacer */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer views[TW_VIEWS];
+    int held;                 /* views acquired so far */
+    int32_t *seqs;
+    int32_t *sizes;
+    int64_t *times;
+    int32_t *clusters;
+    uint8_t *states;
+    int64_t *counters;
+    double *bucket;
+    uint32_t mask;
+} TransportWide;
+
+static const struct { char format; Py_ssize_t itemsize; const char *name; } tw_layout[TW_VIEWS] = {
+    {'i', 4, "seqs"}, {'i', 4, "sizes"}, {'q', 8, "times"}, {'i', 4, "clusters"}, {'B', 1, "states"},
+    {'q', 8, "counters"}, {'d', 8, "bucket"},
+};
+
+static void
+TransportWide_release(TransportWide *self)
+{
+    while (self->held > 0)
+        PyBuffer_Release(&self->views[--self->held]);
+}
+
+static PyObject *
+TransportWide_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if ((kwds && PyDict_GET_SIZE(kwds)) || PyTuple_GET_SIZE(args) != TW_VIEWS) {
+        PyErr_SetString(PyExc_TypeError, "TransportWide(seqs, sizes, times, clusters, states, counters, bucket)");
+        return NULL;
+    }
+    TransportWide *self = (TransportWide *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_ssize_t ring = -1;
+    for (int k = 0; k < TW_VIEWS; k++) {
+        Py_buffer *view = &self->views[k];
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args, k), view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+            goto fail;
+        self->held++;
+        const char *format = view->format ? view->format : "B";
+        if (format[0] == '@' || format[0] == '=')
+            format++;
+        /* array('q') reports 'q' or 'l' (same size on LP64); compare sizes and the integer/float kind */
+        int want_float = tw_layout[k].format == 'd';
+        int is_float = format[0] == 'd';
+        if (view->itemsize != tw_layout[k].itemsize || want_float != is_float || format[1] != '\0') {
+            PyErr_Format(PyExc_TypeError, "%s: expected an array of %zd-byte %s", tw_layout[k].name,
+                         tw_layout[k].itemsize, want_float ? "doubles" : "integers");
+            goto fail;
+        }
+        Py_ssize_t n = view->len / view->itemsize;
+        if (k <= TW_STATES) {
+            if (ring < 0)
+                ring = n;
+            if (n != ring || n < 16 || (n & (n - 1))) {
+                PyErr_SetString(PyExc_ValueError, "the send log rings must have one power-of-two length");
+                goto fail;
+            }
+        } else if (n < (k == TW_COUNTERS ? COUNTERS : BUCKET_SLOTS)) {
+            PyErr_Format(PyExc_ValueError, "%s: too short", tw_layout[k].name);
+            goto fail;
+        }
+    }
+    self->seqs = self->views[TW_SEQS].buf;
+    self->sizes = self->views[TW_SIZES].buf;
+    self->times = self->views[TW_TIMES].buf;
+    self->clusters = self->views[TW_CLUSTERS].buf;
+    self->states = self->views[TW_STATES].buf;
+    self->counters = self->views[TW_COUNTERS].buf;
+    self->bucket = self->views[TW_BUCKET].buf;
+    self->mask = (uint32_t)(ring - 1);
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static void
+TransportWide_dealloc(TransportWide *self)
+{
+    TransportWide_release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject TransportWideType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway._srtp_send.TransportWide",
+    .tp_basicsize = sizeof(TransportWide),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One viewer's transport-wide seq counter, send log rings and pacer bucket (Python-owned arrays).",
+    .tp_new = TransportWide_new,
+    .tp_dealloc = (destructor)TransportWide_dealloc,
+};
+
+/* GCC §4 via simulcast/bwe.py Pacer.can_send_now: nothing queued, the bucket (refilled to now) not in debt;
+ * then charge it. Same arithmetic as Pacer._refill. */
+static int
+pacer_take(double *bucket, int64_t now_us, double size)
+{
+    if (bucket[BUCKET_QUEUED] > 0)
+        return 0;
+    double last = bucket[BUCKET_UPDATED];
+    double budget = bucket[BUCKET_BUDGET];
+    double now = (double)now_us;
+    if (last >= 0 && now > last) {
+        budget += (now - last) * bucket[BUCKET_RATE];
+        if (budget > bucket[BUCKET_BURST])
+            budget = bucket[BUCKET_BURST];
+    }
+    if (last < 0 || now > last)
+        bucket[BUCKET_UPDATED] = now;
+    bucket[BUCKET_BUDGET] = budget;
+    if (budget < 0)
+        return 0;
+    bucket[BUCKET_BUDGET] = budget - size;
+    return 1;
+}
+
 /* ---- Lanes: the whole per-viewer forwarding step in C -----------------------------------------------------
  *
  * A LaneGroup holds the viewers of one layer that share one egress profile and are in steady state, "armed" by
- * gateway/sfu/down_track.py: forwarding the layer they receive with no switch pending, no transport-wide sequence
- * number to stamp and no VP8/VP9 payload to rewrite. For such a viewer forwarding is arithmetic: the current
+ * gateway/sfu/down_track.py: forwarding the layer they receive with no switch pending, no probe cluster sending
+ * and no VP8/VP9 payload to rewrite. For such a viewer forwarding is arithmetic: the current
  * segment of its RtpMunger (simulcast/rtp_munger.py) maps sequence number and timestamp by fixed offsets. `send`
  * does, per incoming packet and for every lane: that mapping (the munger's fast path, same rules: at or after the
  * segment start maps by the offsets; the newest value moves highest_in / last_out / last_ts / last_time), the
  * 12-byte fixed header (RFC 3550 §5.1) in front of the profile's shared bytes, SRTP protect and sendto. No
  * Python object is made per viewer.
+ *
+ * A viewer with transport-cc has a TransportWide: its lane stamps the next transport-wide sequence number into
+ * the profile's slot for it and logs the packet (size on the wire, send time) in the viewer's SendLog. Its video
+ * lanes are also paced: when the viewer's pacer has a queue or its bucket is in debt, the packet is not sent but
+ * DEFERRED: mapped as if sent (the munger state moves on), and handed back by take_deferred() as (owner, seq, ts)
+ * for Python to queue in the pacer, whose timer sends it. The lane stays armed.
  *
  * A lane that cannot take a packet (older than its segment's start, sender closed, libsrtp refused it, lease
  * used up) leaves the group BEFORE that packet, its munger state unchanged by it, and comes back from
@@ -288,6 +428,9 @@ typedef struct {
     unsigned long long packets;
     unsigned long long octets;
     long lease;
+    TransportWide *transport;  /* strong reference, or NULL: no transport-wide sequence number */
+    char deferred;             /* within one send(): this packet went to take_deferred() */
+    int paced;                 /* video of a transport-cc viewer: the viewer's pacer decides (pacer_take) */
 } Lane;
 
 typedef struct {
@@ -296,6 +439,7 @@ typedef struct {
     Py_ssize_t count;
     Py_ssize_t capacity;
     PyObject *failed;                  /* list of (owner, state) since the last take_failed() */
+    PyObject *deferred;                /* list of (owner, seq, ts) the pacers held back, since take_deferred() */
     unsigned long long socket_full;    /* datagrams the socket did not take, since the last take_drops() */
     unsigned long long send_failed;
 } LaneGroup;
@@ -315,11 +459,13 @@ lane_remove(LaneGroup *self, Py_ssize_t i)
     Lane *lane = &self->lanes[i];
     PyObject *owner = lane->owner;
     Sender *sender = lane->sender;
+    TransportWide *transport = lane->transport;
     self->count--;
     if (i != self->count)
         self->lanes[i] = self->lanes[self->count];
     Py_DECREF(owner);
     Py_DECREF(sender);
+    Py_XDECREF(transport);
 }
 
 static Py_ssize_t
@@ -360,7 +506,8 @@ LaneGroup_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     self->failed = PyList_New(0);
-    if (self->failed == NULL) {
+    self->deferred = PyList_New(0);
+    if (self->failed == NULL || self->deferred == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -375,6 +522,7 @@ LaneGroup_traverse(LaneGroup *self, visitproc visit, void *arg)
         Py_VISIT(self->lanes[i].sender);
     }
     Py_VISIT(self->failed);
+    Py_VISIT(self->deferred);
     return 0;
 }
 
@@ -384,6 +532,7 @@ LaneGroup_clear(LaneGroup *self)
     while (self->count > 0)
         lane_remove(self, self->count - 1);
     Py_CLEAR(self->failed);
+    Py_CLEAR(self->deferred);
     return 0;
 }
 
@@ -400,16 +549,24 @@ static PyObject *
 LaneGroup_arm(LaneGroup *self, PyObject *args, PyObject *kwds)
 {
     static char *keywords[] = {"owner", "sender", "ssrc", "in_start", "offset", "ts_offset", "highest_in",
-                               "last_out", "last_ts", "last_time", "lease", NULL};
-    PyObject *owner, *sender;
+                               "last_out", "last_ts", "last_time", "lease", "transport", "paced", NULL};
+    PyObject *owner, *sender, *transport = Py_None;
     unsigned long ssrc, ts_offset, last_ts;
-    int in_start, offset, highest_in, last_out;
+    int in_start, offset, highest_in, last_out, paced = 0;
     double last_time;
     long lease;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!kiikiikdl", keywords, &owner, &SenderType, &sender, &ssrc,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!kiikiikdl|Op", keywords, &owner, &SenderType, &sender, &ssrc,
                                      &in_start, &offset, &ts_offset, &highest_in, &last_out, &last_ts, &last_time,
-                                     &lease))
+                                     &lease, &transport, &paced))
         return NULL;
+    if (transport != Py_None && !PyObject_TypeCheck(transport, &TransportWideType)) {
+        PyErr_SetString(PyExc_TypeError, "transport must be a TransportWide or None");
+        return NULL;
+    }
+    if (paced && transport == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "a paced lane needs its viewer's TransportWide");
+        return NULL;
+    }
     if (lane_find(self, owner) >= 0) {
         PyErr_SetString(PyExc_ValueError, "already armed in this group");
         return NULL;
@@ -442,6 +599,10 @@ LaneGroup_arm(LaneGroup *self, PyObject *args, PyObject *kwds)
     lane->packets = 0;
     lane->octets = 0;
     lane->lease = lease;
+    lane->transport = transport != Py_None ? (TransportWide *)transport : NULL;
+    Py_XINCREF(lane->transport);
+    lane->paced = paced;
+    lane->deferred = 0;
     Py_RETURN_NONE;
 }
 
@@ -518,49 +679,95 @@ batch_flush(LaneGroup *self, Batch *batch, long *sent, unsigned long long payloa
     batch->count = 0;
 }
 
-/* send(first_word, rest, seq, ts, now, payload_len) -> packets sent */
+static int64_t
+monotonic_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);  /* Python's time.monotonic_ns() clock: the send log's timebase */
+    return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
+/* The munger's fast path moves on as the packet leaves (or is deferred to the pacer): simulcast/rtp_munger.py */
+static inline void
+lane_advance(Lane *lane, uint16_t seq, uint16_t out_seq, uint32_t out_ts, double now)
+{
+    uint16_t ahead = (uint16_t)(seq - lane->highest_in);
+    if (ahead != 0 && ahead < 0x8000) {
+        lane->highest_in = seq;
+        lane->last_out = out_seq;
+        if (out_ts != lane->last_ts) {
+            lane->last_ts = out_ts;
+            lane->last_time = now;
+        }
+    }
+}
+
+/* send(first_word, head, rest, seq, ts, now, payload_len, paced_size) -> packets sent.
+ * head: the profile's bytes in front of the transport-wide sequence number slot (b"" without transport-cc);
+ * paced_size: what the viewer's pacer charges for the packet (down_track.PACED_HEADER_BYTES + len(rest)). */
 static PyObject *
 LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "send(first_word: int, rest: bytes, seq: int, ts: int, now: float, payload_len: int)");
+    if (nargs != 8 || !PyBytes_CheckExact(args[1]) || !PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "send(first_word: int, head: bytes, rest: bytes, seq: int, ts: int, now: float, "
+                                         "payload_len: int, paced_size: int)");
         return NULL;
     }
     unsigned long first_word = PyLong_AsUnsignedLong(args[0]);
-    unsigned long seq_in = PyLong_AsUnsignedLong(args[2]);
-    unsigned long ts_in = PyLong_AsUnsignedLong(args[3]);
-    double now = PyFloat_AsDouble(args[4]);
-    long payload_len = PyLong_AsLong(args[5]);
+    unsigned long seq_in = PyLong_AsUnsignedLong(args[3]);
+    unsigned long ts_in = PyLong_AsUnsignedLong(args[4]);
+    double now = PyFloat_AsDouble(args[5]);
+    long payload_len = PyLong_AsLong(args[6]);
+    long paced_size = PyLong_AsLong(args[7]);
     if (PyErr_Occurred())
         return NULL;
-    Py_ssize_t rest_len = PyBytes_GET_SIZE(args[1]);
-    if (rest_len + MIN_RTP_HEADER > MAX_PACKET) {
-        PyErr_Format(PyExc_ValueError, "packet of %zd bytes (at most %d)", rest_len + MIN_RTP_HEADER, MAX_PACKET);
+    Py_ssize_t head_len = PyBytes_GET_SIZE(args[1]);
+    Py_ssize_t rest_len = PyBytes_GET_SIZE(args[2]);
+    if (head_len != 0 && head_len != 5 && head_len != 6) {
+        PyErr_SetString(PyExc_ValueError, "head: the one-byte (5) or two-byte (6) extension bytes before the slot");
         return NULL;
     }
-    int length = (int)rest_len + MIN_RTP_HEADER;
-    const char *rest = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t slot = head_len ? MIN_RTP_HEADER + head_len : 0;  /* where the transport-wide seq goes */
+    Py_ssize_t total = MIN_RTP_HEADER + (head_len ? head_len + 2 : 0) + rest_len;
+    if (total > MAX_PACKET) {
+        PyErr_Format(PyExc_ValueError, "packet of %zd bytes (at most %d)", total, MAX_PACKET);
+        return NULL;
+    }
+    int length = (int)total;
+    const char *head = PyBytes_AS_STRING(args[1]);
+    const char *rest = PyBytes_AS_STRING(args[2]);
     uint16_t seq = (uint16_t)seq_in;
     uint32_t ts = (uint32_t)ts_in;
+    int64_t now_us = head_len ? monotonic_us() : 0;
     long sent = 0;
+    Py_ssize_t deferred = 0;
     Batch batch;
     batch.count = 0;
     Py_ssize_t i = 0;
     while (i < self->count) {
         Lane *lane = &self->lanes[i];
         Sender *sender = lane->sender;
-        if ((uint16_t)(seq - lane->in_start) >= 0x8000 || lane->lease <= 0 || sender->fd < 0) {
+        TransportWide *tw = lane->transport;
+        if ((uint16_t)(seq - lane->in_start) >= 0x8000 || lane->lease <= 0 || sender->fd < 0
+            || (tw != NULL) != (head_len != 0) || (tw != NULL && tw->counters[COUNTER_PROBING])) {
             /* lane_fail makes Python objects (a GC pass may run Python code): nothing may wait in the batch */
             batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
             if (lane_fail(self, i) < 0)
                 return NULL;
             continue;
         }
+        uint16_t out_seq = (uint16_t)(seq + lane->offset);
+        uint32_t out_ts = ts + lane->ts_offset;
+        if (lane->paced && !pacer_take(tw->bucket, now_us, (double)paced_size)) {
+            lane_advance(lane, seq, out_seq, out_ts, now);  /* as Python's munger.map before the pacer queues */
+            lane->deferred = 1;
+            deferred++;
+            i++;
+            continue;
+        }
         if (batch.count == BATCH || (batch.count && (sender->sock_ino != batch.ino || sender->sock_dev != batch.dev)))
             batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
         unsigned char *buffer = batch_buffers[batch.count];
-        uint16_t out_seq = (uint16_t)(seq + lane->offset);
-        uint32_t out_ts = ts + lane->ts_offset;
         uint32_t ssrc = lane->ssrc;
         buffer[0] = (unsigned char)(first_word >> 8);
         buffer[1] = (unsigned char)first_word;
@@ -574,23 +781,35 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         buffer[9] = (unsigned char)(ssrc >> 16);
         buffer[10] = (unsigned char)(ssrc >> 8);
         buffer[11] = (unsigned char)ssrc;
-        memcpy(buffer + MIN_RTP_HEADER, rest, (size_t)rest_len);
+        uint16_t transport_seq = 0;
+        if (slot) {
+            transport_seq = (uint16_t)tw->counters[COUNTER_NEXT_SEQ];
+            memcpy(buffer + MIN_RTP_HEADER, head, (size_t)head_len);
+            buffer[slot] = (unsigned char)(transport_seq >> 8);
+            buffer[slot + 1] = (unsigned char)transport_seq;
+            memcpy(buffer + slot + 2, rest, (size_t)rest_len);
+        } else {
+            memcpy(buffer + MIN_RTP_HEADER, rest, (size_t)rest_len);
+        }
         int out_len = length;
         if (sender->protect(sender->ctx, buffer, &out_len) != 0) {
+            if (lane->paced)  /* not sent after all: give the pacer its budget back */
+                tw->bucket[BUCKET_BUDGET] += (double)paced_size;
             batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
             if (lane_fail(self, i) < 0)
                 return NULL;
             continue;
         }
         /* The packet went through libsrtp (its sequence number is used): the munger's state moves on. */
-        uint16_t ahead = (uint16_t)(seq - lane->highest_in);
-        if (ahead != 0 && ahead < 0x8000) {
-            lane->highest_in = seq;
-            lane->last_out = out_seq;
-            if (out_ts != lane->last_ts) {
-                lane->last_ts = out_ts;
-                lane->last_time = now;
-            }
+        lane_advance(lane, seq, out_seq, out_ts, now);
+        if (tw != NULL) {  /* simulcast/bwe.py SendLog.record(transport_seq, size on the wire, now) */
+            tw->counters[COUNTER_NEXT_SEQ] = (transport_seq + 1) & 0xFFFF;
+            uint32_t index = transport_seq & tw->mask;
+            tw->seqs[index] = transport_seq;
+            tw->sizes[index] = out_len;
+            tw->times[index] = now_us;
+            tw->clusters[index] = -1;  /* bwe.NO_CLUSTER: a lane never sends during a probe cluster */
+            tw->states[index] = 0;     /* bwe._UNREPORTED */
         }
         lane->lease--;
         struct mmsghdr *message = &batch_messages[batch.count];
@@ -610,7 +829,35 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         i++;
     }
     batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
+    /* Only now (no datagram waits in the static batch) the deferred packets become Python objects. */
+    for (Py_ssize_t k = 0; deferred > 0 && k < self->count; k++) {
+        Lane *lane = &self->lanes[k];
+        if (!lane->deferred)
+            continue;
+        lane->deferred = 0;
+        deferred--;
+        PyObject *item = Py_BuildValue("(OiI)", lane->owner, (int)(uint16_t)(seq + lane->offset),
+                                       (unsigned int)(ts + lane->ts_offset));
+        if (item == NULL || PyList_Append(self->deferred, item) < 0) {
+            Py_XDECREF(item);
+            for (; k < self->count; k++)
+                self->lanes[k].deferred = 0;
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
     return PyLong_FromLong(sent);
+}
+
+static PyObject *
+LaneGroup_take_deferred(LaneGroup *self, PyObject *unused)
+{
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *deferred = self->deferred;
+    self->deferred = fresh;
+    return deferred;
 }
 
 static PyObject *
@@ -640,6 +887,12 @@ LaneGroup_get_failed(LaneGroup *self, void *closure)
 }
 
 static PyObject *
+LaneGroup_get_deferred(LaneGroup *self, void *closure)
+{
+    return PyLong_FromSsize_t(PyList_GET_SIZE(self->deferred));
+}
+
+static PyObject *
 LaneGroup_get_drops(LaneGroup *self, void *closure)
 {
     return PyLong_FromUnsignedLongLong(self->socket_full + self->send_failed);
@@ -659,7 +912,10 @@ static PyMethodDef LaneGroup_methods[] = {
      "Remove owner's lane: (highest_in, last_out, last_ts, last_time, packets, octets), or None if not armed."},
     {"counts", (PyCFunction)LaneGroup_counts, METH_O, "(packets, octets) sent on owner's lane, or None."},
     {"send", (PyCFunction)(void (*)(void))LaneGroup_send, METH_FASTCALL,
-     "send(first_word, rest, seq, ts, now, payload_len): forward one packet on every lane; packets sent."},
+     "send(first_word, head, rest, seq, ts, now, payload_len, paced_size): forward one packet on every lane; "
+     "packets sent."},
+    {"take_deferred", (PyCFunction)LaneGroup_take_deferred, METH_NOARGS,
+     "[(owner, seq, ts), ...] of the packets the viewers' pacers held back since the last call (to queue there)."},
     {"take_failed", (PyCFunction)LaneGroup_take_failed, METH_NOARGS,
      "[(owner, state), ...] of the lanes that left the group before a packet since the last call."},
     {"take_drops", (PyCFunction)LaneGroup_take_drops, METH_NOARGS,
@@ -669,6 +925,7 @@ static PyMethodDef LaneGroup_methods[] = {
 
 static PyGetSetDef LaneGroup_getset[] = {
     {"failed", (getter)LaneGroup_get_failed, NULL, "lanes waiting in take_failed()", NULL},
+    {"deferred", (getter)LaneGroup_get_deferred, NULL, "packets waiting in take_deferred()", NULL},
     {"drops", (getter)LaneGroup_get_drops, NULL, "datagrams dropped since take_drops()", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -699,7 +956,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__srtp_send(void)
 {
-    if (PyType_Ready(&SenderType) < 0 || PyType_Ready(&LaneGroupType) < 0)
+    if (PyType_Ready(&SenderType) < 0 || PyType_Ready(&LaneGroupType) < 0 || PyType_Ready(&TransportWideType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -707,6 +964,12 @@ PyInit__srtp_send(void)
     Py_INCREF(&SenderType);
     if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
         Py_DECREF(&SenderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&TransportWideType);
+    if (PyModule_AddObject(m, "TransportWide", (PyObject *)&TransportWideType) < 0) {
+        Py_DECREF(&TransportWideType);
         Py_DECREF(m);
         return NULL;
     }

@@ -83,6 +83,7 @@ __all__ = [
     "PacketSender",
     "EGRESS_PATH",
     "LaneGroup",
+    "TransportWide",
     "set_dtls_role",
     "set_ice_controlling",
 ]
@@ -282,6 +283,8 @@ _native = _load_native()
 EGRESS_PATH = "native" if _native is not None else "python"  # what PacketSender uses by default
 # The compiled fan-out of armed viewers (gateway/sfu/down_track.py lanes), or None without the extension.
 LaneGroup: Any = _native.LaneGroup if _native is not None else None
+# A transport-cc viewer's shared counters, send log and pacer bucket, as its lanes see them (viewer_bandwidth.py).
+TransportWide: Any = _native.TransportWide if _native is not None else None
 
 
 def _python_path(srtp: pylibsrtp.Session, function: Any, sendto: Callable[[Any, Any], None], addr: Any

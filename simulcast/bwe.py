@@ -87,6 +87,7 @@ What comes from GCC and what does not:
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from typing import Iterable, Sequence
 
@@ -165,6 +166,10 @@ _SIGNAL_NAMES = ("normal", "overuse", "underuse")
 _UNREPORTED = 0
 _REPORTED_LOST = 1
 _REPORTED_RECEIVED = 2
+NO_CLUSTER = -1  # SendLog: sent outside any probe cluster
+
+# Pacer.bucket slots (gateway/_srtp_send.c reads and writes the same ones)
+_RATE, _BURST, _BUDGET, _UPDATED, _QUEUED = range(5)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,11 +180,13 @@ class SendLog:
     """What was sent to one viewer, by transport-wide sequence number (§3: the sender maps feedback
     {sequence number, arrival time} pairs to send times).
 
-    A preallocated ring indexed by `seq & (capacity - 1)`: `record` does five list/bytearray stores and
-    allocates nothing (beyond int objects for large values, which the caller already has). The default 8192
-    slots hold 5 s of a 13 Mbps viewer at 1200-byte packets; older entries are overwritten, and the
-    estimator ignores feedback about packets sent more than `HISTORY_US` ago. `lookup(seq)` returns None for
-    a sequence number whose slot now holds another packet.
+    A preallocated ring indexed by `seq & (capacity - 1)`: `record` does five array stores and allocates
+    nothing. The default 8192 slots hold 5 s of a 13 Mbps viewer at 1200-byte packets; older entries are
+    overwritten, and the estimator ignores feedback about packets sent more than `HISTORY_US` ago.
+    `lookup(seq)` returns None for a sequence number whose slot now holds another packet.
+
+    The rings are `array.array`s (C arrays behind a buffer): a viewer's C lanes (gateway/_srtp_send.c
+    `TransportWide`) record the packets they send straight into them, as `record` does.
     """
 
     __slots__ = ("capacity", "_mask", "_seqs", "_sizes", "_times", "_clusters", "_states")
@@ -189,11 +196,16 @@ class SendLog:
             raise ValueError("SendLog capacity must be a power of two in [16, 65536]")
         self.capacity = capacity
         self._mask = capacity - 1
-        self._seqs: list[int] = [-1] * capacity  # 16-bit transport seq held by the slot, -1 if none
-        self._sizes: list[int] = [0] * capacity
-        self._times: list[int] = [0] * capacity  # send time, µs
-        self._clusters: list[int | None] = [None] * capacity  # probe cluster id
+        self._seqs = array("i", [-1]) * capacity  # 16-bit transport seq held by the slot, -1 if none
+        self._sizes = array("i", [0]) * capacity
+        self._times = array("q", [0]) * capacity  # send time, µs
+        self._clusters = array("i", [NO_CLUSTER]) * capacity  # probe cluster id, NO_CLUSTER if none
         self._states = bytearray(capacity)  # _UNREPORTED / _REPORTED_LOST / _REPORTED_RECEIVED
+
+    @property
+    def buffers(self) -> tuple[array, array, array, array, bytearray]:
+        """(seqs, sizes, times, clusters, states): the rings, for a C writer."""
+        return self._seqs, self._sizes, self._times, self._clusters, self._states
 
     def record(
         self, transport_seq: int, size_bytes: int, send_time_us: int, probe_cluster: int | None = None
@@ -203,7 +215,7 @@ class SendLog:
         self._seqs[index] = transport_seq
         self._sizes[index] = size_bytes
         self._times[index] = send_time_us
-        self._clusters[index] = probe_cluster
+        self._clusters[index] = NO_CLUSTER if probe_cluster is None else probe_cluster
         self._states[index] = _UNREPORTED
 
     def lookup(self, seq: int) -> tuple[int, int, int | None] | None:
@@ -211,7 +223,8 @@ class SendLog:
         index = seq & self._mask
         if self._seqs[index] != seq & 0xFFFF:
             return None
-        return self._times[index], self._sizes[index], self._clusters[index]
+        cluster = self._clusters[index]
+        return self._times[index], self._sizes[index], None if cluster == NO_CLUSTER else cluster
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -635,7 +648,7 @@ class SendSideEstimator:
                 if status == _UNREPORTED:
                     states[index] = _REPORTED_LOST
                     lost += 1
-                    if prober is not None and clusters[index] is not None:
+                    if prober is not None and clusters[index] != NO_CLUSTER:
                         prober._on_lost(clusters[index])
                 continue
             if status == _REPORTED_RECEIVED:
@@ -655,7 +668,7 @@ class SendSideEstimator:
             recent_arrivals.append((arrival, arrival - send, size))
             if newest_send is None or send > newest_send:
                 newest_send = send
-            if prober is not None and clusters[index] is not None:
+            if prober is not None and clusters[index] != NO_CLUSTER:
                 prober._on_received(clusters[index], send, arrival, size)
 
             # §5.1/§5.2: packet groups.
@@ -1646,20 +1659,13 @@ class Pacer:
     now_us)` says yes (and charges the bucket) when nothing is queued and the bucket allows it, so the caller
     sends directly; otherwise it `enqueue`s and later sends what `poll(now_us)` returns (at the time
     `next_send_us` gives). Queued packets older than `max_queue_us` worth of rate are dropped (oldest first).
+
+    The bucket lives in `bucket`, an array of doubles [rate (bytes/µs), burst (bytes), budget (bytes), last
+    refill (µs, -1 before the first), queued packets], so that a viewer's C lanes (gateway/_srtp_send.c
+    `TransportWide`) apply the same `can_send_now` rule to the packets they send, on the same budget.
     """
 
-    __slots__ = (
-        "factor",
-        "burst_us",
-        "max_queue_us",
-        "_rate",
-        "_burst",
-        "_budget",
-        "_updated",
-        "_queue",
-        "_queued_bytes",
-        "dropped",
-    )
+    __slots__ = ("factor", "burst_us", "max_queue_us", "bucket", "_queue", "_queued_bytes", "dropped")
 
     def __init__(
         self,
@@ -1672,19 +1678,16 @@ class Pacer:
         self.factor = factor
         self.burst_us = burst_us
         self.max_queue_us = max_queue_us
-        self._rate = 0.0  # bytes per µs
-        self._burst = 0.0
-        self._budget = 0.0
-        self._updated: int | None = None
+        self.bucket = array("d", [0.0, 0.0, 0.0, -1.0, 0.0])
         self._queue: deque[tuple[object, int]] = deque()
         self._queued_bytes = 0
         self.dropped = 0
         self.set_estimate(estimate_bps)
-        self._budget = self._burst
+        self.bucket[_BUDGET] = self.bucket[_BURST]
 
     @property
     def rate_bps(self) -> int:
-        return int(self._rate * 8_000_000)
+        return int(self.bucket[_RATE] * 8_000_000)
 
     @property
     def queued_packets(self) -> int:
@@ -1696,22 +1699,24 @@ class Pacer:
 
     def set_estimate(self, estimate_bps: int) -> None:
         """Pace at factor x estimate from now on."""
+        bucket = self.bucket
         rate = max(estimate_bps, 1) * self.factor / 8_000_000
-        self._rate = rate
-        self._burst = rate * self.burst_us
-        if self._budget > self._burst:
-            self._budget = self._burst
+        bucket[_RATE] = rate
+        burst = bucket[_BURST] = rate * self.burst_us
+        if bucket[_BUDGET] > burst:
+            bucket[_BUDGET] = burst
 
     def _refill(self, now_us: int) -> float:
-        last = self._updated
-        budget = self._budget
-        if last is not None and now_us > last:
-            budget += (now_us - last) * self._rate
-            if budget > self._burst:
-                budget = self._burst
-        if last is None or now_us > last:
-            self._updated = now_us
-        self._budget = budget
+        bucket = self.bucket
+        last = bucket[_UPDATED]
+        budget = bucket[_BUDGET]
+        if last >= 0 and now_us > last:
+            budget += (now_us - last) * bucket[_RATE]
+            if budget > bucket[_BURST]:
+                budget = bucket[_BURST]
+        if last < 0 or now_us > last:
+            bucket[_UPDATED] = now_us
+        bucket[_BUDGET] = budget
         return budget
 
     def can_send_now(self, size: int, now_us: int) -> bool:
@@ -1720,18 +1725,20 @@ class Pacer:
             return False
         if self._refill(now_us) < 0:
             return False
-        self._budget -= size
+        self.bucket[_BUDGET] -= size
         return True
 
     def enqueue(self, packet: object, size: int) -> None:
         """Queue a packet (any object; returned as is by `poll`)."""
-        self._queue.append((packet, size))
+        queue = self._queue
+        queue.append((packet, size))
         self._queued_bytes += size
-        limit = self._rate * self.max_queue_us
-        while self._queued_bytes > limit and len(self._queue) > 1:
-            _, dropped_size = self._queue.popleft()
+        limit = self.bucket[_RATE] * self.max_queue_us
+        while self._queued_bytes > limit and len(queue) > 1:
+            _, dropped_size = queue.popleft()
             self._queued_bytes -= dropped_size
             self.dropped += 1
+        self.bucket[_QUEUED] = len(queue)
 
     def poll(self, now_us: int) -> list:
         """The queued packets that may be sent now, in order."""
@@ -1745,7 +1752,8 @@ class Pacer:
             budget -= size
             self._queued_bytes -= size
             out.append(packet)
-        self._budget = budget
+        self.bucket[_BUDGET] = budget
+        self.bucket[_QUEUED] = len(queue)
         return out
 
     def next_send_us(self, now_us: int) -> int | None:
@@ -1755,4 +1763,4 @@ class Pacer:
         budget = self._refill(now_us)
         if budget >= 0:
             return now_us
-        return now_us + math.ceil(-budget / self._rate)
+        return now_us + math.ceil(-budget / self.bucket[_RATE])

@@ -4,6 +4,11 @@ A ViewerSession owns one ViewerBandwidth shared by its DownTracks (transport-wid
 viewer's transport: audio, video, RTX, padding). The forwarding path calls `next_seq` and `sent` per packet;
 the viewer's RTCP feeds `on_feedback` (TWCC), `on_remb` and `on_receiver_report`; after each feedback the session
 asks `select` for the layer the estimate allows (simulcast/bwe.py holds the GCC-style estimator and selector).
+
+The per-packet state (next transport-wide seq, send log rings, pacer bucket) sits in arrays that the viewer's C
+lanes (gateway/_srtp_send.c) share through `native`, a TransportWide: a lane stamps, logs and paces like
+DownTrack._send, on the same counters. While a probe cluster is sending, `counters[PROBING]` sends every packet
+the Python way (the prober counts what each cluster carries).
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from array import array
 from typing import TYPE_CHECKING, Optional
 
 from gateway import metrics
+from gateway.aiortc_adapter import TransportWide
 from simulcast.bwe import LayerSelector, Pacer, Prober, SendLog, SendSideEstimator
 from simulcast.twcc import parse_feedback
 
@@ -27,6 +34,7 @@ MAX_BPS = 20_000_000
 PACING_FACTOR = 2.5  # GCC §4 / libwebrtc's pacing factor
 CONGESTED_PACING_FACTOR = 1.2  # ours: while over-used, holding or losing more than CONGESTED_LOSS
 CONGESTED_LOSS = 0.02
+NEXT_SEQ, PROBING = 0, 1  # ViewerBandwidth.counters (gateway/_srtp_send.c COUNTER_*)
 
 
 def now_us() -> int:
@@ -46,17 +54,22 @@ class ViewerBandwidth:
         # Hold an upgrade 1 s (doubling after flaps, at most 4 s): issue #4 asks for an upgrade within 5 s of a lift.
         # An up-then-down within 3 s counts as a flap (a wrong upgrade); a down later is the path changing.
         self.selector = LayerSelector(up_hold_us=1_000_000, max_up_hold_us=4_000_000, flap_window_us=3_000_000)
-        self._seq = random.getrandbits(16)
+        self.counters = array("q", [random.getrandbits(16), 0])  # [next transport-wide seq, probe cluster sending]
         self.choice: Optional[tuple[int, int, str]] = None  # (spatial id, temporal id, reason)
         # GCC §4: the pacer sends at 2.5x the estimate, so a keyframe (tens of packets at once) does not hit the
         # path as one burst, queue up at its bottleneck, read as over-use and lose its tail.
         self.pacer = Pacer(INITIAL_BPS, factor=PACING_FACTOR)
         self._drain: Optional[asyncio.TimerHandle] = None
+        self.native = (
+            TransportWide(*self.log.buffers, self.counters, self.pacer.bucket)
+            if TransportWide is not None and transport_cc else None
+        )
 
     # ---- per packet (the forwarding path) ----------------------------------------------------------
     def next_seq(self) -> int:
-        seq = self._seq
-        self._seq = (seq + 1) & 0xFFFF
+        counters = self.counters
+        seq = counters[NEXT_SEQ]
+        counters[NEXT_SEQ] = (seq + 1) & 0xFFFF
         return seq
 
     def may_send_now(self, size: int) -> int:
@@ -146,6 +159,7 @@ class ViewerBandwidth:
         target = self.selector.probe_target_bps
         if target and estimator.has_transport_cc and estimator.can_probe and self.prober.ready(t, target):
             self.prober.start(target, t)
+            self.counters[PROBING] = 1
         return self.choice
 
     @property
@@ -153,7 +167,9 @@ class ViewerBandwidth:
         return self.prober.active_cluster is not None
 
     def padding_needed(self) -> int:
-        return self.prober.padding_needed(now_us())
+        needed = self.prober.padding_needed(now_us())
+        self.counters[PROBING] = self.prober.active_cluster is not None
+        return needed
 
     def stats(self) -> dict:
         e = self.estimator
@@ -164,5 +180,6 @@ class ViewerBandwidth:
             "loss": round(e.loss, 4),
             "estimator_reason": e.reason,
             "pacer_queue_bytes": self.pacer.queued_bytes,
+            "feedback_unknown": e.unknown_packets,  # feedback about packets not in the send log (should stay 0)
             "transport_cc": self.transport_cc,
         }

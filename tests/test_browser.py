@@ -286,6 +286,23 @@ def test_publish_page_to_play_page(netns_gateway: Gateway, browser: Any, codec: 
     )
     assert later["video"]["packetsLost"] <= 5, report("video packets were lost on loopback")
 
+    # The gateway's side of this viewer (Chromium negotiates transport-cc): Opus, and H.264 (no picture id to
+    # rewrite), ride C lanes, which stamp the transport-wide seq and log what they send; the estimator matched
+    # Chromium's feedback to that log (acknowledged rate) and the viewer decoded it all (above). VP8 goes the
+    # Python way. A lane that handed a packet back (NACK, lease) is armed again by the next packet: poll briefly.
+    want = {"audio": True, "video": codec == "H264"}
+    tracks: list = []
+    for _ in range(40):
+        viewers = player.evaluate(f"fetch('/api/streams/{stream}/viewers').then(r => r.json())")
+        tracks = [t for v in viewers for t in v["tracks"]]
+        if {t["kind"]: t["lane"] for t in tracks} == want:
+            break
+        time.sleep(0.05)
+    assert {t["kind"]: t["lane"] for t in tracks} == want, tracks
+    video_stats = next(t for t in tracks if t["kind"] == "video")
+    assert video_stats["transport_cc"] and video_stats["acknowledged_bps"] > 50_000, video_stats
+    assert video_stats["feedback_unknown"] <= 5, video_stats  # Chromium's feedback is about what the lanes logged
+
     # The gateway lists the stream with one viewer while both pages run.
     streams = player.evaluate("fetch('/api/streams').then(r => r.json())")
     entry = next((s for s in streams if s["stream"] == stream), None)

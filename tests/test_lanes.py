@@ -26,6 +26,7 @@ from gateway.sfu import down_track as down_track_module
 from gateway.sfu.down_track import DownTrack
 from gateway.sfu.egress import EgressProfile
 from gateway.sfu.published_track import PublishedTrack
+from simulcast.viewer_bandwidth import ViewerBandwidth
 
 pytestmark = pytest.mark.skipif(rtc.LaneGroup is None, reason="the compiled egress path is not built")
 
@@ -228,3 +229,120 @@ async def test_a_packet_the_lanes_refuse_leaves_nobody_stale(pair) -> None:
     python_side, lane_side = await drained(viewers)
     assert lane_side == python_side and len(lane_side) == 15
     assert lane_down.packets_sent == python_down.packets_sent == 15
+
+
+# ---- transport-cc viewers (browsers): transport-wide seq, send log and pacer on the lane ----------------------
+
+@pytest.fixture
+async def twcc_pair():
+    """Two transport-cc viewers (one Python, one lane), their ViewerBandwidths starting at the same
+    transport-wide sequence number so their packets compare byte for byte."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    codec = Codec(96, "H264", 90000, None, {}, ["nack", "nack pli", "transport-cc"])
+    track = PublishedTrack(
+        kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
+        rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
+    )
+    track.layers[0].ssrc = 0x1234
+    viewers = [Viewer(transport), Viewer(transport)]
+    downs = []
+    for i, (viewer, lanes) in enumerate(zip(viewers, (False, True))):
+        profile = EgressProfile(100, None, 1, "0", (), transport_cc_id=3)
+        down = DownTrack(track, profile, ssrc=0xA000 + i, rtx_ssrc=None, cname="c", send_rtp=viewer.sender.send_rtp,
+                         send_rtcp=lambda b: 0, native_sender=viewer.sender.native_route if lanes else None)
+        down.bandwidth = ViewerBandwidth(transport_cc=True)
+        down.bandwidth.counters[0] = 65000  # the transport-wide seq wraps during the tests
+        down.start()
+        downs.append(down)
+    yield track, viewers, downs
+    for down in downs:
+        down.bandwidth.close()
+    for v in viewers:
+        v.close()
+    transport.close()
+
+
+async def drained_pacers(downs: list[DownTrack], viewers: list[Viewer]) -> tuple[list[tuple], list[tuple]]:
+    for _ in range(300):  # bounded: at most 3 s for the pacers' timers to send what they hold
+        if all(d.bandwidth.pacer.queued_packets == 0 for d in downs):
+            break
+        await asyncio.sleep(0.01)
+    assert all(d.bandwidth.pacer.queued_packets == 0 for d in downs)
+    return await drained(viewers)
+
+
+def transport_seq(packet: bytes) -> int:
+    """The transport-wide sequence number: the first one-byte extension element (id 3, 2 bytes) after BEDE."""
+    assert packet[12:14] == b"\xbe\xde" and packet[16] == (3 << 4) | 1
+    return struct.unpack_from("!H", packet, 17)[0]
+
+
+def rows_as_packets(side: list[tuple]) -> list[bytes]:
+    """relative() rows back to header-less packets with a dummy 12-byte header, for transport_seq()."""
+    return [bytes(12) + row[3] for row in side]
+
+
+async def test_transport_cc_lane_stamps_logs_and_paces_like_python(twcc_pair) -> None:
+    track, viewers, (python_down, lane_down) = twcc_pair
+    for down in (python_down, lane_down):
+        down.bandwidth.pacer.set_estimate(20_000_000)  # paced at 50 Mbit/s: the burst below still outruns it
+    stream = [packet(100 + i, 3000 * (i // 3), keyframe=i < 3, marker=i % 3 == 2) for i in range(300)]
+    feed(track, stream)
+    assert lane_down.armed_in is not None and lane_down._lane_counts()[0] > 0  # the lane sent part of them
+    python_side, lane_side = await drained_pacers([python_down, lane_down], viewers)
+    assert len(python_side) == 300
+    assert lane_side == python_side  # headers, transport-wide seqs (wrapping at 65536) and payloads
+    assert lane_down.packets_sent == python_down.packets_sent == 300
+    assert lane_down.octets_sent == python_down.octets_sent
+    # Both send logs hold every packet with its size on the wire, sent within the last second.
+    now = time.monotonic_ns() // 1000
+    for seq in range(65000, 65000 + 300):
+        python_entry, lane_entry = python_down.bandwidth.log.lookup(seq & 0xFFFF), lane_down.bandwidth.log.lookup(seq & 0xFFFF)
+        assert python_entry is not None and lane_entry is not None, seq
+        assert lane_entry[1] == python_entry[1] == 12 + 4 + 8 + 1 + 2 + 900 + 10  # header, extension block, NAL + seq + body, tag
+        assert now - 1_000_000 < lane_entry[0] <= now and lane_entry[2] is None
+    assert lane_down.bandwidth.next_seq() == python_down.bandwidth.next_seq() == (65000 + 300) & 0xFFFF
+
+
+async def test_the_pacer_holds_back_what_the_lane_would_send(twcc_pair) -> None:
+    """At 2.5 Mbit/s pacing (a 1.5 kB burst) most of a 20-packet burst must wait in the pacer: the lane defers it
+    there and stays armed; the pacer's timer sends it at its rate, stamped in order."""
+    track, viewers, (python_down, lane_down) = twcc_pair
+    feed(track, [packet(100 + i, 90 * i, keyframe=i == 0) for i in range(3)])
+    await drained_pacers([python_down, lane_down], viewers)
+    assert lane_down.armed_in is not None
+    sent_by_lane = lane_down._lane_counts()[0]
+    started = time.monotonic()
+    feed(track, [packet(103 + i, 90 * (3 + i)) for i in range(20)])
+    assert lane_down.armed_in is not None
+    assert lane_down.bandwidth.pacer.queued_packets >= 15
+    assert lane_down.bandwidth.pacer.queued_packets == python_down.bandwidth.pacer.queued_packets
+    assert lane_down._lane_counts()[0] - sent_by_lane <= 2
+    python_side, lane_side = await drained_pacers([python_down, lane_down], viewers)
+    assert time.monotonic() - started > 0.04  # 20 x 962 bytes at 2.5 Mbit/s: about 60 ms
+    assert lane_side == python_side and len(lane_side) == 20
+    seqs = [transport_seq(p) for p in rows_as_packets(lane_side)]
+    assert seqs == [(65003 + i) & 0xFFFF for i in range(20)]
+
+
+async def test_a_probe_cluster_sends_the_python_way(twcc_pair) -> None:
+    """While a probe cluster sends, every packet must be counted in it (the prober measures the cluster): the
+    lane leaves at once and is not armed again until the cluster is over."""
+    track, viewers, (python_down, lane_down) = twcc_pair
+    feed(track, [packet(100 + i, 90 * i, keyframe=i == 0) for i in range(3)])
+    assert lane_down.armed_in is not None
+    bandwidth = lane_down.bandwidth
+    bandwidth.prober.start(3_000_000, time.monotonic_ns() // 1000)
+    bandwidth.counters[1] = 1  # what ViewerBandwidth.select does when it starts a cluster
+    cluster = bandwidth.prober.active_cluster
+    before = bandwidth.next_seq()
+    bandwidth.counters[0] = before  # (next_seq moved it; put it back)
+    feed(track, [packet(103 + i, 90 * (3 + i)) for i in range(3)])
+    assert lane_down.armed_in is None
+    await drained_pacers([python_down, lane_down], viewers)
+    assert [bandwidth.log.lookup((before + i) & 0xFFFF)[2] for i in range(3)] == [cluster] * 3
+    await asyncio.sleep(0.1)  # past the cluster's 60 ms
+    assert bandwidth.padding_needed() == 0 and not bandwidth.probing and bandwidth.counters[1] == 0
+    feed(track, [packet(106, 90 * 6)])
+    assert lane_down.armed_in is not None

@@ -16,7 +16,7 @@ from gateway.aiortc_adapter import LaneGroup
 from gateway.rtcp import build_sdes_cname, build_sender_report
 from gateway.rtp import RtpPacket
 from gateway.sdp import same_codec
-from gateway.sfu.egress import EgressProfile, Template, assemble
+from gateway.sfu.egress import PACED_HEADER_BYTES, EgressProfile, Template, assemble
 from simulcast import vp8, vp9
 from simulcast.rtp_munger import RtpMunger
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from whep.layer_request import LayerRequest
 
 
-PACED_HEADER_BYTES = 16 + 8 + 10 + 28  # RTP fixed header + transport-cc extension + SRTP tag + IP/UDP: what the pacer charges
 # Packets an armed viewer's C lane forwards before it takes one packet through the Python path again, where its
 # PacketSender re-checks the nominated ICE pair (~3-10 s of video, ~10 s of Opus).
 LANE_LEASE = 512
@@ -158,15 +157,23 @@ class DownTrack:
     # ---- the compiled lane -------------------------------------------------------------------------
     def _arm(self, layer: "Layer") -> None:
         """Hand this viewer's forwarding of `layer` to the layer's C lane group (gateway/_srtp_send.c): called after
-        the Python path forwarded a packet, for a viewer with nothing per packet that only Python does (no
-        transport-wide sequence number, no VP8/VP9 picture id rewrite, no switch pending). The lane runs the
-        munger's fast path, header, protect and send; whatever else happens to this viewer settles it first."""
+        the Python path forwarded a packet, for a viewer with nothing per packet that only Python does (no VP8/VP9
+        picture id rewrite, no switch pending, no probe cluster sending). The lane runs the munger's fast path,
+        header, transport-wide seq + send log + pacer (transport-cc), protect and send; whatever else happens to
+        this viewer settles it first."""
+        transport = None
+        if self.profile.transport_cc_id is not None:
+            bandwidth = self.bandwidth
+            if bandwidth is None or bandwidth.native is None or bandwidth.probing:
+                return
+            transport = bandwidth.native
         sender = self._native_sender() if self._native_sender is not None else None
         state = self.munger.lane_state() if sender is not None else None
         if state is None:
             return
         group = self.source.lane_group(layer, self.profile)
-        group.arm(self, sender, self.ssrc, *state, LANE_LEASE)  # type: ignore[attr-defined]
+        group.arm(self, sender, self.ssrc, *state, LANE_LEASE,  # type: ignore[attr-defined]
+                  transport=transport, paced=transport is not None and self.kind == "video")
         self.armed_in = group
         self.source.lanes_version += 1
 
@@ -330,9 +337,18 @@ class DownTrack:
             return 0
         self._packets_sent += 1
         self._octets_sent += packet.payload_end - packet.payload_offset
-        if (self._native_sender is not None and layer is self.target and self.codec_munger is None
-                and self.profile.transport_cc_id is None and self.active):
+        if self._native_sender is not None and layer is self.target and self.codec_munger is None and self.active:
             self._arm(layer)
+        return 1
+
+    def defer(self, template: Template, seq: int, timestamp: int, payload_len: int) -> int:
+        """A packet this viewer's C lane mapped but its pacer held back: queue it there (as `_send` does)."""
+        bandwidth = self.bandwidth
+        if bandwidth is None:  # cannot happen: only transport-cc lanes are paced
+            return 0
+        bandwidth.enqueue(self, template, seq, timestamp, self.ssrc, len(template[2]) + PACED_HEADER_BYTES)
+        self._packets_sent += 1
+        self._octets_sent += payload_len
         return 1
 
     def _rewrite_payload(self, template: Template, payload: bytes, descriptor: object) -> Optional[Template]:

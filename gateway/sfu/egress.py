@@ -16,6 +16,10 @@ from gateway.rtp import FIRST_WORD_SEQ_TS_SSRC, RtpPacket, build_header
 
 Template = tuple[int, bytes, bytes]
 
+# What a viewer's pacer charges a packet beyond len(template[2]): RTP fixed header + transport-cc extension + SRTP
+# tag + IP/UDP (gateway/sfu/down_track.py and the C lanes, gateway/_srtp_send.c, charge the same).
+PACED_HEADER_BYTES = 16 + 8 + 10 + 28
+
 _WITH_TRANSPORT_SEQ = {n: struct.Struct(f"!HHII{n}sH") for n in (5, 6)}  # one-byte / two-byte extension forms
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 from gateway import metrics
 from gateway.aiortc_adapter import LaneGroup
 from gateway.rtp import RtpPacket
-from gateway.sfu.egress import EgressProfile, Template
+from gateway.sfu.egress import PACED_HEADER_BYTES, EgressProfile, Template
 from simulcast import vp8, vp9
 from simulcast.layer import Layer
 from whep.layer_request import LayerRequest, choose_layer
@@ -118,7 +118,8 @@ class PublishedTrack:
     def _send_on_lanes(self, lanes: dict, templates: dict, packet: RtpPacket, now: float) -> int:
         """The armed viewers of this packet's layer, one C call per egress profile. A lane that cannot take the
         packet leaves its group first (its state comes back to its DownTrack), so the loop in on_packet forwards
-        it the Python way."""
+        it the Python way. A packet a transport-cc viewer's pacer holds back comes back "deferred" (already mapped
+        into the viewer's sequence space) and waits in that pacer's queue."""
         sent = 0
         seq, ts = packet.sequence_number, packet.timestamp
         size = packet.payload_end - packet.payload_offset
@@ -129,12 +130,16 @@ class PublishedTrack:
             if template is None:
                 template = templates[profile] = profile.build(packet)
             try:
-                sent += group.send(template[0], template[2], seq, ts, now, size)
+                sent += group.send(template[0], template[1], template[2], seq, ts, now, size,
+                                   len(template[2]) + PACED_HEADER_BYTES)
                 failed = False
             except Exception:  # e.g. a packet too long for the compiled path: every lane goes the Python way
                 metrics.count_drop("forward_error")
                 log.exception("forwarding on a lane group failed")
                 failed = True
+            if group.deferred:
+                for down, out_seq, out_ts in group.take_deferred():
+                    sent += down.defer(template, out_seq, out_ts, size)
             if group.failed:
                 for down, state in group.take_failed():
                     down.lane_left(state)
