@@ -73,7 +73,8 @@ async def open_sink() -> tuple[socket.socket, tuple[str, int], asyncio.DatagramT
 
 PATHS = {"pylibsrtp": "pylibsrtp+uvloop", "python": "python", "native": "fast path"}
 # The fan-out table adds "lanes": the fast path's sender with viewers armed in C lane groups (DownTrack._arm),
-# the default in the gateway for viewers without transport-cc and without a VP8/VP9 picture id rewrite.
+# the default in the gateway for viewers of a codec without a VP8/VP9 picture id rewrite (H.264, Opus), with or
+# without transport-cc.
 FANOUT_PATHS = {**PATHS, "lanes": "C lanes"}
 
 
@@ -81,9 +82,9 @@ SRTP_PROFILES = {"sha1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80, "gcm": Policy
 
 
 async def run_whipgate(packets: list[bytes], viewers: int, transport_cc: bool = False, path: str = "pylibsrtp",
-                       srtp_profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80) -> float:
+                       srtp_profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80, codec_name: str = "H264") -> float:
     sink, addr, transport = await open_sink()
-    codec = Codec(96, "VP8" if transport_cc else "H264", 90000, None, {}, ["nack", "nack pli"])
+    codec = Codec(96, codec_name, 90000, None, {}, ["nack", "nack pli"])
     track = PublishedTrack(
         kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
         rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
@@ -283,10 +284,11 @@ async def main() -> None:
     parser.add_argument("--no-fanout", action="store_true")
     parser.add_argument("--srtp", choices=list(SRTP_PROFILES), default="sha1_80",
                         help="whipgate viewers' SRTP profile in the fan-out table (the baseline keeps sha1_80)")
-    parser.add_argument("--viewers-kind", choices=["twcc", "plain"], default="twcc",
-                        help="twcc: VP8 viewers with a transport-wide seq stamped and logged (browsers); plain: H.264 "
-                             "viewers without transport-cc (players, relays, bench/load.py's viewers), which the C "
-                             "lanes forward: the table gets a 'C lanes' column")
+    parser.add_argument("--viewers-kind", choices=["twcc", "twcc-h264", "plain"], default="twcc",
+                        help="twcc: VP8 viewers with a transport-wide seq stamped, logged and paced (browsers watching "
+                             "a browser); twcc-h264: the same for H.264 (browsers watching OBS / FFmpeg); plain: H.264 "
+                             "viewers without transport-cc (players, relays, bench/load.py's viewers). H.264 viewers "
+                             "ride the C lanes: the table gets a 'C lanes' column")
     args = parser.parse_args()
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"event loop: {loop_name}, python {sys.version.split()[0]}, default egress path: {rtc.EGRESS_PATH}")
@@ -294,12 +296,14 @@ async def main() -> None:
         await run_sender(args.sender_calls, max(args.repeat, 3))
     if args.no_fanout:
         return
-    twcc = args.viewers_kind == "twcc"
+    twcc = args.viewers_kind != "plain"
+    vp8 = args.viewers_kind == "twcc"
     paths = [p for p in FANOUT_PATHS if p in ("pylibsrtp", "python") or rtc.EGRESS_PATH == "native"]
-    if twcc:
-        paths = [p for p in paths if p != "lanes"]  # a transport-cc viewer is never armed
-    packets = incoming(args.packets, plain=not twcc)
-    kind = "+TWCC VP8 (the path browsers get)" if twcc else "plain H.264 (no transport-cc)"
+    if vp8:
+        paths = [p for p in paths if p != "lanes"]  # a VP8 viewer's picture ids are rewritten in Python: never armed
+    packets = incoming(args.packets, plain=not vp8)
+    kind = {"twcc": "+TWCC VP8 (browsers watching a browser)", "twcc-h264": "+TWCC H.264 (browsers watching OBS/FFmpeg)",
+            "plain": "plain H.264 (no transport-cc)"}[args.viewers_kind]
     print(f"fan-out of {args.packets} x 1112-byte RTP packets, CPU us per packet per viewer, {kind}, SRTP {args.srtp}")
     head = [f"{('+TWCC ' if twcc else '') + FANOUT_PATHS[p]:>22}" for p in paths]
     print(f"{'run':>3} {'viewers':>7} | {' | '.join(head)} | {'pkts/s/core':>11} | {'before/fast':>11} | "
@@ -309,7 +313,8 @@ async def main() -> None:
             n = args.packets * viewers
             us = {}
             for p in (paths if run % 2 == 0 else paths[::-1]):
-                us[p] = await run_whipgate(packets, viewers, twcc, p, SRTP_PROFILES[args.srtp]) / n * 1e6
+                us[p] = await run_whipgate(packets, viewers, twcc, p, SRTP_PROFILES[args.srtp],
+                                           "VP8" if vp8 else "H264") / n * 1e6
             base = await run_baseline(packets, viewers) / n * 1e6
             fast = us[paths[-1]]
             cells = " | ".join(f"{us[p]:>22.2f}" for p in paths)

@@ -226,20 +226,23 @@ class Options:
     viewer_mode: str = "c"
     rps: bool = False
     udp_port: bool = False
+    transport_cc: bool = False
+    publisher_pacing: float = 0.0
     drain_interval_ms: float = 10.0
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     audio: Optional[Clip] = None
 
 
 async def add_viewers(http: httpx.AsyncClient, url: str, publisher: Publisher, count: int,
-                      concurrency: int, drain: Optional[Drain] = None) -> tuple[list[Viewer], int, str]:
+                      concurrency: int, drain: Optional[Drain] = None, transport_cc: bool = False
+                      ) -> tuple[list[Viewer], int, str]:
     semaphore = asyncio.Semaphore(concurrency)
     viewers: list[Viewer] = []
     errors: list[str] = []
 
     async def one() -> None:
         async with semaphore:
-            viewer = Viewer(publisher.sent_at, drain=drain)
+            viewer = Viewer(publisher.sent_at, drain=drain, transport_cc=transport_cc)
             try:
                 await asyncio.wait_for(viewer.start(http, url), 30)
                 viewers.append(viewer)
@@ -267,7 +270,8 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
         await server.wait_healthy()
         layers = opts.clips[profile]
         simulcast = len(layers) > 1
-        publisher = Publisher(layers, opts.audio, SIMULCAST_RIDS[: len(layers)] if simulcast else None)
+        publisher = Publisher(layers, opts.audio, SIMULCAST_RIDS[: len(layers)] if simulcast else None,
+                              pace_factor=opts.publisher_pacing)
         await publisher.start(http, f"{server.base_url}/whip/{STREAM}")
         await asyncio.sleep(2.0)  # the server sees a keyframe (GOP 1 s) and the stream settles
         rss_alone = proc_rss_bytes(server.pid)
@@ -275,7 +279,8 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             step = Step(server_kind, profile, n, viewer_mode="c" if drain is not None else "python", rps=opts.rps)
             t_step = time.monotonic()
             added, failed, error = await add_viewers(http, f"{server.base_url}/whep/{STREAM}", publisher,
-                                                     n - len(viewers), opts.connect_concurrency, drain)
+                                                     n - len(viewers), opts.connect_concurrency, drain,
+                                                     opts.transport_cc and server_kind == "whipgate")
             viewers += added
             step.connected, step.failed = len(viewers), failed
             if error:
@@ -577,6 +582,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--udp-port", action="store_true",
                    help="whipgate with rtc.udp_port: every session on one UDP socket (C lanes then send each fan-out "
                         "in sendmmsg batches); default: a socket per session")
+    p.add_argument("--transport-cc", action="store_true",
+                   help="viewers negotiate transport-wide congestion control as browsers do (the gateway stamps a "
+                        "transport-wide seq on, logs and paces all they get); they send no feedback, so each one's "
+                        "estimate stays at its 1 Mbit/s start and video is paced at 2.5 Mbit/s")
+    p.add_argument("--publisher-pacing", type=float, default=0.0, metavar="FACTOR",
+                   help="the publisher paces its video at FACTOR x its bitrate, as browsers (libwebrtc, 2.5) do; "
+                        "default 0: a whole frame at once, as FFmpeg's WHIP muxer sends (a keyframe is one burst)")
     p.add_argument("--in-netns", metavar="NAME", help=argparse.SUPPRESS)  # set by --rps for the re-run inside
     return p.parse_args(argv)
 
@@ -601,11 +613,14 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
         connect_concurrency=args.connect_concurrency, step_timeout=args.step_timeout,
         first_frame_timeout=args.first_frame_timeout, workdir=workdir, py_spy=args.py_spy,
         rps=bool(args.in_netns), drain_interval_ms=args.drain_interval_ms, udp_port=args.udp_port,
+        transport_cc=args.transport_cc, publisher_pacing=args.publisher_pacing,
     )
     modes = ["python"] if args.python_viewers else ["c", "python"] if args.compare_viewers else ["c"]
     if "c" in modes:
         compile_drain()  # fails now, with a clear message, when there is no C compiler
-    print(f"# gateway sockets: {'one (rtc.udp_port)' if args.udp_port else 'one per session'}")
+    print(f"# gateway sockets: {'one (rtc.udp_port)' if args.udp_port else 'one per session'}; viewers "
+          f"{'with transport-cc (stamped, logged, paced; no feedback)' if args.transport_cc else 'without transport-cc'}"
+          f"; publisher {f'paced at {args.publisher_pacing:g}x its bitrate' if args.publisher_pacing else 'unpaced (a frame at once)'}")
     print(f"# viewers: {' then '.join(modes)}"
           + (f" (C drain interval {args.drain_interval_ms:g} ms)" if "c" in modes else "")
           + f"; RPS: {rps_description(args.in_netns)}", flush=True)

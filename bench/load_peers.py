@@ -66,6 +66,8 @@ EXT_MID = 1
 EXT_RID = 2
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+EXT_TRANSPORT_CC = 3
+URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 H264_FMTP = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
 
 _certificate: Optional[RTCCertificate] = None
@@ -157,16 +159,21 @@ def _media_head(kind: str, pt: int, mid: str, direction: str, transport: list[st
             f"a=mid:{mid}", f"a={direction}", "a=rtcp-mux"]
 
 
-def viewer_offer(transport: list[str]) -> str:
-    """recvonly Opus + H.264 (packetization-mode 1), bundled; no transport-cc and no RTX: this viewer sends no
-    feedback, so the server sends the top (only) layer as it is."""
+def viewer_offer(transport: list[str], transport_cc: bool = False) -> str:
+    """recvonly Opus + H.264 (packetization-mode 1), bundled; no RTX. It sends no feedback, so the server sends the
+    top (only) layer as it is. With `transport_cc` it negotiates transport-wide congestion control as browsers do
+    (the extension on both m-lines, `transport-cc` feedback): the server then stamps, logs and paces everything it
+    sends it, and with no feedback ever coming its estimate stays at its start (1 Mbit/s: paced at 2.5 Mbit/s)."""
+    twcc_ext = [f"a=extmap:{EXT_TRANSPORT_CC} {URI_TRANSPORT_CC}"] if transport_cc else []
     lines = _session_lines()
     lines += _media_head("audio", OPUS_PT, "0", "recvonly", transport)
-    lines += [f"a=extmap:{EXT_MID} {URI_MID}", f"a=rtpmap:{OPUS_PT} opus/48000/2",
+    lines += [f"a=extmap:{EXT_MID} {URI_MID}", *twcc_ext, f"a=rtpmap:{OPUS_PT} opus/48000/2",
+              *([f"a=rtcp-fb:{OPUS_PT} transport-cc"] if transport_cc else []),
               f"a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1"]
     lines += _media_head("video", H264_PT, "1", "recvonly", transport)
-    lines += ["a=rtcp-rsize", f"a=extmap:{EXT_MID} {URI_MID}", f"a=rtpmap:{H264_PT} H264/90000",
-              f"a=rtcp-fb:{H264_PT} nack", f"a=rtcp-fb:{H264_PT} nack pli", f"a=fmtp:{H264_PT} {H264_FMTP}"]
+    lines += ["a=rtcp-rsize", f"a=extmap:{EXT_MID} {URI_MID}", *twcc_ext, f"a=rtpmap:{H264_PT} H264/90000",
+              f"a=rtcp-fb:{H264_PT} nack", f"a=rtcp-fb:{H264_PT} nack pli",
+              *([f"a=rtcp-fb:{H264_PT} transport-cc"] if transport_cc else []), f"a=fmtp:{H264_PT} {H264_FMTP}"]
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -204,11 +211,16 @@ class VideoLayer:
 
 
 class Publisher:
-    """Replays pre-encoded H.264 layers + Opus at their real frame rates (a whole access unit per frame tick,
-    like an unpaced encoder) and remembers when each video payload left (`sent_at`, by payload hash)."""
+    """Replays pre-encoded H.264 layers + Opus at their real frame rates and remembers when each video payload left
+    (`sent_at`, by payload hash). By default a whole access unit leaves per frame tick, like an unpaced encoder
+    (FFmpeg's WHIP muxer); with `pace_factor` the video leaves paced at that factor x the layers' total bitrate, as
+    libwebrtc's pacer sends (browsers: 2.5, GCC §4), so a keyframe is spread over tens of milliseconds."""
 
-    def __init__(self, layers: list[Clip], audio: Clip, rids: Optional[list[str]] = None) -> None:
+    def __init__(self, layers: list[Clip], audio: Clip, rids: Optional[list[str]] = None,
+                 pace_factor: float = 0.0) -> None:
         self.peer = RawPeer()
+        total_kbps = sum(c.video_kbps for c in layers)
+        self.pace_bytes_per_s = pace_factor * total_kbps * 1000 / 8 if pace_factor > 0 else 0.0
         self.rids = rids or []
         self.layers = [VideoLayer(c, secrets.randbits(32) or 1, rid) for c, rid in
                        zip(layers, self.rids or [None] * len(layers))]
@@ -265,6 +277,8 @@ class Publisher:
         perf = time.perf_counter
         wall = time.time
         exts = {layer.ssrc: self._extensions("1", layer.rid) for layer in self.layers}
+        pace = self.pace_bytes_per_s
+        paced_until = 0.0  # loop time the pacer's last packet finished leaving
         while True:
             if self._keyframe_wanted:
                 # Answer the request like an encoder would: the next frame sent is a keyframe (the clip skips
@@ -283,6 +297,11 @@ class Publisher:
                 for i, payload in enumerate(frame.payloads):
                     packet = rtp_packet(H264_PT, layer.seq, ts, layer.ssrc, i == last, payload, ext)
                     layer.seq += 1
+                    if pace:
+                        now = loop.time()
+                        if paced_until > now + 0.001:
+                            await asyncio.sleep(paced_until - now)
+                        paced_until = max(paced_until, now) + len(packet) / pace
                     sent_at[payload_key(payload)] = (perf(), wall())
                     if not send(packet):
                         self.unsent += 1
@@ -384,8 +403,9 @@ class Viewer:
     """One WHEP viewer: counts SRTP packets by reading their clear RTP headers (in C with a `Drain`, else here)."""
 
     def __init__(self, sent_at: dict[bytes, tuple[float, float]], video_pt: int = H264_PT,
-                 drain: Optional["Drain"] = None) -> None:
+                 drain: Optional["Drain"] = None, transport_cc: bool = False) -> None:
         self.peer = RawPeer()
+        self.transport_cc = transport_cc
         self.sent_at = sent_at
         self.video_pt = video_pt
         self.drain = drain
@@ -407,7 +427,7 @@ class Viewer:
 
     async def start(self, http: httpx.AsyncClient, url: str) -> None:
         await self.peer.gather()
-        offer = viewer_offer(self.peer.transport_lines())
+        offer = viewer_offer(self.peer.transport_lines(), self.transport_cc)
         self.post_at = time.perf_counter()
         await self.peer.negotiate(http, url, offer)
         self._unprotect = self.peer.dtls._rx_srtp.unprotect
