@@ -394,8 +394,8 @@ pacer_take(double *bucket, int64_t now_us, double size)
 /* ---- Lanes: the whole per-viewer forwarding step in C -----------------------------------------------------
  *
  * A LaneGroup holds the viewers of one layer that share one egress profile and are in steady state, "armed" by
- * gateway/sfu/down_track.py: forwarding the layer they receive with no switch pending, no probe cluster sending
- * and no VP8/VP9 payload to rewrite. For such a viewer forwarding is arithmetic: the current
+ * gateway/sfu/down_track.py: forwarding the layer they receive with no switch pending, no probe cluster sending,
+ * no VP9 payload to rewrite and no VP8 temporal layer to filter. For such a viewer forwarding is arithmetic: the current
  * segment of its RtpMunger (simulcast/rtp_munger.py) maps sequence number and timestamp by fixed offsets. `send`
  * does, per incoming packet and for every lane: that mapping (the munger's fast path, same rules: at or after the
  * segment start maps by the offsets; the newest value moves highest_in / last_out / last_ts / last_time), the
@@ -405,8 +405,13 @@ pacer_take(double *bucket, int64_t now_us, double size)
  * A viewer with transport-cc has a TransportWide: its lane stamps the next transport-wide sequence number into
  * the profile's slot for it and logs the packet (size on the wire, send time) in the viewer's SendLog. Its video
  * lanes are also paced: when the viewer's pacer has a queue or its bucket is in debt, the packet is not sent but
- * DEFERRED: mapped as if sent (the munger state moves on), and handed back by take_deferred() as (owner, seq, ts)
+ * DEFERRED: mapped as if sent (the munger state moves on), and handed back by take_deferred() as (owner, seq, ts, rest)
  * for Python to queue in the pacer, whose timer sends it. The lane stays armed.
+ *
+ * A VP8 lane also runs simulcast/vp8.py Vp8Munger.rewrite for every temporal layer it forwards (RFC 7741 §4.2):
+ * PictureID, TL0PICIDX and KEYIDX continued by the offsets of the current switch, in its buffer; a picture older
+ * than the switch, without a picture id, or above the viewer's temporal layer (or starting a layer up: Y bit)
+ * sends the lane back to Python first.
  *
  * A lane that cannot take a packet (older than its segment's start, sender closed, libsrtp refused it, lease
  * used up) leaves the group BEFORE that packet, its munger state unchanged by it, and comes back from
@@ -429,7 +434,16 @@ typedef struct {
     unsigned long long octets;
     long lease;
     TransportWide *transport;  /* strong reference, or NULL: no transport-wide sequence number */
+    /* VP8 (simulcast/vp8.py Vp8Munger, started, its temporal layer at its target): */
+    int vp8;
+    int v_ext;                 /* newest incoming picture id, unwrapped to 15 bits */
+    int v_picture;             /* incoming picture id of the picture decided last, and its outgoing id */
+    int v_picture_out;
+    int v_temporal;            /* highest TID forwarded */
+    uint16_t p_in_start, p_offset, p_highest_in, p_last_out;  /* its picture id SerialMunger(15) segment */
+    uint8_t tl0_offset, last_tl0, has_tl0, keyidx_offset, last_keyidx, has_keyidx;
     char deferred;             /* within one send(): this packet went to take_deferred() */
+    char deferred_rewrite;     /* ... with its VP8 payload rewritten (the rewritten bytes go with it) */
     int paced;                 /* video of a transport-cc viewer: the viewer's pacer decides (pacer_take) */
 } Lane;
 
@@ -448,8 +462,17 @@ typedef struct {
 static PyObject *
 lane_state(const Lane *lane)
 {
-    return Py_BuildValue("(iiIdKK)", (int)lane->highest_in, (int)lane->last_out, (unsigned int)lane->last_ts,
-                         lane->last_time, lane->packets, lane->octets);
+    PyObject *vp8;
+    if (lane->vp8)
+        vp8 = Py_BuildValue("(iiiiiiiii)", lane->v_ext, lane->v_picture, lane->v_picture_out, (int)lane->p_highest_in,
+                            (int)lane->p_last_out, (int)lane->last_tl0, (int)lane->has_tl0, (int)lane->last_keyidx,
+                            (int)lane->has_keyidx);
+    else
+        vp8 = Py_NewRef(Py_None);
+    if (vp8 == NULL)
+        return NULL;
+    return Py_BuildValue("(iiIdKKN)", (int)lane->highest_in, (int)lane->last_out, (unsigned int)lane->last_ts,
+                         lane->last_time, lane->packets, lane->octets, vp8);
 }
 
 /* Take lane i out of the group (the last lane moves into its place). */
@@ -549,15 +572,21 @@ static PyObject *
 LaneGroup_arm(LaneGroup *self, PyObject *args, PyObject *kwds)
 {
     static char *keywords[] = {"owner", "sender", "ssrc", "in_start", "offset", "ts_offset", "highest_in",
-                               "last_out", "last_ts", "last_time", "lease", "transport", "paced", NULL};
-    PyObject *owner, *sender, *transport = Py_None;
+                               "last_out", "last_ts", "last_time", "lease", "transport", "paced", "vp8", NULL};
+    PyObject *owner, *sender, *transport = Py_None, *vp8 = Py_None;
     unsigned long ssrc, ts_offset, last_ts;
     int in_start, offset, highest_in, last_out, paced = 0;
     double last_time;
     long lease;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!kiikiikdl|Op", keywords, &owner, &SenderType, &sender, &ssrc,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!kiikiikdl|OpO", keywords, &owner, &SenderType, &sender, &ssrc,
                                      &in_start, &offset, &ts_offset, &highest_in, &last_out, &last_ts, &last_time,
-                                     &lease, &transport, &paced))
+                                     &lease, &transport, &paced, &vp8))
+        return NULL;
+    int v[14] = {0};
+    if (vp8 != Py_None && !PyArg_ParseTuple(vp8, "iiiiiiiiiiiiii;vp8: (ext, picture, picture_out, temporal, in_start, "
+                                            "offset, highest_in, last_out, tl0_offset, last_tl0, has_tl0, keyidx_offset, "
+                                            "last_keyidx, has_keyidx)", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+                                            &v[7], &v[8], &v[9], &v[10], &v[11], &v[12], &v[13]))
         return NULL;
     if (transport != Py_None && !PyObject_TypeCheck(transport, &TransportWideType)) {
         PyErr_SetString(PyExc_TypeError, "transport must be a TransportWide or None");
@@ -603,6 +632,22 @@ LaneGroup_arm(LaneGroup *self, PyObject *args, PyObject *kwds)
     Py_XINCREF(lane->transport);
     lane->paced = paced;
     lane->deferred = 0;
+    lane->deferred_rewrite = 0;
+    lane->vp8 = vp8 != Py_None;
+    lane->v_ext = v[0] & 0x7FFF;
+    lane->v_picture = v[1];
+    lane->v_picture_out = v[2];
+    lane->v_temporal = v[3];
+    lane->p_in_start = (uint16_t)(v[4] & 0x7FFF);
+    lane->p_offset = (uint16_t)(v[5] & 0x7FFF);
+    lane->p_highest_in = (uint16_t)(v[6] & 0x7FFF);
+    lane->p_last_out = (uint16_t)(v[7] & 0x7FFF);
+    lane->tl0_offset = (uint8_t)v[8];
+    lane->last_tl0 = (uint8_t)v[9];
+    lane->has_tl0 = v[10] != 0;
+    lane->keyidx_offset = (uint8_t)(v[11] & 0x1F);
+    lane->last_keyidx = (uint8_t)(v[12] & 0x1F);
+    lane->has_keyidx = v[13] != 0;
     Py_RETURN_NONE;
 }
 
@@ -702,16 +747,133 @@ lane_advance(Lane *lane, uint16_t seq, uint16_t out_seq, uint32_t out_ts, double
     }
 }
 
-/* send(first_word, head, rest, seq, ts, now, payload_len, paced_size) -> packets sent.
+/* One packet's VP8 payload descriptor (simulcast/vp8.py parse_descriptor, parsed once per packet in Python);
+ * -1 = absent. Offsets are from the payload's start. */
+typedef struct {
+    int present;
+    int picture_id, m, picture_id_offset, tl0, tl0_offset, keyidx, tk_offset, tid, y, keyframe;
+} Vp8Fields;
+
+/* What Vp8Munger.rewrite decides for this lane and packet, without changing the lane (so that a lane that must
+ * leave leaves before the packet): 0 = the lane cannot take it (Python decides), else 1 and *out filled. */
+typedef struct {
+    int ext, picture, picture_out, highest, last_out, last_tl0, has_tl0, last_keyidx, has_keyidx;
+    int rewrite;  /* the payload's fields change */
+} Vp8Step;
+
+static int
+vp8_step(const Lane *lane, const Vp8Fields *d, Vp8Step *out)
+{
+    if (d->picture_id < 0)
+        return 0;  /* no picture ids: Vp8Munger decides per packet; rare (browsers send them) */
+    out->ext = lane->v_ext;
+    out->picture = lane->v_picture;
+    out->picture_out = lane->v_picture_out;
+    out->highest = lane->p_highest_in;
+    out->last_out = lane->p_last_out;
+    out->last_tl0 = lane->last_tl0;
+    out->has_tl0 = lane->has_tl0;
+    out->last_keyidx = lane->last_keyidx;
+    out->has_keyidx = lane->has_keyidx;
+    int pid = d->picture_id;
+    if (pid != out->picture) {  /* Vp8Munger._begin_picture */
+        int ext;
+        if (d->m) {
+            ext = pid;
+        } else {  /* unwrap a 7-bit id against the newest one */
+            int delta = (pid - out->ext) & 0x7F;
+            ext = (out->ext + (delta >= 64 ? delta - 128 : delta)) & 0x7FFF;
+        }
+        if (((ext - lane->p_in_start) & 0x7FFF) >= 0x4000)
+            return 0;  /* older than the switch: SerialMunger._map_older */
+        int ahead = (ext - out->highest) & 0x7FFF;
+        int newest = ahead != 0 && ahead < 0x4000;
+        int tid = d->tid < 0 ? 0 : d->tid;
+        /* Vp8Munger._decide with the temporal layer at its target: a key frame changes nothing; a Y frame one
+         * layer up would raise it (never: the target is the current layer); a frame above it is dropped */
+        if (tid > lane->v_temporal)
+            return 0;
+        int mapped = (ext + lane->p_offset) & 0x7FFF;
+        if (newest) {
+            out->ext = ext;
+            out->highest = ext;
+            out->last_out = mapped;
+            if (d->tl0 >= 0) {  /* Vp8Munger._note_forwarded */
+                int tl0 = (d->tl0 + lane->tl0_offset) & 0xFF;
+                int step = (tl0 - out->last_tl0) & 0xFF;
+                if ((step > 0 && step < 0x80) || !out->has_tl0) {
+                    out->last_tl0 = tl0;
+                    out->has_tl0 = 1;
+                }
+            }
+            if (d->keyidx >= 0) {
+                int key = (d->keyidx + lane->keyidx_offset) & 0x1F;
+                int step = (key - out->last_keyidx) & 0x1F;
+                if ((step > 0 && step < 0x10) || !out->has_keyidx) {
+                    out->last_keyidx = key;
+                    out->has_keyidx = 1;
+                }
+            }
+        }
+        out->picture = pid;
+        out->picture_out = mapped;
+    }
+    int out_pid = d->m ? out->picture_out : out->picture_out & 0x7F;
+    out->rewrite = out_pid != pid || (d->tl0 >= 0 && lane->tl0_offset) || (d->keyidx >= 0 && lane->keyidx_offset);
+    return 1;
+}
+
+static void
+vp8_commit(Lane *lane, const Vp8Step *step)
+{
+    lane->v_ext = step->ext;
+    lane->v_picture = step->picture;
+    lane->v_picture_out = step->picture_out;
+    lane->p_highest_in = (uint16_t)step->highest;
+    lane->p_last_out = (uint16_t)step->last_out;
+    lane->last_tl0 = (uint8_t)step->last_tl0;
+    lane->has_tl0 = (uint8_t)step->has_tl0;
+    lane->last_keyidx = (uint8_t)step->last_keyidx;
+    lane->has_keyidx = (uint8_t)step->has_keyidx;
+}
+
+/* Vp8Munger.rewrite's writes, into the payload at `payload` (the packet's last payload_len bytes) */
+static void
+vp8_write(unsigned char *payload, const Lane *lane, const Vp8Fields *d, const Vp8Step *step)
+{
+    int out_pid = step->picture_out;
+    if (d->m) {
+        payload[d->picture_id_offset] = (unsigned char)(0x80 | (out_pid >> 8));
+        payload[d->picture_id_offset + 1] = (unsigned char)out_pid;
+    } else {
+        payload[d->picture_id_offset] = (unsigned char)(out_pid & 0x7F);
+    }
+    if (d->tl0 >= 0)
+        payload[d->tl0_offset] = (unsigned char)((d->tl0 + lane->tl0_offset) & 0xFF);
+    if (d->keyidx >= 0)
+        payload[d->tk_offset] = (unsigned char)((payload[d->tk_offset] & 0xE0) | ((d->keyidx + lane->keyidx_offset) & 0x1F));
+}
+
+/* send(first_word, head, rest, seq, ts, now, payload_len, paced_size[, vp8]) -> packets sent.
  * head: the profile's bytes in front of the transport-wide sequence number slot (b"" without transport-cc);
- * paced_size: what the viewer's pacer charges for the packet (down_track.PACED_HEADER_BYTES + len(rest)). */
+ * paced_size: what the viewer's pacer charges for the packet (down_track.PACED_HEADER_BYTES + len(rest));
+ * vp8: None, or the packet's VP8 descriptor as (picture_id, m, picture_id_offset, tl0picidx, tl0picidx_offset, keyidx,
+ * tk_offset, tid, y, keyframe), -1 for what is absent. */
 static PyObject *
 LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8 || !PyBytes_CheckExact(args[1]) || !PyBytes_CheckExact(args[2])) {
+    if ((nargs != 8 && nargs != 9) || !PyBytes_CheckExact(args[1]) || !PyBytes_CheckExact(args[2])) {
         PyErr_SetString(PyExc_TypeError, "send(first_word: int, head: bytes, rest: bytes, seq: int, ts: int, now: float, "
-                                         "payload_len: int, paced_size: int)");
+                                         "payload_len: int, paced_size: int[, vp8: tuple | None])");
         return NULL;
+    }
+    Vp8Fields vp8 = {0};
+    if (nargs == 9 && args[8] != Py_None) {
+        if (!PyArg_ParseTuple(args[8], "iiiiiiiiii;vp8: (picture_id, m, picture_id_offset, tl0picidx, tl0picidx_offset, "
+                              "keyidx, tk_offset, tid, y, keyframe)", &vp8.picture_id, &vp8.m, &vp8.picture_id_offset,
+                              &vp8.tl0, &vp8.tl0_offset, &vp8.keyidx, &vp8.tk_offset, &vp8.tid, &vp8.y, &vp8.keyframe))
+            return NULL;
+        vp8.present = 1;
     }
     unsigned long first_word = PyLong_AsUnsignedLong(args[0]);
     unsigned long seq_in = PyLong_AsUnsignedLong(args[3]);
@@ -734,6 +896,16 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int length = (int)total;
+    if (vp8.present) {  /* every offset inside the payload, the 15-bit id's second octet included */
+        long last = payload_len - 1;
+        if (payload_len < 1 || payload_len > rest_len || vp8.picture_id_offset + (vp8.m ? 1 : 0) > last
+            || vp8.tl0_offset > last || vp8.tk_offset > last
+            || (vp8.picture_id >= 0 && vp8.picture_id_offset < 0) || (vp8.tl0 >= 0 && vp8.tl0_offset < 0)
+            || (vp8.keyidx >= 0 && vp8.tk_offset < 0)) {
+            PyErr_SetString(PyExc_ValueError, "vp8: offsets outside the payload");
+            return NULL;
+        }
+    }
     const char *head = PyBytes_AS_STRING(args[1]);
     const char *rest = PyBytes_AS_STRING(args[2]);
     uint16_t seq = (uint16_t)seq_in;
@@ -756,10 +928,21 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
                 return NULL;
             continue;
         }
+        Vp8Step step = {0};
+        int munge = lane->vp8 && vp8.present;
+        if (munge && !vp8_step(lane, &vp8, &step)) {
+            batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
+            if (lane_fail(self, i) < 0)
+                return NULL;
+            continue;
+        }
         uint16_t out_seq = (uint16_t)(seq + lane->offset);
         uint32_t out_ts = ts + lane->ts_offset;
         if (lane->paced && !pacer_take(tw->bucket, now_us, (double)paced_size)) {
-            lane_advance(lane, seq, out_seq, out_ts, now);  /* as Python's munger.map before the pacer queues */
+            if (munge)  /* DownTrack.forward: the VP8 munger decides, the RTP munger maps, then the pacer queues */
+                vp8_commit(lane, &step);
+            lane->deferred_rewrite = munge && step.rewrite;
+            lane_advance(lane, seq, out_seq, out_ts, now);
             lane->deferred = 1;
             deferred++;
             i++;
@@ -791,6 +974,8 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         } else {
             memcpy(buffer + MIN_RTP_HEADER, rest, (size_t)rest_len);
         }
+        if (munge && step.rewrite)
+            vp8_write(buffer + length - payload_len, lane, &vp8, &step);
         int out_len = length;
         if (sender->protect(sender->ctx, buffer, &out_len) != 0) {
             if (lane->paced)  /* not sent after all: give the pacer its budget back */
@@ -801,6 +986,8 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         /* The packet went through libsrtp (its sequence number is used): the munger's state moves on. */
+        if (munge)
+            vp8_commit(lane, &step);
         lane_advance(lane, seq, out_seq, out_ts, now);
         if (tw != NULL) {  /* simulcast/bwe.py SendLog.record(transport_seq, size on the wire, now) */
             tw->counters[COUNTER_NEXT_SEQ] = (transport_seq + 1) & 0xFFFF;
@@ -836,8 +1023,22 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
             continue;
         lane->deferred = 0;
         deferred--;
-        PyObject *item = Py_BuildValue("(OiI)", lane->owner, (int)(uint16_t)(seq + lane->offset),
-                                       (unsigned int)(ts + lane->ts_offset));
+        PyObject *rewritten = Py_None;
+        if (lane->deferred_rewrite) {  /* the rest of the packet as this viewer gets it (Vp8Munger.rewrite) */
+            rewritten = PyBytes_FromStringAndSize(rest, rest_len);
+            if (rewritten == NULL) {
+                for (; k < self->count; k++)
+                    self->lanes[k].deferred = 0;
+                return NULL;
+            }
+            Vp8Step step = {0};
+            step.picture_out = lane->v_picture_out;
+            vp8_write((unsigned char *)PyBytes_AS_STRING(rewritten) + rest_len - payload_len, lane, &vp8, &step);
+        } else {
+            Py_INCREF(rewritten);
+        }
+        PyObject *item = Py_BuildValue("(OiIN)", lane->owner, (int)(uint16_t)(seq + lane->offset),
+                                       (unsigned int)(ts + lane->ts_offset), rewritten);
         if (item == NULL || PyList_Append(self->deferred, item) < 0) {
             Py_XDECREF(item);
             for (; k < self->count; k++)
@@ -915,7 +1116,8 @@ static PyMethodDef LaneGroup_methods[] = {
      "send(first_word, head, rest, seq, ts, now, payload_len, paced_size): forward one packet on every lane; "
      "packets sent."},
     {"take_deferred", (PyCFunction)LaneGroup_take_deferred, METH_NOARGS,
-     "[(owner, seq, ts), ...] of the packets the viewers' pacers held back since the last call (to queue there)."},
+     "[(owner, seq, ts, rest), ...] of the packets the viewers' pacers held back since the last call (to queue there); "
+     "rest: the template's last part with the viewer's VP8 fields, or None when the shared one is the viewer's."},
     {"take_failed", (PyCFunction)LaneGroup_take_failed, METH_NOARGS,
      "[(owner, state), ...] of the lanes that left the group before a packet since the last call."},
     {"take_drops", (PyCFunction)LaneGroup_take_drops, METH_NOARGS,

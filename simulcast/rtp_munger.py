@@ -247,6 +247,18 @@ class SerialMunger(_Segments):
         """The newest outgoing value."""
         return self._last_out
 
+    def lane_state(self) -> tuple[int, int, int, int] | None:
+        """(in_start, offset, highest_in, last_out) of the current segment for a compiled lane (as
+        RtpMunger.lane_state); None before the first switch."""
+        if not self._started:
+            return None
+        return self._in_start, self._offset, self._highest_in, self._last_out
+
+    def resume(self, highest_in: int, last_out: int) -> None:
+        """Take back what a compiled lane moved on while it mapped the current segment."""
+        self._highest_in = highest_in
+        self._last_out = last_out
+
 
 class RtpMunger(_Segments):
     """Per viewer video track: RTP sequence number and timestamp of the layer being forwarded -> the viewer's.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from simulcast.rtp_munger import SerialMunger
 
-__all__ = ["Vp8Descriptor", "Vp8Munger", "parse_descriptor", "temporal_id", "MAX_TEMPORAL_ID"]
+__all__ = ["Vp8Descriptor", "Vp8Munger", "parse_descriptor", "lane_fields", "temporal_id", "MAX_TEMPORAL_ID"]
 
 Payload = bytes | bytearray | memoryview
 
@@ -165,6 +165,17 @@ def parse_descriptor(payload: Payload) -> Vp8Descriptor | None:
     return d
 
 
+def lane_fields(d: Vp8Descriptor) -> tuple[int, ...]:
+    """The descriptor as a C lane reads it (gateway/_srtp_send.c Vp8Fields): (picture_id, m, picture_id_offset,
+    tl0picidx, tl0picidx_offset, keyidx, tk_offset, tid, y, keyframe), -1 for an absent field."""
+    return (
+        -1 if d.picture_id is None else d.picture_id, int(d.m), d.picture_id_offset,
+        -1 if d.tl0picidx is None else d.tl0picidx, d.tl0picidx_offset,
+        -1 if d.keyidx is None else d.keyidx, d.tk_offset,
+        -1 if d.tid is None else d.tid, int(d.y), int(d.keyframe),
+    )
+
+
 def temporal_id(descriptor: Vp8Descriptor) -> int:
     """The frame's temporal layer: TID when the T bit is set, else 0 (no temporal scalability)."""
     tid = descriptor.tid
@@ -300,6 +311,36 @@ class Vp8Munger:
             if 0 < (out - self._last_keyidx) & 0x1F < 0x10 or not self._has_keyidx:
                 self._last_keyidx = out
                 self._has_keyidx = True
+
+    def lane_state(self) -> tuple[int, ...] | None:
+        """What a compiled lane (gateway/_srtp_send.c) needs to run `rewrite` for every picture of the current
+        layer up to the current temporal layer: (ext, picture, picture_out, temporal, picture id segment's
+        in_start, offset, highest_in, last_out, tl0 offset, last tl0, has tl0, keyidx offset, last keyidx, has
+        keyidx); None when not started or while the temporal layer moves towards its target (only Python raises
+        or lowers it). The lane gives what it moved on back through `resume`."""
+        if not self._started or self._temporal != self.target_temporal:
+            return None
+        pids = self._pids.lane_state()
+        if pids is None:
+            return None
+        return (self._ext, self._picture, self._picture_out, self._temporal, *pids, self._tl0_offset,
+                self._last_tl0, int(self._has_tl0), self._keyidx_offset, self._last_keyidx, int(self._has_keyidx))
+
+    def resume(self, ext: int, picture: int, picture_out: int, highest_in: int, last_out: int, last_tl0: int,
+               has_tl0: int, last_keyidx: int, has_keyidx: int) -> None:
+        """Take back the state a compiled lane moved on (see `lane_state`). The lane keeps no record of recent
+        decisions (`_seen_*`): a late packet of a picture it decided is decided again, the same way (it forwarded
+        every picture, by the same offsets); the record is emptied, so no entry older than the lane outlives a
+        wrap of the picture id."""
+        self._seen_id[:] = _UNSEEN
+        self._ext = ext
+        self._picture = picture
+        self._picture_out = picture_out
+        self._pids.resume(highest_in, last_out)
+        self._last_tl0 = last_tl0
+        self._has_tl0 = bool(has_tl0)
+        self._last_keyidx = last_keyidx
+        self._has_keyidx = bool(has_keyidx)
 
     def rewrite(self, payload: Payload, descriptor: Vp8Descriptor) -> Payload | None:
         d = descriptor

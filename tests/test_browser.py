@@ -286,11 +286,11 @@ def test_publish_page_to_play_page(netns_gateway: Gateway, browser: Any, codec: 
     )
     assert later["video"]["packetsLost"] <= 5, report("video packets were lost on loopback")
 
-    # The gateway's side of this viewer (Chromium negotiates transport-cc): Opus, and H.264 (no picture id to
-    # rewrite), ride C lanes, which stamp the transport-wide seq and log what they send; the estimator matched
-    # Chromium's feedback to that log (acknowledged rate) and the viewer decoded it all (above). VP8 goes the
-    # Python way. A lane that handed a packet back (NACK, lease) is armed again by the next packet: poll briefly.
-    want = {"audio": True, "video": codec == "H264"}
+    # The gateway's side of this viewer (Chromium negotiates transport-cc): Opus and the video ride C lanes, which
+    # stamp the transport-wide seq and log what they send (and continue VP8 picture ids); the estimator matched
+    # Chromium's feedback to that log (acknowledged rate) and the viewer decoded it all (above). A lane that
+    # handed a packet back (NACK, lease) is armed again by the next packet: poll briefly.
+    want = {"audio": True, "video": True}
     tracks: list = []
     for _ in range(40):
         viewers = player.evaluate(f"fetch('/api/streams/{stream}/viewers').then(r => r.json())")

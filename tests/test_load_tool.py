@@ -19,10 +19,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(120)
-def test_load_tool_tiny_run(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--transport-cc", "--publisher-pacing", "2.5"]], ids=["plain", "browser-like"])
+def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
+    """browser-like: the viewers negotiate transport-cc (the gateway stamps, logs and paces what it sends them) and
+    the publisher paces its video as libwebrtc does; the same checks hold."""
     out_json = tmp_path / "steps.json"
     cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--viewers", "3", "--duration", "3", "--warmup", "1",
-           "--no-baseline", "--profiles", "600k", "--json", str(out_json)]
+           "--no-baseline", "--profiles", "600k", "--json", str(out_json), *extra]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=str(ROOT))
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
@@ -44,3 +47,5 @@ def test_load_tool_tiny_run(tmp_path: pathlib.Path) -> None:
     assert step["rss_per_viewer_kb"] is not None, step
     assert "| 3 | " in run.stdout and "## 600k" in run.stdout, run.stdout
     assert "loss" in run.stdout and "whipgate" in run.stdout, run.stdout
+    if extra:
+        assert "viewers with transport-cc" in run.stdout and "publisher paced at 2.5x" in run.stdout, run.stdout

@@ -158,10 +158,10 @@ async def test_publisher_to_two_viewers(gateway, decode_errors, codec: str) -> N
             video_stats = next(t for t in v["tracks"] if t["kind"] == "video")
             assert video_stats["packets_sent"] > 0 and video_stats["reason"], video_stats
             assert video_stats["estimate_bps"] > 0, video_stats
-        # C lanes (gateway/_srtp_send.c): these aiortc viewers negotiate no transport-cc, so their Opus tracks and an
-        # H.264 track (no picture id to rewrite) are forwarded by lanes; VP8 goes the Python way. A lane that hands
-        # a packet back (NACK, lease) is armed again by the next packet: poll briefly.
-        want = {"audio": True, "video": codec == "H264"}
+        # C lanes (gateway/_srtp_send.c): these viewers' Opus and video tracks (H.264 as it is, VP8 with its
+        # picture ids continued in C) are forwarded by lanes. A lane that hands a packet back (NACK, lease) is
+        # armed again by the next packet: poll briefly.
+        want = {"audio": True, "video": True}
         lanes: list = []
         async with httpx.AsyncClient() as http:
             for _ in range(20):

@@ -117,8 +117,7 @@ class ViewerSession(PeerSession):
                     "viewer %s: layer %d/%d (%s); estimate %d kbit/s, acknowledged %d kbit/s, %s",
                     self.id, choice[0], choice[1], choice[2], e.estimate_bps // 1000, e.acknowledged_bps // 1000, e.reason,
                 )
-                if down.codec_munger is not None:
-                    down.codec_munger.target_temporal = choice[1]
+                down.set_temporal_target(choice[1])
                 down.retarget()
                 self.publish_layers()
         if self.bandwidth.probing and (self._probe_task is None or self._probe_task.done()):

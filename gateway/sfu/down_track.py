@@ -157,10 +157,17 @@ class DownTrack:
     # ---- the compiled lane -------------------------------------------------------------------------
     def _arm(self, layer: "Layer") -> None:
         """Hand this viewer's forwarding of `layer` to the layer's C lane group (gateway/_srtp_send.c): called after
-        the Python path forwarded a packet, for a viewer with nothing per packet that only Python does (no VP8/VP9
-        picture id rewrite, no switch pending, no probe cluster sending). The lane runs the munger's fast path,
-        header, transport-wide seq + send log + pacer (transport-cc), protect and send; whatever else happens to
-        this viewer settles it first."""
+        the Python path forwarded a packet, for a viewer with nothing per packet that only Python does (no VP9
+        payload, no VP8 temporal layer change pending, no switch pending, no probe cluster sending). The lane runs
+        the munger's fast path, the VP8 picture id / TL0PICIDX / KEYIDX continuation, header, transport-wide seq +
+        send log + pacer (transport-cc), protect and send; whatever else happens to this viewer settles it first."""
+        vp8_state = None
+        if self.codec_munger is not None:
+            if not isinstance(self.codec_munger, vp8.Vp8Munger):
+                return
+            vp8_state = self.codec_munger.lane_state()
+            if vp8_state is None:
+                return
         transport = None
         if self.profile.transport_cc_id is not None:
             bandwidth = self.bandwidth
@@ -173,7 +180,7 @@ class DownTrack:
             return
         group = self.source.lane_group(layer, self.profile)
         group.arm(self, sender, self.ssrc, *state, LANE_LEASE,  # type: ignore[attr-defined]
-                  transport=transport, paced=transport is not None and self.kind == "video")
+                  transport=transport, paced=transport is not None and self.kind == "video", vp8=vp8_state)
         self.armed_in = group
         self.source.lanes_version += 1
 
@@ -188,12 +195,14 @@ class DownTrack:
                 self.armed_in = None
                 self.source.lanes_version += 1
 
-    def lane_left(self, state: tuple[int, int, int, float, int, int]) -> None:
+    def lane_left(self, state: tuple) -> None:
         """The lane's state after it left its group (settle, or the group gave it up before a packet)."""
         self.armed_in = None
         self.source.lanes_version += 1
-        highest_in, last_out, last_ts, last_time, packets, octets = state
+        highest_in, last_out, last_ts, last_time, packets, octets, vp8_state = state
         self.munger.resume(highest_in, last_out, last_ts, last_time)
+        if vp8_state is not None:
+            self.codec_munger.resume(*vp8_state)  # type: ignore[union-attr]
         self._packets_sent += packets
         self._octets_sent += octets
 
@@ -295,8 +304,16 @@ class DownTrack:
             if request is not None:
                 temporal = request.temporal_layer_id if request.temporal_layer_id is not None else request.max_temporal_layer_id
             # Fewer temporal layers: a lower frame rate at the same resolution (RFC 7741 §4.2 TID / Y).
-            self.codec_munger.target_temporal = temporal if temporal is not None else type(self.codec_munger)().target_temporal
+            self.set_temporal_target(temporal if temporal is not None else type(self.codec_munger)().target_temporal)
         self.retarget()
+
+    def set_temporal_target(self, temporal: int) -> None:
+        """The highest VP8/VP9 temporal layer to forward (from the next frame down, from a sync frame up). A C lane
+        forwards only at a steady temporal layer: it leaves first."""
+        munger = self.codec_munger
+        if munger is not None and munger.target_temporal != temporal:
+            self.settle()
+            munger.target_temporal = temporal
 
     @property
     def temporal_layer(self) -> Optional[int]:
@@ -337,15 +354,18 @@ class DownTrack:
             return 0
         self._packets_sent += 1
         self._octets_sent += packet.payload_end - packet.payload_offset
-        if self._native_sender is not None and layer is self.target and self.codec_munger is None and self.active:
+        if self._native_sender is not None and layer is self.target and self.active:
             self._arm(layer)
         return 1
 
-    def defer(self, template: Template, seq: int, timestamp: int, payload_len: int) -> int:
-        """A packet this viewer's C lane mapped but its pacer held back: queue it there (as `_send` does)."""
+    def defer(self, template: Template, seq: int, timestamp: int, payload_len: int, rest: Optional[bytes] = None) -> int:
+        """A packet this viewer's C lane mapped but its pacer held back: queue it there (as `_send` does); `rest`:
+        the template's last part with this viewer's VP8 fields, when they differ from the shared one's."""
         bandwidth = self.bandwidth
         if bandwidth is None:  # cannot happen: only transport-cc lanes are paced
             return 0
+        if rest is not None:
+            template = template[0], template[1], rest
         bandwidth.enqueue(self, template, seq, timestamp, self.ssrc, len(template[2]) + PACED_HEADER_BYTES)
         self._packets_sent += 1
         self._octets_sent += payload_len

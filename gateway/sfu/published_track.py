@@ -102,7 +102,7 @@ class PublishedTrack:
             descriptor = self.parse_descriptor(payload)
         templates: dict[EgressProfile, Template] = {}
         lanes = self._lanes[layer.offer_index]
-        sent = self._send_on_lanes(lanes, templates, packet, now) if lanes else 0
+        sent = self._send_on_lanes(lanes, templates, packet, now, descriptor) if lanes else 0
         for down in self._python_subscribers(layer):  # after the lanes: one that just left takes the packet here
             profile = down.profile
             template = templates.get(profile)
@@ -115,7 +115,7 @@ class PublishedTrack:
                 log.exception("forwarding to a viewer failed")
         metrics.forwarded_packets[self.kind] += sent
 
-    def _send_on_lanes(self, lanes: dict, templates: dict, packet: RtpPacket, now: float) -> int:
+    def _send_on_lanes(self, lanes: dict, templates: dict, packet: RtpPacket, now: float, descriptor: object = None) -> int:
         """The armed viewers of this packet's layer, one C call per egress profile. A lane that cannot take the
         packet leaves its group first (its state comes back to its DownTrack), so the loop in on_packet forwards
         it the Python way. A packet a transport-cc viewer's pacer holds back comes back "deferred" (already mapped
@@ -123,6 +123,7 @@ class PublishedTrack:
         sent = 0
         seq, ts = packet.sequence_number, packet.timestamp
         size = packet.payload_end - packet.payload_offset
+        fields = vp8.lane_fields(descriptor) if descriptor is not None and self.codec_key == "vp8" else None
         for profile, group in lanes.items():
             if not group:
                 continue
@@ -131,15 +132,15 @@ class PublishedTrack:
                 template = templates[profile] = profile.build(packet)
             try:
                 sent += group.send(template[0], template[1], template[2], seq, ts, now, size,
-                                   len(template[2]) + PACED_HEADER_BYTES)
+                                   len(template[2]) + PACED_HEADER_BYTES, fields)
                 failed = False
             except Exception:  # e.g. a packet too long for the compiled path: every lane goes the Python way
                 metrics.count_drop("forward_error")
                 log.exception("forwarding on a lane group failed")
                 failed = True
             if group.deferred:
-                for down, out_seq, out_ts in group.take_deferred():
-                    sent += down.defer(template, out_seq, out_ts, size)
+                for down, out_seq, out_ts, rest in group.take_deferred():
+                    sent += down.defer(template, out_seq, out_ts, size, rest)
             if group.failed:
                 for down, state in group.take_failed():
                     down.lane_left(state)
