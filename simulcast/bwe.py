@@ -1659,13 +1659,17 @@ class Pacer:
     now_us)` says yes (and charges the bucket) when nothing is queued and the bucket allows it, so the caller
     sends directly; otherwise it `enqueue`s and later sends what `poll(now_us)` returns (at the time
     `next_send_us` gives). Queued packets older than `max_queue_us` worth of rate are dropped (oldest first).
+    While packets wait, the bucket keeps filling past the burst allowance (up to `catch_up_us` of rate): a poll
+    that comes late (a busy event loop) releases what was due by then, so the queue still drains at the pacing
+    rate; with the usual cap, every late timer would lose sending time, the queue would outgrow the rate and the
+    extra work of queuing would make the loop later still.
 
     The bucket lives in `bucket`, an array of doubles [rate (bytes/µs), burst (bytes), budget (bytes), last
     refill (µs, -1 before the first), queued packets], so that a viewer's C lanes (gateway/_srtp_send.c
     `TransportWide`) apply the same `can_send_now` rule to the packets they send, on the same budget.
     """
 
-    __slots__ = ("factor", "burst_us", "max_queue_us", "bucket", "_queue", "_queued_bytes", "dropped")
+    __slots__ = ("factor", "burst_us", "max_queue_us", "catch_up_us", "bucket", "_queue", "_queued_bytes", "dropped")
 
     def __init__(
         self,
@@ -1674,10 +1678,12 @@ class Pacer:
         factor: float = 2.5,
         burst_us: int = BURST_TIME_US,
         max_queue_us: int = 2_000_000,
+        catch_up_us: int = 100_000,
     ) -> None:
         self.factor = factor
         self.burst_us = burst_us
         self.max_queue_us = max_queue_us
+        self.catch_up_us = catch_up_us
         self.bucket = array("d", [0.0, 0.0, 0.0, -1.0, 0.0])
         self._queue: deque[tuple[object, int]] = deque()
         self._queued_bytes = 0
@@ -1706,14 +1712,17 @@ class Pacer:
         if bucket[_BUDGET] > burst:
             bucket[_BUDGET] = burst
 
-    def _refill(self, now_us: int) -> float:
+    def _refill(self, now_us: int, backlog: bool = False) -> float:
         bucket = self.bucket
         last = bucket[_UPDATED]
         budget = bucket[_BUDGET]
         if last >= 0 and now_us > last:
-            budget += (now_us - last) * bucket[_RATE]
-            if budget > bucket[_BURST]:
-                budget = bucket[_BURST]
+            if backlog:  # packets waited all along: what was due is owed (see the class doc)
+                budget += min(now_us - last, self.catch_up_us) * bucket[_RATE]
+            else:
+                budget += (now_us - last) * bucket[_RATE]
+                if budget > bucket[_BURST]:
+                    budget = bucket[_BURST]
         if last < 0 or now_us > last:
             bucket[_UPDATED] = now_us
         bucket[_BUDGET] = budget
@@ -1745,13 +1754,15 @@ class Pacer:
         queue = self._queue
         if not queue:
             return []
-        budget = self._refill(now_us)
+        budget = self._refill(now_us, backlog=True)
         out = []
         while queue and budget >= 0:
             packet, size = queue.popleft()
             budget -= size
             self._queued_bytes -= size
             out.append(packet)
+        if not queue and budget > self.bucket[_BURST]:
+            budget = self.bucket[_BURST]  # the backlog is gone: idle again, at most the burst allowance
         self.bucket[_BUDGET] = budget
         self.bucket[_QUEUED] = len(queue)
         return out
@@ -1760,7 +1771,7 @@ class Pacer:
         """When `poll` will next release a packet (now_us if it would now), or None when nothing is queued."""
         if not self._queue:
             return None
-        budget = self._refill(now_us)
+        budget = self._refill(now_us, backlog=True)
         if budget >= 0:
             return now_us
         return now_us + math.ceil(-budget / self.bucket[_RATE])

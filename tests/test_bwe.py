@@ -863,13 +863,39 @@ def test_pacer_order_and_queue_limit() -> None:
         pacer.enqueue(index, 1200)
     assert not pacer.can_send_now(100, 1 * SECOND)  # something is queued: keep order
     assert pacer.dropped == 8 and pacer.queued_packets == 2
-    assert pacer.poll(1 * SECOND) == [8]  # the bucket holds 5 ms (156 bytes) however long it was idle
-    assert pacer.next_send_us(1 * SECOND) == 1 * SECOND + 33_400  # a debt of 1044 bytes at 31.25 bytes/ms
-    assert pacer.poll(1 * SECOND + 33 * MS) == []
-    assert pacer.poll(1 * SECOND + 34 * MS) == [9]
+    assert pacer.next_send_us(0) == 33_400  # a debt of 1044 bytes at 31.25 bytes/ms
+    assert pacer.poll(33 * MS) == []
+    assert pacer.poll(34 * MS) == [8]
+    assert pacer.next_send_us(34 * MS) == 34 * MS + 37_800  # 18.75 bytes of credit less 1200: 1181.25 of debt
+    assert pacer.poll(34 * MS + 37_800) == [9]
+    # Idle again: however long, the bucket holds 5 ms (156 bytes) of credit.
+    assert pacer.can_send_now(1200, 1 * SECOND)
+    assert not pacer.can_send_now(100, 1 * SECOND)
     pacer.set_estimate(4_000_000)
     assert pacer.rate_bps == 10_000_000
     assert pacer.next_send_us(0) is None
+
+
+def test_a_late_poll_keeps_the_pacing_rate() -> None:
+    """A backlog paced at 2.5 Mbit/s, 1.92 Mbit/s coming in, the pacer's timer firing every 20 ms (a busy event
+    loop, late each time): capped at the 5 ms burst allowance, each poll would release ~2 packets (0.96 Mbit/s)
+    and the queue would grow until it drops; the pacer owes the waiting queue what was due (up to 100 ms), so it
+    releases at up to 2.5 Mbit/s and keeps up."""
+    pacer = Pacer(1_000_000, factor=2.5)  # 312.5 bytes/ms
+    released = 0
+    for tick in range(1, 51):  # 1 s of 20 ms ticks; 20 packets of 1200 bytes every 100 ms
+        if tick % 5 == 1:
+            for _ in range(20):
+                pacer.enqueue(1200, 1200)
+        released += len(pacer.poll(tick * 20 * MS))
+    assert pacer.dropped == 0
+    assert released >= 190 and pacer.queued_packets == 200 - released, released
+    # A poll after a long stall releases at most 100 ms of rate at once (31,250 bytes), not the whole queue.
+    stalled = Pacer(1_000_000, factor=2.5)
+    for _ in range(200):
+        stalled.enqueue(1200, 1200)
+    assert len(stalled.poll(0)) == 2  # the burst allowance (1562.5 bytes), then 837.5 bytes of debt
+    assert len(stalled.poll(5 * SECOND)) == 26  # 31,250 - 837.5 bytes: 25 packets and one into debt
 
 
 # ---------------------------------------------------------------------------------------------------------
