@@ -747,6 +747,16 @@ lane_advance(Lane *lane, uint16_t seq, uint16_t out_seq, uint32_t out_ts, double
     }
 }
 
+/* An error in the middle of send(): the packets deferred so far are lost (their lanes stay armed, their state
+ * moved on as for a loss on the way), and no flag may outlive this call. */
+static PyObject *
+lanes_abandon_deferred(LaneGroup *self)
+{
+    for (Py_ssize_t k = 0; k < self->count; k++)
+        self->lanes[k].deferred = 0;
+    return NULL;
+}
+
 /* One packet's VP8 payload descriptor (simulcast/vp8.py parse_descriptor, parsed once per packet in Python);
  * -1 = absent. Offsets are from the payload's start. */
 typedef struct {
@@ -925,7 +935,7 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
             /* lane_fail makes Python objects (a GC pass may run Python code): nothing may wait in the batch */
             batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
             if (lane_fail(self, i) < 0)
-                return NULL;
+                return lanes_abandon_deferred(self);
             continue;
         }
         Vp8Step step = {0};
@@ -933,7 +943,7 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         if (munge && !vp8_step(lane, &vp8, &step)) {
             batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
             if (lane_fail(self, i) < 0)
-                return NULL;
+                return lanes_abandon_deferred(self);
             continue;
         }
         uint16_t out_seq = (uint16_t)(seq + lane->offset);
@@ -982,7 +992,7 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
                 tw->bucket[BUCKET_BUDGET] += (double)paced_size;
             batch_flush(self, &batch, &sent, (unsigned long long)payload_len);
             if (lane_fail(self, i) < 0)
-                return NULL;
+                return lanes_abandon_deferred(self);
             continue;
         }
         /* The packet went through libsrtp (its sequence number is used): the munger's state moves on. */
