@@ -48,7 +48,20 @@ from gateway.sfu.published_track import PublishedTrack  # noqa: E402
 from simulcast.viewer_bandwidth import ViewerBandwidth  # noqa: E402
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
-PAYLOAD = bytes([0x90, 0x80, 0x05, 0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A]) + os.urandom(1091)  # 1100-byte VP8 keyframe-ish
+BODY = os.urandom(1100)
+PAYLOAD = BODY  # --sender: one protect+send of a 1112-byte packet (12-byte header, no extension)
+
+
+def vp8_payload(i: int) -> bytes:
+    """1100 bytes of VP8 as a browser sends it: RFC 7741 §4.2 descriptor with a 15-bit PictureID, TL0PICIDX and TID
+    per frame of 30 packets (S on a frame's first packet), the first frame a key frame (RFC 6386 §9.1 start code)."""
+    frame, first = i // 30, i % 30 == 0
+    descriptor = bytes([0x90 if first else 0x80, 0xE0, 0x80 | (frame >> 8) & 0x7F, frame & 0xFF, frame & 0xFF, 0x00])
+    if first:
+        header = bytes([0x00, 0x00, 0x00, 0x9D, 0x01, 0x2A, 0x80, 0x02, 0x68, 0x01]) if i == 0 else bytes([0x01, 0, 0])
+    else:
+        header = b""
+    return (descriptor + header + BODY)[:1100]
 
 
 def srtp_session(profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80) -> Session:
@@ -56,9 +69,10 @@ def srtp_session(profile: int = Policy.SRTP_PROFILE_AES128_CM_SHA1_80) -> Sessio
 
 
 def incoming(n: int, plain: bool = False) -> list[bytes]:
-    """n packets of 30 fps video: VP8 (as browsers publish), or with `plain` H.264 (an IDR, then non-IDR slices)."""
+    """n packets of video, 30 per frame: VP8 (as browsers publish), or with `plain` H.264 (an IDR, then non-IDR
+    slices)."""
     def payload(i: int) -> bytes:
-        return PAYLOAD if not plain else (b"\x65" if i == 0 else b"\x41") + PAYLOAD[1:]
+        return vp8_payload(i) if not plain else (b"\x65" if i == 0 else b"\x41") + BODY[1:]
     return [bytes(build_header(i % 30 == 29, 96, i & 0xFFFF, 3000 * (i // 30), 0x1234, [(9, b"0")])) + payload(i)
             for i in range(n)]
 
@@ -299,12 +313,10 @@ async def main() -> None:
     twcc = args.viewers_kind != "plain"
     vp8 = args.viewers_kind == "twcc"
     paths = [p for p in FANOUT_PATHS if p in ("pylibsrtp", "python") or rtc.EGRESS_PATH == "native"]
-    if vp8:
-        paths = [p for p in paths if p != "lanes"]  # a VP8 viewer's picture ids are rewritten in Python: never armed
     packets = incoming(args.packets, plain=not vp8)
     kind = {"twcc": "+TWCC VP8 (browsers watching a browser)", "twcc-h264": "+TWCC H.264 (browsers watching OBS/FFmpeg)",
             "plain": "plain H.264 (no transport-cc)"}[args.viewers_kind]
-    print(f"fan-out of {args.packets} x 1112-byte RTP packets, CPU us per packet per viewer, {kind}, SRTP {args.srtp}")
+    print(f"fan-out of {args.packets} x {len(packets[0])}-byte RTP packets, CPU us per packet per viewer, {kind}, SRTP {args.srtp}")
     head = [f"{('+TWCC ' if twcc else '') + FANOUT_PATHS[p]:>22}" for p in paths]
     print(f"{'run':>3} {'viewers':>7} | {' | '.join(head)} | {'pkts/s/core':>11} | {'before/fast':>11} | "
           f"{'baseline':>8} | {'baseline/fast':>13}")
