@@ -92,24 +92,43 @@ def relative(packets: list[bytes | None]) -> list[tuple]:
     return out
 
 
-@pytest.fixture
-async def pair():
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
-    codec = Codec(96, "H264", 90000, None, {}, ["nack", "nack pli"])
+def make_track(codec_name: str = "H264", ssrc: int = 0x1234, transport_cc: bool = False) -> PublishedTrack:
+    """A single-layer video track of a publisher whose packets carry SSRC `ssrc` (mid extension id 9)."""
+    codec = Codec(96, codec_name, 90000, None, {}, ["nack", "nack pli"] + (["transport-cc"] if transport_cc else []))
     track = PublishedTrack(
         kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
         rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
     )
-    track.layers[0].ssrc = 0x1234
-    viewers = [Viewer(transport), Viewer(transport)]
+    track.layers[0].ssrc = ssrc
+    return track
+
+
+def start_downs(track: PublishedTrack, viewers: list[Viewer], *, ssrc_base: int = 0xA000,
+                first_transport_seq: int | None = None) -> list[DownTrack]:
+    """A viewer forwarded the Python way and one armed in lanes, started on `track`. With `first_transport_seq`
+    both negotiate transport-cc, their ViewerBandwidths starting at that transport-wide sequence number (so their
+    packets compare byte for byte)."""
     downs = []
     for i, (viewer, lanes) in enumerate(zip(viewers, (False, True))):
-        profile = EgressProfile(100, None, 1, "0", ())
-        down = DownTrack(track, profile, ssrc=0xA000 + i, rtx_ssrc=None, cname="c", send_rtp=viewer.sender.send_rtp,
+        transport_cc_id = 3 if first_transport_seq is not None else None
+        profile = EgressProfile(100, None, 1, "0", (), transport_cc_id=transport_cc_id)
+        down = DownTrack(track, profile, ssrc=ssrc_base + i, rtx_ssrc=None, cname="c", send_rtp=viewer.sender.send_rtp,
                          send_rtcp=lambda b: 0, native_sender=viewer.sender.native_route if lanes else None)
+        if first_transport_seq is not None:
+            down.bandwidth = ViewerBandwidth(transport_cc=True)
+            down.bandwidth.counters[0] = first_transport_seq
         down.start()
         downs.append(down)
+    return downs
+
+
+@pytest.fixture
+async def pair():
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    track = make_track()
+    viewers = [Viewer(transport), Viewer(transport)]
+    downs = start_downs(track, viewers)
     yield track, viewers, downs
     for v in viewers:
         v.close()
@@ -200,13 +219,7 @@ async def test_late_joiner_armed_during_keyframe_replay(pair) -> None:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
     late = [Viewer(transport), Viewer(transport)]
-    downs = []
-    for i, (viewer, lanes) in enumerate(zip(late, (False, True))):
-        down = DownTrack(track, EgressProfile(100, None, 1, "0", ()), ssrc=0xB000 + i, rtx_ssrc=None, cname="c",
-                         send_rtp=viewer.sender.send_rtp, send_rtcp=lambda b: 0,
-                         native_sender=viewer.sender.native_route if lanes else None)
-        down.start()  # replays what was held since the keyframe (12 packets)
-        downs.append(down)
+    downs = start_downs(track, late, ssrc_base=0xB000)  # start() replays what was held since the keyframe (12 packets)
     assert downs[1].armed_in is not None
     feed(track, [packet(212 + i, 3000 * ((12 + i) // 5)) for i in range(30)])
     python_side, lane_side = await drained(late)
@@ -241,22 +254,9 @@ async def twcc_pair():
     transport-wide sequence number so their packets compare byte for byte."""
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
-    codec = Codec(96, "H264", 90000, None, {}, ["nack", "nack pli", "transport-cc"])
-    track = PublishedTrack(
-        kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
-        rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
-    )
-    track.layers[0].ssrc = 0x1234
+    track = make_track(transport_cc=True)
     viewers = [Viewer(transport), Viewer(transport)]
-    downs = []
-    for i, (viewer, lanes) in enumerate(zip(viewers, (False, True))):
-        profile = EgressProfile(100, None, 1, "0", (), transport_cc_id=3)
-        down = DownTrack(track, profile, ssrc=0xA000 + i, rtx_ssrc=None, cname="c", send_rtp=viewer.sender.send_rtp,
-                         send_rtcp=lambda b: 0, native_sender=viewer.sender.native_route if lanes else None)
-        down.bandwidth = ViewerBandwidth(transport_cc=True)
-        down.bandwidth.counters[0] = 65000  # the transport-wide seq wraps during the tests
-        down.start()
-        downs.append(down)
+    downs = start_downs(track, viewers, first_transport_seq=65000)  # the transport-wide seq wraps during the tests
     yield track, viewers, downs
     for down in downs:
         down.bandwidth.close()
@@ -373,16 +373,6 @@ def vp8_frames(count: int, *, first_pid: int, long_pid: bool, first_tl0: int, ke
     return frames
 
 
-def vp8_track(ssrc: int) -> PublishedTrack:
-    codec = Codec(96, "VP8", 90000, None, {}, ["nack", "nack pli", "transport-cc"])
-    track = PublishedTrack(
-        kind="video", mid="0", codec=codec, rtx_payload_type=None, extensions={MID: 9}, feedback=codec.feedback,
-        rids=None, history_size=1024, keyframe_interval=1.0, local_ssrc=1, send_rtcp=lambda b: 0,
-    )
-    track.layers[0].ssrc = ssrc
-    return track
-
-
 class StepClock:
     """time.monotonic for the mungers (a layer switch advances the timestamp by the time since the last packet):
     moved by the test only, so the Python viewer and the lane switch at the same instant."""
@@ -422,18 +412,10 @@ async def test_vp8_lane_continues_picture_ids_like_python(transport_cc: bool, mo
     monkeypatch.setattr(down_track_module, "time", clock)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
-    first, second = vp8_track(0x1111), vp8_track(0x2222)
+    first = make_track("VP8", 0x1111, transport_cc=True)
+    second = make_track("VP8", 0x2222, transport_cc=True)
     viewers = [Viewer(transport), Viewer(transport)]
-    downs = []
-    for i, (viewer, lanes) in enumerate(zip(viewers, (False, True))):
-        profile = EgressProfile(100, None, 1, "0", (), transport_cc_id=3 if transport_cc else None)
-        down = DownTrack(first, profile, ssrc=0xA000 + i, rtx_ssrc=None, cname="c", send_rtp=viewer.sender.send_rtp,
-                         send_rtcp=lambda b: 0, native_sender=viewer.sender.native_route if lanes else None)
-        if transport_cc:
-            down.bandwidth = ViewerBandwidth(transport_cc=True)
-            down.bandwidth.counters[0] = 7
-        down.start()
-        downs.append(down)
+    downs = start_downs(first, viewers, first_transport_seq=7 if transport_cc else None)
     python_down, lane_down = downs
     try:
         feed_vp8(first, vp8_frames(20, first_pid=32_760, long_pid=True, first_tl0=250, keyidx=3), 100, 0x1111, clock=clock)
