@@ -1060,26 +1060,28 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(sent);
 }
 
+/* Hand the list in *slot to the caller and leave an empty one in its place. */
 static PyObject *
-LaneGroup_take_deferred(LaneGroup *self, PyObject *unused)
+take_list(PyObject **slot)
 {
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL)
         return NULL;
-    PyObject *deferred = self->deferred;
-    self->deferred = fresh;
-    return deferred;
+    PyObject *taken = *slot;
+    *slot = fresh;
+    return taken;
+}
+
+static PyObject *
+LaneGroup_take_deferred(LaneGroup *self, PyObject *unused)
+{
+    return take_list(&self->deferred);
 }
 
 static PyObject *
 LaneGroup_take_failed(LaneGroup *self, PyObject *unused)
 {
-    PyObject *fresh = PyList_New(0);
-    if (fresh == NULL)
-        return NULL;
-    PyObject *failed = self->failed;
-    self->failed = fresh;
-    return failed;
+    return take_list(&self->failed);
 }
 
 static PyObject *
