@@ -47,6 +47,7 @@ from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTrans
 from aiortc.sdp import SessionDescription, candidate_to_sdp
 
 from bench.load_media import VIDEO_CLOCK, OPUS_CLOCK, Clip, one_byte_extensions, payload_key, rtp_packet
+from gateway.rtcp import build_sender_report
 from gateway.aiortc_adapter import (
     PacketSender,
     gather_host_candidates,
@@ -69,6 +70,7 @@ URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 EXT_TRANSPORT_CC = 3
 URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 H264_FMTP = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 _certificate: Optional[RTCCertificate] = None
 
@@ -244,7 +246,8 @@ class Publisher:
         hook_packets(self.peer.dtls, lambda data, arrival: None, self._on_rtcp)
         await self.peer.negotiate(http, url, offer)
         self._sender = PacketSender(self.peer.ice, self.peer.dtls)
-        self._tasks = [asyncio.ensure_future(self._run_video()), asyncio.ensure_future(self._run_audio())]
+        self._tasks = [asyncio.ensure_future(self._run_video()), asyncio.ensure_future(self._run_audio()),
+                       asyncio.ensure_future(self._run_sender_reports())]
 
     def _on_rtcp(self, data: bytes) -> None:
         """PLI (RFC 4585 §6.3.1) or FIR (RFC 5104 §4.3.1) from the server: start a new GOP at the next frame."""
@@ -325,6 +328,29 @@ class Publisher:
             self.audio_packets_sent += 1
             n += 1
             await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
+
+    async def _run_sender_reports(self) -> None:
+        """SR (RFC 3550 §6.4.1) on every video SSRC each second and on the audio SSRC every 5 s, as libwebrtc sends
+        them (its default RTCP intervals for video and audio): the gateway translates each one for every viewer of
+        the layer, so a publisher without reports would leave that fan-out out of the figures."""
+        send = self._sender.send_rtcp  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        fps = self.layers[0].clip.fps
+        tick = 0
+        while True:
+            await asyncio.sleep(max(0.0, start + tick + 1 - loop.time()))
+            tick += 1
+            elapsed = loop.time() - start
+            ntp = int((time.time() + NTP_EPOCH_OFFSET) * (1 << 32))
+            counts = (self.video_packets_sent & 0xFFFFFFFF, (self.video_packets_sent * 1000) & 0xFFFFFFFF)
+            for layer in self.layers:
+                send(build_sender_report(layer.ssrc, ntp, layer.ts0 + int(elapsed * fps) * VIDEO_CLOCK // fps,
+                                         *counts))
+            if tick % 5 == 0:
+                send(build_sender_report(self.audio_ssrc, ntp, self.audio_ts0 + int(elapsed * OPUS_CLOCK),
+                                         self.audio_packets_sent & 0xFFFFFFFF,
+                                         (self.audio_packets_sent * 100) & 0xFFFFFFFF))
 
     def trouble(self) -> str:
         """Why the publisher might not be delivering, for the step's note ('' when all is well)."""

@@ -57,6 +57,7 @@ class Layer:
         self.ssrc: Optional[int] = None
         self.rtx_ssrc: Optional[int] = None
         self.stats = ReceiveStats(clock_rate)
+        self.sender_report: Optional[tuple[int, int]] = None  # the publisher's newest SR: (NTP, RTP timestamp)
         self._mask = history_size - 1
         self.history: list[Optional[RtpPacket]] = [None] * history_size
         self.nack_enabled = nack_enabled

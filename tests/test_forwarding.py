@@ -467,3 +467,43 @@ def test_a_keyframe_burst_to_a_viewer_leaves_at_the_pacing_rate_in_order() -> No
     rate = sum(len(p) for _, p in sent[:-1]) * 8 / duration
     print(f"\n[pacer] 40 x ~1.1 kB keyframe: {duration * 1000:.0f} ms, {rate / 1e6:.2f} Mbit/s (target {PACING_FACTOR} Mbit/s)")
     assert 0.5 * PACING_FACTOR * 1e6 <= rate <= 1.3 * PACING_FACTOR * 1e6  # timer granularity on a loaded machine
+
+
+def _sender_reports(wire: Wire) -> list:
+    return [p for data in wire.rtcp for p in parse_compound(data) if type(p).__name__ == "SenderReport"]
+
+
+async def test_publisher_sender_reports_reach_each_viewer_translated_a_slice_per_loop_turn() -> None:
+    """RFC 3550 §6.4.1: each viewer gets the publisher's NTP time with the RTP timestamp moved into its own timestamp
+    space and its own packet and octet counts; many viewers are reached SR_SLICE per event-loop turn, so the fan-out
+    does not hold up the packets arriving meanwhile (the newest SR's pair is the one sent)."""
+    import asyncio
+
+    from gateway.sfu.published_track import SR_SLICE
+
+    upstream = Wire()
+    track = video_track(upstream)
+    wires = [Wire() for _ in range(2 * SR_SLICE + 5)]
+    downs = [viewer(track, w) for w in wires]
+    for down in downs:
+        down.start()
+    feed(track, 11, VP8_KEY, ts=3000, marker=True)
+    silent_wire = Wire()
+    silent = viewer(track, silent_wire)  # joined after the keyframe: has sent nothing, so no SR (§6.4: SR is for senders)
+    silent.start()
+    track.on_sender_report(track.layers[0], 0x1122334455667788, 3000 + 90_000, 0.0)
+    assert sum(len(_sender_reports(w)) for w in wires) == SR_SLICE  # the first slice now, the rest in later turns
+    downs[-1].stop()  # left meanwhile: not reported to
+    for _ in range(3):
+        await asyncio.sleep(0)
+    for down, wire in zip(downs, wires):
+        reports = _sender_reports(wire)
+        if down is downs[-1]:
+            assert reports == []
+            continue
+        (sr,) = reports
+        first = parse_rtp(wire.rtp[0])
+        assert sr.ssrc == 0x5555 and sr.ntp_timestamp == 0x1122334455667788
+        assert (sr.rtp_timestamp - first.timestamp) & 0xFFFFFFFF == 90_000  # one second after the keyframe
+        assert (sr.packet_count, sr.octet_count) == (1, len(VP8_KEY))
+    assert _sender_reports(silent_wire) == []
