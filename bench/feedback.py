@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from pylibsrtp import Policy, Session  # noqa: E402
 
+from gateway.aiortc_adapter import FeedbackMatcher  # noqa: E402
 from gateway.rtcp import TransportCcFeedback, parse_or_count  # noqa: E402
 from simulcast.twcc import TwccRecorder  # noqa: E402
 from simulcast.viewer_bandwidth import ViewerBandwidth  # noqa: E402
@@ -61,21 +62,48 @@ def main() -> None:
                         help="gateway CPU µs per forwarded packet for the comparison (bench/load.py --transport-cc)")
     args = parser.parse_args()
 
+    packets = stream(args.seconds)
+    results = {}
+    paths = ["python", "c"] if FeedbackMatcher is not None else ["python"]
+    for path in paths:  # the same stream and feedback through each path
+        results[path] = replay(packets, args.interval_ms, compiled=path == "c")
+    forward_us_s = args.forward_us * len(packets) / args.seconds
+    print(f"{len(packets) / args.seconds:.0f} media packets/s per viewer, feedback every {args.interval_ms:g} ms; "
+          f"forwarding {forward_us_s:.0f} µs per viewer-second ({args.forward_us:g} µs x "
+          f"{len(packets) / args.seconds:.0f} packets)")
+    print("| match | feedbacks/s | unprotect | parse | on_feedback | select | total µs | µs per viewer-s "
+          "| + forwarding | viewers/core, feedback alone | with forwarding | estimate at end |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for path, (reports, per_report, estimate, unknown) in results.items():
+        total = sum(per_report.values())
+        per_second = reports / args.seconds
+        feedback_us_s = total * per_second
+        print(f"| {path} | {per_second:.1f} | " + " | ".join(f"{v:.1f}" for v in per_report.values())
+              + f" | {total:.1f} | {feedback_us_s:.0f} | {feedback_us_s / forward_us_s:+.0%} "
+              f"| {1e6 / feedback_us_s:,.0f} | {1e6 / (feedback_us_s + forward_us_s):,.0f} "
+              f"| {estimate // 1000} kbit/s{f', {unknown} unknown' if unknown else ''} |")
+
+
+def replay(packets: list[tuple[int, int]], interval_ms: float, *, compiled: bool
+           ) -> tuple[int, dict[str, float], int, int]:
+    """Send `packets` through a ViewerBandwidth and time what each feedback costs; `compiled`: with the C matcher
+    (gateway/_srtp_send.c FeedbackMatcher) when built, else SendSideEstimator._match_feedback in Python."""
     key = os.urandom(30)
     profile = Policy.SRTP_PROFILE_AEAD_AES_128_GCM
     viewer_tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
     gateway_rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
 
     bandwidth = ViewerBandwidth(transport_cc=True)
+    if not compiled:
+        bandwidth.estimator._native_match = None
     recorder = TwccRecorder()
     layers = [FakeLayer(0, 150_000), FakeLayer(1, 500_000), FakeLayer(2, 1_500_000)]
     rng = random.Random(1)
-    packets = stream(args.seconds)
     base = time.monotonic_ns() // 1000
-    interval = int(args.interval_ms * 1000)
+    interval = int(interval_ms * 1000)
     next_feedback = interval
     timings = {"unprotect": 0.0, "parse": 0.0, "on_feedback": 0.0, "select": 0.0}
-    feedbacks = reports = 0
+    reports = 0
     for send, size in packets:
         seq = bandwidth.next_seq()
         bandwidth.log.record(seq, size, base + send)
@@ -100,21 +128,8 @@ def main() -> None:
                 timings["on_feedback"] += t3 - t2
                 timings["select"] += t4 - t3
                 reports += 1
-            feedbacks += 1
     per_report = {k: v / reports * 1e6 for k, v in timings.items()}
-    total = sum(per_report.values())
-    per_second = reports / args.seconds
-    feedback_us_s = total * per_second
-    forward_us_s = args.forward_us * len(packets) / args.seconds
-    print(f"{reports} feedback packets ({per_second:.1f}/s at {args.interval_ms:g} ms), "
-          f"{len(packets) / args.seconds:.0f} media packets/s per viewer; estimate at the end "
-          f"{bandwidth.estimator.estimate_bps // 1000} kbit/s, unknown packets {bandwidth.estimator.unknown_packets}")
-    print("µs per feedback: " + ", ".join(f"{k} {v:.1f}" for k, v in per_report.items()) + f"; total {total:.1f}")
-    print(f"per viewer-second: feedback {feedback_us_s:.0f} µs, forwarding {forward_us_s:.0f} µs "
-          f"({args.forward_us:g} µs x {len(packets) / args.seconds:.0f} packets): feedback adds "
-          f"{feedback_us_s / forward_us_s:.0%}")
-    print(f"one core, feedback alone: {1e6 / feedback_us_s:,.0f} viewers; forwarding + feedback: "
-          f"{1e6 / (feedback_us_s + forward_us_s):,.0f} viewers")
+    return reports, per_report, bandwidth.estimator.estimate_bps, bandwidth.estimator.unknown_packets
 
 
 if __name__ == "__main__":

@@ -367,6 +367,385 @@ static PyTypeObject TransportWideType = {
     .tp_dealloc = (destructor)TransportWide_dealloc,
 };
 
+/* ---- FeedbackMatcher: a viewer's transport-wide feedback, parsed and matched with its send log in C ----------
+ *
+ * simulcast/bwe.py SendSideEstimator._match_feedback in C, from the FCI's bytes (twcc.parse_feedback's rules):
+ * draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1 decoded, each reported packet looked up in the send
+ * log rings (marked reported lost / received there), and the GCC §5.1/§5.2 packet groups formed on the group
+ * state array the estimator owns (bwe.G_* slots). What is left to Python (the trendline, detector, rate and loss
+ * controllers) runs per completed group and per feedback, not per packet. A browser viewer sends ~16 feedbacks a
+ * second; in Python the parse and the match were half of what each cost (bench/feedback.py). */
+enum { FM_SEQS, FM_SIZES, FM_TIMES, FM_CLUSTERS, FM_STATES, FM_GROUPS, FM_VIEWS };
+enum {
+    GROUP_FIRST_SEND, GROUP_LAST_SEND, GROUP_FIRST_ARRIVAL, GROUP_LAST_ARRIVAL, GROUP_PREV_SEND, GROUP_PREV_ARRIVAL,
+    GROUP_REF_RAW, GROUP_REF_OFFSET, GROUP_SLOTS
+};
+#define GROUP_NONE INT64_MIN
+#define TWCC_REFERENCE_UNIT_US 64000    /* §3.1: reference time in multiples of 64 ms */
+#define TWCC_REFERENCE_WRAP_US ((int64_t)(1 << 24) * TWCC_REFERENCE_UNIT_US)
+#define TWCC_DELTA_UNIT_US 250          /* §3.1.5 */
+enum { LOG_UNREPORTED, LOG_REPORTED_LOST, LOG_REPORTED_RECEIVED };  /* bwe._UNREPORTED ... */
+#define LOG_NO_CLUSTER (-1)
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer views[FM_VIEWS];
+    int held;
+    int32_t *seqs;
+    int32_t *sizes;
+    int64_t *times;
+    int32_t *clusters;
+    uint8_t *states;
+    int64_t *groups;
+    uint32_t mask;
+    int64_t burst_time_us;   /* GCC §5.2 burst_time (bwe.BURST_TIME_US) */
+    int64_t max_burst_us;    /* bwe.MAX_BURST_US */
+} FeedbackMatcher;
+
+static void
+FeedbackMatcher_release(FeedbackMatcher *self)
+{
+    while (self->held > 0)
+        PyBuffer_Release(&self->views[--self->held]);
+}
+
+static const struct { char format; Py_ssize_t itemsize; const char *name; } fm_layout[FM_VIEWS] = {
+    {'i', 4, "seqs"}, {'i', 4, "sizes"}, {'q', 8, "times"}, {'i', 4, "clusters"}, {'B', 1, "states"},
+    {'q', 8, "groups"},
+};
+
+static PyObject *
+FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    long long burst_time, max_burst;
+    PyObject *arrays[FM_VIEWS];
+    if ((kwds && PyDict_GET_SIZE(kwds))
+        || !PyArg_ParseTuple(args, "OOOOOOLL:FeedbackMatcher", &arrays[0], &arrays[1], &arrays[2], &arrays[3],
+                             &arrays[4], &arrays[5], &burst_time, &max_burst))
+        return NULL;
+    FeedbackMatcher *self = (FeedbackMatcher *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    Py_ssize_t ring = -1;
+    for (int k = 0; k < FM_VIEWS; k++) {
+        Py_buffer *view = &self->views[k];
+        if (PyObject_GetBuffer(arrays[k], view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+            goto fail;
+        self->held++;
+        const char *format = view->format ? view->format : "B";
+        if (format[0] == '@' || format[0] == '=')
+            format++;
+        if (view->itemsize != fm_layout[k].itemsize || format[0] == 'd' || format[0] == 'f' || format[1] != '\0') {
+            PyErr_Format(PyExc_TypeError, "%s: expected an array of %zd-byte integers", fm_layout[k].name,
+                         fm_layout[k].itemsize);
+            goto fail;
+        }
+        Py_ssize_t n = view->len / view->itemsize;
+        if (k <= FM_STATES) {
+            if (ring < 0)
+                ring = n;
+            if (n != ring || n < 16 || (n & (n - 1))) {
+                PyErr_SetString(PyExc_ValueError, "the send log rings must have one power-of-two length");
+                goto fail;
+            }
+        } else if (n < GROUP_SLOTS) {
+            PyErr_SetString(PyExc_ValueError, "groups: too short");
+            goto fail;
+        }
+    }
+    self->seqs = self->views[FM_SEQS].buf;
+    self->sizes = self->views[FM_SIZES].buf;
+    self->times = self->views[FM_TIMES].buf;
+    self->clusters = self->views[FM_CLUSTERS].buf;
+    self->states = self->views[FM_STATES].buf;
+    self->groups = self->views[FM_GROUPS].buf;
+    self->mask = (uint32_t)(ring - 1);
+    self->burst_time_us = burst_time;
+    self->max_burst_us = max_burst;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static void
+FeedbackMatcher_dealloc(FeedbackMatcher *self)
+{
+    FeedbackMatcher_release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Append a tuple of `n` int64s to `list`; -1 on error. */
+static int
+append_ints(PyObject *list, int n, int64_t a, int64_t b, int64_t c, int64_t d)
+{
+    int64_t values[4] = {a, b, c, d};
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL)
+        return -1;
+    for (int k = 0; k < n; k++) {
+        PyObject *value = PyLong_FromLongLong(values[k]);
+        if (value == NULL) {
+            Py_DECREF(tuple);
+            return -1;
+        }
+        PyTuple_SET_ITEM(tuple, k, value);
+    }
+    int rc = PyList_Append(list, tuple);
+    Py_DECREF(tuple);
+    return rc;
+}
+
+/* match(fci, oldest_send_us) -> the tuple SendSideEstimator._match_feedback returns. ValueError, with nothing
+ * changed, when the FCI is malformed. */
+static PyObject *
+FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
+{
+    Py_buffer fci;
+    long long oldest_send;
+    if (!PyArg_ParseTuple(args, "y*L:match", &fci, &oldest_send))
+        return NULL;
+    const uint8_t *data = fci.buf;
+    Py_ssize_t size = fci.len;
+    uint8_t stack_symbols[512];
+    uint8_t *symbols = stack_symbols;
+    PyObject *arrivals = NULL, *groups_out = NULL, *probes = NULL, *result = NULL;
+    if (size < 8) {
+        PyErr_Format(PyExc_ValueError, "transport-cc FCI of %zd bytes is shorter than its 8-byte header", size);
+        goto done;
+    }
+    uint32_t base_seq = ((uint32_t)data[0] << 8) | data[1];
+    uint32_t status_count = ((uint32_t)data[2] << 8) | data[3];
+    int64_t reference = ((int64_t)data[4] << 16) | ((int64_t)data[5] << 8) | data[6];
+    if (reference & 0x800000)  /* §3.1: 24-bit signed */
+        reference -= 0x1000000;
+    reference *= TWCC_REFERENCE_UNIT_US;
+    if (status_count == 0) {
+        PyErr_SetString(PyExc_ValueError, "transport-cc feedback with a packet status count of 0");
+        goto done;
+    }
+    if (status_count > sizeof stack_symbols && (symbols = PyMem_Malloc(status_count)) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* §3.1.2-3.1.4: chunks until status_count symbols are known. */
+    uint32_t known = 0;
+    Py_ssize_t pos = 8;
+    Py_ssize_t small = 0, large = 0;
+    while (known < status_count) {
+        if (pos + 2 > size) {
+            PyErr_Format(PyExc_ValueError, "transport-cc packet chunks end after %u of %u statuses", known,
+                         status_count);
+            goto done;
+        }
+        uint32_t chunk = ((uint32_t)data[pos] << 8) | data[pos + 1];
+        pos += 2;
+        uint32_t left = status_count - known;
+        if (!(chunk & 0x8000)) {  /* §3.1.3 run length chunk */
+            uint8_t symbol = (chunk >> 13) & 3;
+            uint32_t run = chunk & 0x1FFF;
+            if (run > left)
+                run = left;
+            if (symbol == 3 && run) {
+                PyErr_SetString(PyExc_ValueError, "transport-cc run length chunk with the reserved symbol 11");
+                goto done;
+            }
+            memset(symbols + known, symbol, run);
+            known += run;
+        } else if (chunk & 0x4000) {  /* §3.1.4 status vector, 7 2-bit symbols */
+            for (uint32_t k = 0; k < 7 && k < left; k++) {
+                uint8_t symbol = (chunk >> (12 - 2 * k)) & 3;
+                if (symbol == 3) {
+                    PyErr_SetString(PyExc_ValueError, "transport-cc status vector with the reserved symbol 11");
+                    goto done;
+                }
+                symbols[known++] = symbol;
+            }
+        } else {  /* §3.1.4 status vector, 14 1-bit symbols */
+            for (uint32_t k = 0; k < 14 && k < left; k++)
+                symbols[known++] = (chunk >> (13 - k)) & 1;
+        }
+    }
+    /* §3.1.5: one receive delta per received packet, all present before anything is changed. */
+    for (uint32_t k = 0; k < status_count; k++) {
+        if (symbols[k] == 1)
+            small++;
+        else if (symbols[k] == 2)
+            large++;
+    }
+    if (pos + small + 2 * large > size) {
+        Py_ssize_t need = pos;
+        uint32_t seq = base_seq;
+        for (uint32_t k = 0; k < status_count; k++, seq = (seq + 1) & 0xFFFF) {
+            need += symbols[k] == 1 ? 1 : symbols[k] == 2 ? 2 : 0;
+            if (need > size)
+                break;
+        }
+        PyErr_Format(PyExc_ValueError, "transport-cc receive deltas end before sequence number %u", seq);
+        goto done;
+    }
+
+    int64_t *g = self->groups;
+    /* The 24-bit reference time wraps every ~12.4 days; unwrap it (as _match_feedback does). */
+    if (g[GROUP_REF_RAW] != GROUP_NONE) {
+        int64_t step = reference - g[GROUP_REF_RAW];
+        if (step > TWCC_REFERENCE_WRAP_US / 2)
+            g[GROUP_REF_OFFSET] -= TWCC_REFERENCE_WRAP_US;
+        else if (step < -TWCC_REFERENCE_WRAP_US / 2)
+            g[GROUP_REF_OFFSET] += TWCC_REFERENCE_WRAP_US;
+    }
+    g[GROUP_REF_RAW] = reference;
+    reference += g[GROUP_REF_OFFSET];
+
+    arrivals = PyList_New(0);
+    groups_out = PyList_New(0);
+    if (arrivals == NULL || groups_out == NULL)
+        goto done;
+    int64_t received = 0, lost = 0, unknown = 0, received_bytes = 0;
+    int64_t first_arrival = 0, first_size = 0, last_arrival = 0, newest_send = 0;
+    int have_newest = 0;
+    int64_t g_first_send = g[GROUP_FIRST_SEND], g_last_send = g[GROUP_LAST_SEND];
+    int64_t g_first_arrival = g[GROUP_FIRST_ARRIVAL], g_last_arrival = g[GROUP_LAST_ARRIVAL];
+    int64_t prev_send = g[GROUP_PREV_SEND], prev_arrival = g[GROUP_PREV_ARRIVAL];
+    const int64_t burst = self->burst_time_us;
+    int64_t ticks = 0;
+    uint32_t seq = base_seq;
+    int failed = 0;
+    for (uint32_t k = 0; k < status_count && !failed; k++, seq = (seq + 1) & 0xFFFF) {
+        uint8_t symbol = symbols[k];
+        if (symbol == 1) {
+            ticks += data[pos++];
+        } else if (symbol == 2) {
+            ticks += (int16_t)(((uint16_t)data[pos] << 8) | data[pos + 1]);
+            pos += 2;
+        }
+        uint32_t index = seq & self->mask;
+        if (self->seqs[index] != (int32_t)seq) {
+            unknown++;
+            continue;
+        }
+        int64_t send = self->times[index];
+        if (send < oldest_send)
+            continue;
+        uint8_t status = self->states[index];
+        int32_t cluster = self->clusters[index];
+        if (symbol == 0) {
+            if (status == LOG_UNREPORTED) {
+                self->states[index] = LOG_REPORTED_LOST;
+                lost++;
+                if (cluster != LOG_NO_CLUSTER) {
+                    if ((probes == NULL && (probes = PyList_New(0)) == NULL)
+                        || append_ints(probes, 1, cluster, 0, 0, 0) < 0)
+                        failed = 1;
+                }
+            }
+            continue;
+        }
+        if (status == LOG_REPORTED_RECEIVED)
+            continue;  /* reported again (twcc.TwccRecorder does after a late arrival) */
+        if (status == LOG_REPORTED_LOST)
+            lost--;  /* reported lost before, arrived late: not a loss after all */
+        self->states[index] = LOG_REPORTED_RECEIVED;
+        int64_t arrival = reference + ticks * TWCC_DELTA_UNIT_US;
+        int64_t size_bytes = self->sizes[index];
+        if (received == 0 || arrival < first_arrival) {
+            first_arrival = arrival;
+            first_size = size_bytes;
+        }
+        if (received == 0 || arrival > last_arrival)
+            last_arrival = arrival;
+        received++;
+        received_bytes += size_bytes;
+        if (append_ints(arrivals, 3, arrival, arrival - send, size_bytes, 0) < 0) {
+            failed = 1;
+            continue;
+        }
+        if (!have_newest || send > newest_send) {
+            newest_send = send;
+            have_newest = 1;
+        }
+        if (cluster != LOG_NO_CLUSTER) {
+            if ((probes == NULL && (probes = PyList_New(0)) == NULL)
+                || append_ints(probes, 4, cluster, send, arrival, size_bytes) < 0) {
+                failed = 1;
+                continue;
+            }
+        }
+        /* GCC §5.1/§5.2: packet groups (the comments of _match_feedback apply line by line). */
+        if (g_first_send == GROUP_NONE) {
+            g_first_send = g_last_send = send;
+            g_first_arrival = g_last_arrival = arrival;
+            continue;
+        }
+        if (send < g_first_send)
+            continue;
+        if (send - g_first_send <= burst) {
+            if (send > g_last_send)
+                g_last_send = send;
+            if (arrival > g_last_arrival)
+                g_last_arrival = arrival;
+            continue;
+        }
+        int64_t inter_arrival = arrival - g_last_arrival;
+        if (inter_arrival < burst && inter_arrival - (send - g_last_send) < 0
+            && arrival - g_first_arrival < self->max_burst_us) {
+            g_last_send = send;
+            if (arrival > g_last_arrival)
+                g_last_arrival = arrival;
+            continue;
+        }
+        if (prev_send != GROUP_NONE
+            && append_ints(groups_out, 3, g_last_send - prev_send, g_last_arrival - prev_arrival, g_last_arrival, 0)
+                   < 0) {
+            failed = 1;
+            continue;
+        }
+        prev_send = g_last_send;
+        prev_arrival = g_last_arrival;
+        g_first_send = g_last_send = send;
+        g_first_arrival = g_last_arrival = arrival;
+    }
+    g[GROUP_FIRST_SEND] = g_first_send;
+    g[GROUP_LAST_SEND] = g_last_send;
+    g[GROUP_FIRST_ARRIVAL] = g_first_arrival;
+    g[GROUP_LAST_ARRIVAL] = g_last_arrival;
+    g[GROUP_PREV_SEND] = prev_send;
+    g[GROUP_PREV_ARRIVAL] = prev_arrival;
+    if (failed)
+        goto done;
+    PyObject *newest = have_newest ? PyLong_FromLongLong(newest_send) : Py_NewRef(Py_None);
+    if (newest == NULL)
+        goto done;
+    result = Py_BuildValue("(LLLLLLNLOOO)", (long long)received, (long long)lost, (long long)received_bytes,
+                           (long long)first_arrival, (long long)first_size, (long long)last_arrival, newest,
+                           (long long)unknown, arrivals, groups_out, probes ? probes : Py_None);
+done:
+    if (symbols != stack_symbols)
+        PyMem_Free(symbols);
+    Py_XDECREF(arrivals);
+    Py_XDECREF(groups_out);
+    Py_XDECREF(probes);
+    PyBuffer_Release(&fci);
+    return result;
+}
+
+static PyMethodDef FeedbackMatcher_methods[] = {
+    {"match", (PyCFunction)FeedbackMatcher_match, METH_VARARGS,
+     "match(fci, oldest_send_us): parse a transport-cc FCI and match it with the send log (bwe._match_feedback)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FeedbackMatcherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway._srtp_send.FeedbackMatcher",
+    .tp_basicsize = sizeof(FeedbackMatcher),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Transport-wide feedback parsed and matched with a viewer's send log (Python-owned arrays).",
+    .tp_new = FeedbackMatcher_new,
+    .tp_dealloc = (destructor)FeedbackMatcher_dealloc,
+    .tp_methods = FeedbackMatcher_methods,
+};
+
 /* GCC §4 via simulcast/bwe.py Pacer.can_send_now: nothing queued, the bucket (refilled to now) not in debt;
  * then charge it. Same arithmetic as Pacer._refill. */
 static int
@@ -1170,7 +1549,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__srtp_send(void)
 {
-    if (PyType_Ready(&SenderType) < 0 || PyType_Ready(&LaneGroupType) < 0 || PyType_Ready(&TransportWideType) < 0)
+    if (PyType_Ready(&SenderType) < 0 || PyType_Ready(&LaneGroupType) < 0 || PyType_Ready(&TransportWideType) < 0
+        || PyType_Ready(&FeedbackMatcherType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -1184,6 +1564,12 @@ PyInit__srtp_send(void)
     Py_INCREF(&TransportWideType);
     if (PyModule_AddObject(m, "TransportWide", (PyObject *)&TransportWideType) < 0) {
         Py_DECREF(&TransportWideType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&FeedbackMatcherType);
+    if (PyModule_AddObject(m, "FeedbackMatcher", (PyObject *)&FeedbackMatcherType) < 0) {
+        Py_DECREF(&FeedbackMatcherType);
         Py_DECREF(m);
         return NULL;
     }

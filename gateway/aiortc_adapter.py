@@ -84,6 +84,7 @@ __all__ = [
     "EGRESS_PATH",
     "LaneGroup",
     "TransportWide",
+    "FeedbackMatcher",
     "set_dtls_role",
     "set_ice_controlling",
 ]
@@ -285,6 +286,8 @@ EGRESS_PATH = "native" if _native is not None else "python"  # what PacketSender
 LaneGroup: Any = _native.LaneGroup if _native is not None else None
 # A transport-cc viewer's shared counters, send log and pacer bucket, as its lanes see them (viewer_bandwidth.py).
 TransportWide: Any = _native.TransportWide if _native is not None else None
+# A viewer's transport-cc feedback parsed and matched with its send log in C (SendSideEstimator.use_matcher).
+FeedbackMatcher: Any = _native.FeedbackMatcher if _native is not None else None
 
 
 def _python_path(srtp: pylibsrtp.Session, function: Any, sendto: Callable[[Any, Any], None], addr: Any

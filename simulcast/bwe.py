@@ -89,9 +89,9 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from simulcast.twcc import REFERENCE_TIME_WRAP_US, TwccFeedback
+from simulcast.twcc import REFERENCE_TIME_WRAP_US, TwccFeedback, parse_feedback
 
 __all__ = [
     "SendLog",
@@ -167,6 +167,11 @@ _UNREPORTED = 0
 _REPORTED_LOST = 1
 _REPORTED_RECEIVED = 2
 NO_CLUSTER = -1  # SendLog: sent outside any probe cluster
+
+# SendSideEstimator._groups slots (gateway/_srtp_send.c FeedbackMatcher GROUP_*): the §5.2 group being built, the
+# previous complete group, and the raw / unwrapping offset of the feedback reference time.
+G_FIRST_SEND, G_LAST_SEND, G_FIRST_ARRIVAL, G_LAST_ARRIVAL, G_PREV_SEND, G_PREV_ARRIVAL, G_REF_RAW, G_REF_OFFSET = range(8)
+NONE = -(1 << 63)  # an empty _groups slot
 
 # Pacer.bucket slots (gateway/_srtp_send.c reads and writes the same ones)
 _RATE, _BURST, _BUDGET, _UPDATED, _QUEUED = range(5)
@@ -400,12 +405,8 @@ class SendSideEstimator:
         "_overuse_time_ms",
         "_overuse_count",
         "_threshold_updated_ms",
-        "_g_first_send",
-        "_g_last_send",
-        "_g_first_arrival",
-        "_g_last_arrival",
-        "_prev_send",
-        "_prev_arrival",
+        "_groups",
+        "_native_match",
         "_rate",
         "_recent_rate",
         "_decreased",
@@ -414,8 +415,6 @@ class SendSideEstimator:
         "_conv_var",
         "_rtt_us",
         "_rtt_mins",
-        "_ref_raw",
-        "_ref_offset",
         "_period_received",
         "_period_lost",
         "_period_start_us",
@@ -469,12 +468,10 @@ class SendSideEstimator:
         self._overuse_count = 0
         self._threshold_updated_ms: float | None = None
         # The packet group being built (§5.1/§5.2) and the previous complete one.
-        self._g_first_send: int | None = None
-        self._g_last_send = 0
-        self._g_first_arrival = 0
-        self._g_last_arrival = 0
-        self._prev_send: int | None = None
-        self._prev_arrival = 0
+        # The packet group being built (§5.1/§5.2), the previous complete one and the feedback reference time's
+        # unwrapping, in an array a compiled matcher shares (G_* slots; NONE: not yet).
+        self._groups = array("q", [NONE, 0, 0, 0, NONE, 0, NONE, 0])
+        self._native_match: Callable[[bytes, int], tuple] | None = None
         self._rate = _RateWindow()
         # What the path delivers right now: after a capacity drop the 0.5 s R_hat still holds the old rate
         # for half a second, and a decrease to beta x R_hat (or the §6 loss step) lands on a layer that still
@@ -486,8 +483,6 @@ class SendSideEstimator:
         self._conv_var = 0.0
         self._rtt_us = 100_000
         self._rtt_mins: deque[list[int]] = deque()  # [second, min feedback RTT in it], MIN_RTT_WINDOW_US long
-        self._ref_raw: int | None = None
-        self._ref_offset = 0
         self._period_received = 0
         self._period_lost = 0
         self._period_start_us: int | None = None
@@ -595,20 +590,41 @@ class SendSideEstimator:
     def on_feedback(self, feedback: TwccFeedback, now_us: int) -> None:
         """Process one transport-cc feedback (§3 first variant): match it with the send log, run the delay
         model (§5.1-§5.4), the rate controller (§5.5) and the loss-based controller (§6)."""
-        self.feedbacks += 1
-        self._last_twcc_us = now_us
-        self._last_input_us = now_us
+        self._apply_feedback(self._match_feedback(feedback, now_us - HISTORY_US), now_us)
+
+    def on_feedback_fci(self, fci: bytes, now_us: int) -> None:
+        """`on_feedback` from the FCI's bytes (RTPFB FMT 15 after the two SSRCs). Raises ValueError, having changed
+        nothing, when the FCI is malformed (twcc.parse_feedback's rules). With a compiled matcher (`use_matcher`)
+        the parse and the match with the send log run in C; the rest is the same Python."""
+        match = self._native_match
+        if match is None:
+            self.on_feedback(parse_feedback(fci), now_us)
+        else:
+            self._apply_feedback(match(fci, now_us - HISTORY_US), now_us)
+
+    def use_matcher(self, factory: Callable[..., object]) -> None:
+        """Parse and match feedback in C: `factory` is gateway._srtp_send.FeedbackMatcher, given the send log's rings,
+        the estimator's packet-group state and the §5.2 burst rules; its `match` replaces `_match_feedback`."""
+        self._native_match = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US).match  # type: ignore[attr-defined]
+
+    def _match_feedback(self, feedback: TwccFeedback, oldest_send: int) -> tuple:
+        """Match the feedback's packets with the send log (marking each reported) and form the §5.1/§5.2 packet
+        groups. Returns (received, lost, received bytes, first arrival, its size, last arrival, newest send time or
+        None, unknown packets, [(arrival, one-way delay, size)] of the received, [(send delta, arrival delta,
+        arrival)] of the groups completed, [(cluster, send, arrival, size) received / (cluster,) lost] of probe
+        packets, or None). gateway/_srtp_send.c FeedbackMatcher.match does the same from the FCI's bytes."""
+        groups_state = self._groups
         # The 24-bit reference time wraps every ~12.4 days (twcc.REFERENCE_TIME_WRAP_US); unwrap it.
         raw = feedback.reference_time_us
-        previous = self._ref_raw
-        if previous is not None:
+        previous = groups_state[G_REF_RAW]
+        if previous != NONE:
             step = raw - previous
             if step > REFERENCE_TIME_WRAP_US // 2:
-                self._ref_offset -= REFERENCE_TIME_WRAP_US
+                groups_state[G_REF_OFFSET] -= REFERENCE_TIME_WRAP_US
             elif step < -REFERENCE_TIME_WRAP_US // 2:
-                self._ref_offset += REFERENCE_TIME_WRAP_US
-        self._ref_raw = raw
-        reference = raw + self._ref_offset
+                groups_state[G_REF_OFFSET] += REFERENCE_TIME_WRAP_US
+        groups_state[G_REF_RAW] = raw
+        reference = raw + groups_state[G_REF_OFFSET]
 
         log = self._log
         mask = log._mask
@@ -617,28 +633,30 @@ class SendSideEstimator:
         times = log._times
         clusters = log._clusters
         states = log._states
-        prober = self._prober
-        oldest_send = now_us - HISTORY_US
 
         received = 0
         lost = 0
+        unknown = 0
         received_bytes = 0
         first_arrival = 0
         first_size = 0
         last_arrival = 0
         newest_send = None
-        overuse_seen = False
-        recent_arrivals = self._recent_arrivals
+        arrivals: list[tuple[int, int, int]] = []
+        groups: list[tuple[int, int, int]] = []
+        probes: list[tuple[int, ...]] | None = None
 
-        g_first_send = self._g_first_send
-        g_last_send = self._g_last_send
-        g_first_arrival = self._g_first_arrival
-        g_last_arrival = self._g_last_arrival
+        g_first_send = groups_state[G_FIRST_SEND]
+        g_last_send = groups_state[G_LAST_SEND]
+        g_first_arrival = groups_state[G_FIRST_ARRIVAL]
+        g_last_arrival = groups_state[G_LAST_ARRIVAL]
+        prev_send = groups_state[G_PREV_SEND]
+        prev_arrival = groups_state[G_PREV_ARRIVAL]
 
         for seq, rel in feedback.packets:
             index = seq & mask
             if seqs[index] != seq:
-                self.unknown_packets += 1
+                unknown += 1
                 continue
             send = times[index]
             if send < oldest_send:
@@ -648,8 +666,9 @@ class SendSideEstimator:
                 if status == _UNREPORTED:
                     states[index] = _REPORTED_LOST
                     lost += 1
-                    if prober is not None and clusters[index] != NO_CLUSTER:
-                        prober._on_lost(clusters[index])
+                    if clusters[index] != NO_CLUSTER:
+                        probes = probes or []
+                        probes.append((clusters[index],))
                 continue
             if status == _REPORTED_RECEIVED:
                 continue  # reported again (twcc.TwccRecorder does after a late arrival)
@@ -665,14 +684,15 @@ class SendSideEstimator:
                 last_arrival = arrival
             received += 1
             received_bytes += size
-            recent_arrivals.append((arrival, arrival - send, size))
+            arrivals.append((arrival, arrival - send, size))
             if newest_send is None or send > newest_send:
                 newest_send = send
-            if prober is not None and clusters[index] != NO_CLUSTER:
-                prober._on_received(clusters[index], send, arrival, size)
+            if clusters[index] != NO_CLUSTER:
+                probes = probes or []
+                probes.append((clusters[index], send, arrival, size))
 
             # §5.1/§5.2: packet groups.
-            if g_first_send is None:
+            if g_first_send == NONE:
                 g_first_send = g_last_send = send
                 g_first_arrival = g_last_arrival = arrival
                 continue
@@ -699,19 +719,43 @@ class SendSideEstimator:
                     g_last_arrival = arrival
                 continue
             # The packet starts a new group: the current one is complete.
-            if self._prev_send is not None:
-                send_delta = g_last_send - self._prev_send
-                if self._on_group(send_delta, g_last_arrival - self._prev_arrival, g_last_arrival):
-                    overuse_seen = True
-            self._prev_send = g_last_send
-            self._prev_arrival = g_last_arrival
+            if prev_send != NONE:
+                groups.append((g_last_send - prev_send, g_last_arrival - prev_arrival, g_last_arrival))
+            prev_send = g_last_send
+            prev_arrival = g_last_arrival
             g_first_send = g_last_send = send
             g_first_arrival = g_last_arrival = arrival
 
-        self._g_first_send = g_first_send
-        self._g_last_send = g_last_send
-        self._g_first_arrival = g_first_arrival
-        self._g_last_arrival = g_last_arrival
+        groups_state[G_FIRST_SEND] = g_first_send
+        groups_state[G_LAST_SEND] = g_last_send
+        groups_state[G_FIRST_ARRIVAL] = g_first_arrival
+        groups_state[G_LAST_ARRIVAL] = g_last_arrival
+        groups_state[G_PREV_SEND] = prev_send
+        groups_state[G_PREV_ARRIVAL] = prev_arrival
+        return (received, lost, received_bytes, first_arrival, first_size, last_arrival, newest_send, unknown,
+                arrivals, groups, probes)
+
+    def _apply_feedback(self, matched: tuple, now_us: int) -> None:
+        """The estimator's part of a feedback, from `_match_feedback`'s (or the C matcher's) result."""
+        (received, lost, received_bytes, first_arrival, first_size, last_arrival, newest_send, unknown,
+         arrivals, groups, probes) = matched
+        self.feedbacks += 1
+        self._last_twcc_us = now_us
+        self._last_input_us = now_us
+        self.unknown_packets += unknown
+        self._recent_arrivals.extend(arrivals)
+        prober = self._prober
+        if probes and prober is not None:
+            for entry in probes:
+                if len(entry) == 1:
+                    prober._on_lost(entry[0])
+                else:
+                    prober._on_received(*entry)
+        overuse_seen = False
+        on_group = self._on_group
+        for send_delta, arrival_delta, arrival in groups:
+            if on_group(send_delta, arrival_delta, arrival):
+                overuse_seen = True
 
         if received:
             self._rate.add(first_arrival, last_arrival, received_bytes, first_size)

@@ -20,9 +20,8 @@ from array import array
 from typing import TYPE_CHECKING, Optional
 
 from gateway import metrics
-from gateway.aiortc_adapter import TransportWide
+from gateway.aiortc_adapter import FeedbackMatcher, TransportWide
 from simulcast.bwe import LayerSelector, Pacer, Prober, SendLog, SendSideEstimator
-from simulcast.twcc import parse_feedback
 
 if TYPE_CHECKING:
     from gateway.sfu.down_track import DownTrack
@@ -64,6 +63,8 @@ class ViewerBandwidth:
             TransportWide(*self.log.buffers, self.counters, self.pacer.bucket)
             if TransportWide is not None and transport_cc else None
         )
+        if FeedbackMatcher is not None and transport_cc:
+            self.estimator.use_matcher(FeedbackMatcher)
 
     # ---- per packet (the forwarding path) ----------------------------------------------------------
     def next_seq(self) -> int:
@@ -120,11 +121,10 @@ class ViewerBandwidth:
     def on_feedback(self, fci: bytes) -> None:
         """Transport-wide CC feedback (RTPFB FMT 15) from the viewer."""
         try:
-            feedback = parse_feedback(fci)
-        except ValueError:
+            self.estimator.on_feedback_fci(fci, now_us())
+        except ValueError:  # malformed: nothing was changed
             metrics.count_drop("twcc_feedback_malformed")
             return
-        self.estimator.on_feedback(feedback, now_us())
         self._pace()
 
     def on_remb(self, bitrate: int) -> None:

@@ -128,6 +128,7 @@ class Sim:
     keyframe_factor: float = 4.0  # a keyframe's size in frames (sfu mode)
     audio: bool = False  # also 120-byte audio packets every 20 ms, not paced (as Opus next to the video)
     seed: int = 7
+    matcher: object = None  # gateway._srtp_send.FeedbackMatcher: feedback parsed and matched in C (on_feedback_fci)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -137,6 +138,8 @@ class Sim:
         self.estimator = SendSideEstimator(
             self.log, initial_bps=self.initial_bps, max_bps=self.max_bps, prober=self.prober
         )
+        if self.matcher is not None:
+            self.estimator.use_matcher(self.matcher)
         self.selector = LayerSelector(temporal_fractions=self.temporal_fractions)
         self.pacer = Pacer(self.initial_bps)
         self.recorder = TwccRecorder()
@@ -227,7 +230,10 @@ class Sim:
             _, packet = self.feedback_queue.popleft()
             (parsed,) = parse_compound(packet)
             assert isinstance(parsed, TransportCcFeedback)
-            self.estimator.on_feedback(parse_feedback(parsed.raw), now)
+            if self.matcher is not None:
+                self.estimator.on_feedback_fci(parsed.raw, now)
+            else:
+                self.estimator.on_feedback(parse_feedback(parsed.raw), now)
             reason = self.estimator.reason
             if not self.estimator_reasons or self.estimator_reasons[-1][1] != reason:
                 self.estimator_reasons.append((now, reason))
@@ -1248,3 +1254,101 @@ def test_capacity_drop_survives_a_receiver_clock_jump() -> None:
     est.on_feedback(_feedback(seq, arrivals, reference=-20 * SECOND), t + 60 * MS)
     assert all(entry[0] <= arrivals[-1] for entry in est._recent_arrivals)
     assert not est.reason.startswith("capacity drop")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The compiled feedback matcher (gateway/_srtp_send.c FeedbackMatcher) against _match_feedback
+
+from gateway.aiortc_adapter import FeedbackMatcher  # noqa: E402
+
+needs_matcher = pytest.mark.skipif(FeedbackMatcher is None, reason="the compiled extension is not built")
+
+
+@needs_matcher
+@pytest.mark.parametrize("mode", ["elastic", "sfu"])
+def test_compiled_matcher_gives_the_python_estimator_run_exactly(mode: str) -> None:
+    """The same link run twice, feedback through _match_feedback and through the C matcher: every estimate, layer
+    choice and send log state the same, through capacity drops (loss, queues), jitter (reordering), audio beside
+    video (interleaved groups), probes (clusters in the log) and the transport seq wrapping."""
+    runs = []
+    for matcher in (None, FeedbackMatcher):
+        sim = Sim(2_000_000, mode=mode, initial_bps=1_000_000, jitter_us=4 * MS, audio=True, seed=11,
+                  queue_bytes=6_000, matcher=matcher)
+        sim.seq = 65_000  # the transport-wide seq wraps within the first seconds
+        sim.run(12 * SECOND, {3 * SECOND: 400_000, 7 * SECOND: 3_000_000})
+        runs.append(sim)
+    python, native = runs
+    assert python.estimator._native_match is None and native.estimator._native_match is not None
+    assert python.estimator.feedbacks == native.estimator.feedbacks > 200
+    assert [b.estimate for b in python.buckets] == [b.estimate for b in native.buckets]
+    assert [b.layer for b in python.buckets] == [b.layer for b in native.buckets]
+    assert python.estimator_reasons == native.estimator_reasons
+    assert python.log._states == native.log._states and python.estimator._groups == native.estimator._groups
+    assert python.loss(0, 12 * SECOND) > 0  # the small queue did overflow: loss paths were exercised
+    assert any(reason.startswith("probe") for _, reason in python.estimator_reasons) or mode == "elastic"
+
+
+def _twin_estimators(count: int, first_seq: int, rng: random.Random) -> tuple[SendSideEstimator, ...]:
+    """Two estimators on equal send logs of `count` packets (some in probe clusters), one with the C matcher."""
+    pair = []
+    for matcher in (None, FeedbackMatcher):
+        log = SendLog(capacity=256)
+        estimator = SendSideEstimator(log, prober=Prober())
+        if matcher is not None:
+            estimator.use_matcher(matcher)
+        pair.append(estimator)
+    for k in range(count):
+        seq, size, cluster = (first_seq + k) & 0xFFFF, rng.choice((120, 1200, 900)), rng.choice((None, None, 3))
+        for estimator in pair:
+            estimator._log.record(seq, size, 1_000_000 + k * 2_000, cluster)
+    return tuple(pair)
+
+
+@needs_matcher
+def test_compiled_matcher_agrees_on_every_fci_good_or_malformed() -> None:
+    """Feedback built by TwccRecorder (losses, late arrivals, negative and large deltas, the 24-bit reference
+    time wrapping, sequence numbers never sent), then bit flips and truncations of it: the C matcher accepts what
+    parse_feedback accepts, returns what _match_feedback returns, and leaves everything unchanged when it refuses."""
+    rng = random.Random(2024)
+    python, native = _twin_estimators(400, 65_400, rng)
+    recorder = TwccRecorder()
+    arrival = REFERENCE_TIME_WRAP_US // 2 - 3 * SECOND  # the 24-bit signed reference time wraps in this run
+    fcis = []
+    for k in range(430):  # the last 30 were never sent: unknown to the log
+        if rng.random() < 0.15:
+            continue  # lost (some arrive later: below)
+        arrival += rng.choice((100, 2_000, 2_000, 90_000, -3_000))
+        recorder.record((65_400 + k) & 0xFFFF, arrival)
+        if k % 40 == 39:
+            fcis += [parse_compound(packet)[0].raw for packet in recorder.build_feedback(1, 2)]
+            late = (65_400 + k - rng.randrange(1, 30)) & 0xFFFF
+            recorder.record(late, arrival + 500)
+    fcis += [parse_compound(packet)[0].raw for packet in recorder.build_feedback(1, 2)]
+    assert len(fcis) >= 11
+    oldest = 1_000_000 + 20 * 2_000  # the first 20 packets are too old to count
+    totals = [0] * 4  # received, lost, unknown, probe entries
+    for fci in fcis:
+        want = python._match_feedback(parse_feedback(fci), oldest)
+        assert native._native_match(fci, oldest) == want
+        assert python._log._states == native._log._states and python._groups == native._groups
+        totals = [totals[0] + want[0], totals[1] + want[1], totals[2] + want[7], totals[3] + len(want[10] or ())]
+    assert all(totals), totals  # every kind of entry came up
+    assert python._groups[bwe.G_REF_OFFSET] == REFERENCE_TIME_WRAP_US  # the reference time did wrap (unwrapped)
+    for iteration in range(3000):
+        data = bytearray(rng.choice(fcis))
+        for _ in range(rng.randrange(1, 4)):
+            if data and rng.random() < 0.7:
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            else:
+                del data[rng.randrange(len(data) + 1):]
+        data = bytes(data)
+        states, groups = bytes(native._log._states), native._groups.tobytes()
+        try:
+            want = python._match_feedback(parse_feedback(data), oldest)
+        except ValueError:
+            with pytest.raises(ValueError):
+                native._native_match(data, oldest)
+            assert bytes(native._log._states) == states and native._groups.tobytes() == groups
+            continue
+        assert native._native_match(data, oldest) == want, f"iteration {iteration}"
+        assert python._log._states == native._log._states and python._groups == native._groups
