@@ -6,4 +6,7 @@ warns and the install goes on; gateway/aiortc_adapter.py then uses its pure-Pyth
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("gateway._srtp_send", ["gateway/_srtp_send.c"], optional=True)])
+# -ffp-contract=off: no fused multiply-adds, so the C bandwidth filter (FeedbackMatcher) computes the very doubles
+# simulcast/bwe.py does (tests/test_bwe.py compares whole runs of both).
+setup(ext_modules=[Extension("gateway._srtp_send", ["gateway/_srtp_send.c"], optional=True,
+                             extra_compile_args=["-ffp-contract=off"])])

@@ -21,6 +21,7 @@
 #endif
 
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -386,6 +387,8 @@ enum {
 #define TWCC_DELTA_UNIT_US 250          /* §3.1.5 */
 enum { LOG_UNREPORTED, LOG_REPORTED_LOST, LOG_REPORTED_RECEIVED };  /* bwe._UNREPORTED ... */
 #define LOG_NO_CLUSTER (-1)
+#define TRENDLINE_MAX_WINDOW 64
+enum { SIGNAL_NORMAL, SIGNAL_OVERUSE, SIGNAL_UNDERUSE };  /* bwe._NORMAL ... */
 
 typedef struct {
     PyObject_HEAD
@@ -400,6 +403,15 @@ typedef struct {
     uint32_t mask;
     int64_t burst_time_us;   /* GCC §5.2 burst_time (bwe.BURST_TIME_US) */
     int64_t max_burst_us;    /* bwe.MAX_BURST_US */
+    /* bwe._Trendline and SendSideEstimator._detect, same arithmetic in the same order (so the same doubles:
+     * setup.py builds with -ffp-contract=off); parameters first, then state. */
+    int window;              /* TRENDLINE_WINDOW, at most TRENDLINE_MAX_WINDOW */
+    double smoothing, gain, max_deltas, threshold_min, threshold_max, threshold_max_offset, threshold_max_dt;
+    double k_up, k_down, overuse_time_th, reset_gap_us;
+    double xs[TRENDLINE_MAX_WINDOW], ys[TRENDLINE_MAX_WINDOW];
+    int filled, pos, deltas, has_origin, has_threshold_updated, overuse_count, signal;
+    double accumulated, smoothed, origin, bx, by, sx, sy, sxx, sxy;
+    double threshold, prev_trend, overuse_time, threshold_updated;
 } FeedbackMatcher;
 
 static void
@@ -419,10 +431,19 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     long long burst_time, max_burst;
     PyObject *arrays[FM_VIEWS];
+    int window;
+    double smoothing, gain, max_deltas, threshold, threshold_min, threshold_max, threshold_max_offset;
+    double threshold_max_dt, k_up, k_down, overuse_time_th, reset_gap_us;
     if ((kwds && PyDict_GET_SIZE(kwds))
-        || !PyArg_ParseTuple(args, "OOOOOOLL:FeedbackMatcher", &arrays[0], &arrays[1], &arrays[2], &arrays[3],
-                             &arrays[4], &arrays[5], &burst_time, &max_burst))
+        || !PyArg_ParseTuple(args, "OOOOOOLL(idddddddddddd):FeedbackMatcher", &arrays[0], &arrays[1], &arrays[2],
+                             &arrays[3], &arrays[4], &arrays[5], &burst_time, &max_burst, &window, &smoothing,
+                             &gain, &max_deltas, &threshold, &threshold_min, &threshold_max, &threshold_max_offset,
+                             &threshold_max_dt, &k_up, &k_down, &overuse_time_th, &reset_gap_us))
         return NULL;
+    if (window < 2 || window > TRENDLINE_MAX_WINDOW) {
+        PyErr_SetString(PyExc_ValueError, "trendline window out of range");
+        return NULL;
+    }
     FeedbackMatcher *self = (FeedbackMatcher *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -462,6 +483,21 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->mask = (uint32_t)(ring - 1);
     self->burst_time_us = burst_time;
     self->max_burst_us = max_burst;
+    self->window = window;
+    self->smoothing = smoothing;
+    self->gain = gain;
+    self->max_deltas = max_deltas;
+    self->threshold = threshold;
+    self->threshold_min = threshold_min;
+    self->threshold_max = threshold_max;
+    self->threshold_max_offset = threshold_max_offset;
+    self->threshold_max_dt = threshold_max_dt;
+    self->k_up = k_up;
+    self->k_down = k_down;
+    self->overuse_time_th = overuse_time_th;
+    self->reset_gap_us = reset_gap_us;
+    self->overuse_time = -1.0;
+    self->signal = SIGNAL_NORMAL;  /* the rest starts at 0 (tp_alloc): bwe._Trendline.reset's values */
     return (PyObject *)self;
 fail:
     Py_DECREF(self);
@@ -494,6 +530,153 @@ append_ints(PyObject *list, int n, int64_t a, int64_t b, int64_t c, int64_t d)
     int rc = PyList_Append(list, tuple);
     Py_DECREF(tuple);
     return rc;
+}
+
+static void
+trendline_reset(FeedbackMatcher *f)
+{
+    f->filled = f->pos = f->deltas = 0;
+    f->accumulated = f->smoothed = 0.0;
+    f->has_origin = 0;
+    f->bx = f->by = f->sx = f->sy = f->sxx = f->sxy = 0.0;
+}
+
+/* bwe._Trendline.update: 1 and the modified trend in *trend once the window is full, else 0. */
+static int
+trendline_update(FeedbackMatcher *f, double variation_ms, double arrival_ms, double *trend)
+{
+    if (!f->has_origin) {
+        f->origin = arrival_ms;
+        f->has_origin = 1;
+    }
+    if (f->deltas < 1000)
+        f->deltas++;
+    f->accumulated += variation_ms;
+    double smoothed = f->smoothed = f->smoothing * f->smoothed + (1 - f->smoothing) * f->accumulated;
+    double x = arrival_ms - f->origin;
+    int pos = f->pos, window = f->window;
+    if (f->filled == 0) {
+        f->bx = x;
+        f->by = smoothed;
+    }
+    double bx = f->bx, by = f->by;
+    if (f->filled == window) {  /* the oldest point leaves the window */
+        double ox = f->xs[pos] - bx, oy = f->ys[pos] - by;
+        f->sx -= ox;
+        f->sy -= oy;
+        f->sxx -= ox * ox;
+        f->sxy -= ox * oy;
+    } else {
+        f->filled++;
+    }
+    f->xs[pos] = x;
+    f->ys[pos] = smoothed;
+    double dx = x - bx, dy = smoothed - by;
+    f->sx += dx;
+    f->sy += dy;
+    f->sxx += dx * dx;
+    f->sxy += dx * dy;
+    pos++;
+    if (pos == window) {  /* rebase on the oldest point and recompute exactly */
+        pos = 0;
+        bx = f->bx = f->xs[0];
+        by = f->by = f->ys[0];
+        double sx = 0.0, sy = 0.0, sxx = 0.0, sxy = 0.0;
+        for (int k = 0; k < f->filled; k++) {
+            dx = f->xs[k] - bx;
+            dy = f->ys[k] - by;
+            sx += dx;
+            sy += dy;
+            sxx += dx * dx;
+            sxy += dx * dy;
+        }
+        f->sx = sx;
+        f->sy = sy;
+        f->sxx = sxx;
+        f->sxy = sxy;
+    }
+    f->pos = pos;
+    if (f->filled < window)
+        return 0;
+    double n = (double)window;
+    double denominator = n * f->sxx - f->sx * f->sx;
+    if (denominator <= 1e-9) {
+        *trend = 0.0;
+        return 1;
+    }
+    double slope = (n * f->sxy - f->sx * f->sy) / denominator;
+    double deltas = f->deltas < f->max_deltas ? (double)f->deltas : f->max_deltas;
+    *trend = deltas * slope * f->gain;
+    return 1;
+}
+
+/* SendSideEstimator._detect (GCC §5.4 with the adaptive threshold): 1 when over-use is signalled now. */
+static int
+detect(FeedbackMatcher *f, double trend, double send_delta_ms, double now_ms)
+{
+    int signalled = 0;
+    double threshold = f->threshold;
+    if (trend > threshold) {
+        if (f->overuse_time < 0)
+            f->overuse_time = send_delta_ms / 2;
+        else
+            f->overuse_time += send_delta_ms;
+        f->overuse_count++;
+        if (f->overuse_time > f->overuse_time_th && f->overuse_count > 1 && trend >= f->prev_trend) {
+            f->overuse_time = 0.0;
+            f->overuse_count = 0;
+            f->signal = SIGNAL_OVERUSE;
+            signalled = 1;
+        }
+    } else if (trend < -threshold) {
+        f->overuse_time = -1.0;
+        f->overuse_count = 0;
+        f->signal = SIGNAL_UNDERUSE;
+    } else {
+        f->overuse_time = -1.0;
+        f->overuse_count = 0;
+        f->signal = SIGNAL_NORMAL;
+    }
+    f->prev_trend = trend;
+    double magnitude = fabs(trend);
+    int had_last = f->has_threshold_updated;
+    double last = f->threshold_updated;
+    f->threshold_updated = now_ms;
+    f->has_threshold_updated = 1;
+    if (!had_last || magnitude - threshold > f->threshold_max_offset)
+        return signalled;
+    double gain = magnitude < threshold ? f->k_down : f->k_up;
+    double dt = now_ms - last;
+    if (dt < 0.0)
+        dt = 0.0;
+    if (f->threshold_max_dt < dt)
+        dt = f->threshold_max_dt;
+    threshold += dt * gain * (magnitude - threshold);
+    if (f->threshold_min > threshold)
+        threshold = f->threshold_min;
+    if (f->threshold_max < threshold)
+        threshold = f->threshold_max;
+    f->threshold = threshold;
+    return signalled;
+}
+
+/* SendSideEstimator._on_group: one complete group through the filter and the detector. */
+static int
+on_group(FeedbackMatcher *f, int64_t send_delta_us, int64_t arrival_delta_us, int64_t arrival_us)
+{
+    if (arrival_delta_us < 0)
+        return 0;
+    if ((double)arrival_delta_us > f->reset_gap_us || (double)send_delta_us > f->reset_gap_us) {
+        trendline_reset(f);
+        f->has_threshold_updated = 0;
+        return 0;
+    }
+    double variation_ms = (double)(arrival_delta_us - send_delta_us) / 1000.0;
+    double arrival_ms = (double)arrival_us / 1000.0;
+    double trend;
+    if (!trendline_update(f, variation_ms, arrival_ms, &trend))
+        return 0;
+    return detect(f, trend, (double)send_delta_us / 1000.0, arrival_ms);
 }
 
 /* match(fci, oldest_send_us) -> the tuple SendSideEstimator._match_feedback returns. ValueError, with nothing
@@ -610,7 +793,7 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     const int64_t burst = self->burst_time_us;
     int64_t ticks = 0;
     uint32_t seq = base_seq;
-    int failed = 0;
+    int failed = 0, overuse = 0;
     for (uint32_t k = 0; k < status_count && !failed; k++, seq = (seq + 1) & 0xFFFF) {
         uint8_t symbol = symbols[k];
         if (symbol == 1) {
@@ -695,11 +878,8 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
             continue;
         }
         if (prev_send != GROUP_NONE
-            && append_ints(groups_out, 3, g_last_send - prev_send, g_last_arrival - prev_arrival, g_last_arrival, 0)
-                   < 0) {
-            failed = 1;
-            continue;
-        }
+            && on_group(self, g_last_send - prev_send, g_last_arrival - prev_arrival, g_last_arrival))
+            overuse = 1;
         prev_send = g_last_send;
         prev_arrival = g_last_arrival;
         g_first_send = g_last_send = send;
@@ -716,9 +896,10 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     PyObject *newest = have_newest ? PyLong_FromLongLong(newest_send) : Py_NewRef(Py_None);
     if (newest == NULL)
         goto done;
-    result = Py_BuildValue("(LLLLLLNLOOO)", (long long)received, (long long)lost, (long long)received_bytes,
+    result = Py_BuildValue("(LLLLLLNLOOOOi)", (long long)received, (long long)lost, (long long)received_bytes,
                            (long long)first_arrival, (long long)first_size, (long long)last_arrival, newest,
-                           (long long)unknown, arrivals, groups_out, probes ? probes : Py_None);
+                           (long long)unknown, arrivals, groups_out, probes ? probes : Py_None,
+                           overuse ? Py_True : Py_False, self->signal);
 done:
     if (symbols != stack_symbols)
         PyMem_Free(symbols);
@@ -731,8 +912,27 @@ done:
 
 static PyMethodDef FeedbackMatcher_methods[] = {
     {"match", (PyCFunction)FeedbackMatcher_match, METH_VARARGS,
-     "match(fci, oldest_send_us): parse a transport-cc FCI and match it with the send log (bwe._match_feedback)"},
+     "match(fci, oldest_send_us): parse a transport-cc FCI, match it with the send log, run the groups through the "
+     "trendline and the over-use detector (bwe._match_feedback + _on_group)"},
     {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+FeedbackMatcher_get_threshold(FeedbackMatcher *self, void *closure)
+{
+    return PyFloat_FromDouble(self->threshold);
+}
+
+static PyObject *
+FeedbackMatcher_get_trend(FeedbackMatcher *self, void *closure)
+{
+    return PyFloat_FromDouble(self->prev_trend);
+}
+
+static PyGetSetDef FeedbackMatcher_getset[] = {
+    {"threshold", (getter)FeedbackMatcher_get_threshold, NULL, "the §5.4 adaptive threshold del_var_th (ms)", NULL},
+    {"trend", (getter)FeedbackMatcher_get_trend, NULL, "the last modified trend the detector saw (m(i), ms)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject FeedbackMatcherType = {
@@ -744,6 +944,7 @@ static PyTypeObject FeedbackMatcherType = {
     .tp_new = FeedbackMatcher_new,
     .tp_dealloc = (destructor)FeedbackMatcher_dealloc,
     .tp_methods = FeedbackMatcher_methods,
+    .tp_getset = FeedbackMatcher_getset,
 };
 
 /* GCC §4 via simulcast/bwe.py Pacer.can_send_now: nothing queued, the bucket (refilled to now) not in debt;

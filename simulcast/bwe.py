@@ -406,6 +406,7 @@ class SendSideEstimator:
         "_overuse_count",
         "_threshold_updated_ms",
         "_groups",
+        "_native",
         "_native_match",
         "_rate",
         "_recent_rate",
@@ -471,6 +472,7 @@ class SendSideEstimator:
         # The packet group being built (§5.1/§5.2), the previous complete one and the feedback reference time's
         # unwrapping, in an array a compiled matcher shares (G_* slots; NONE: not yet).
         self._groups = array("q", [NONE, 0, 0, 0, NONE, 0, NONE, 0])
+        self._native: object = None  # gateway._srtp_send.FeedbackMatcher (use_matcher)
         self._native_match: Callable[[bytes, int], tuple] | None = None
         self._rate = _RateWindow()
         # What the path delivers right now: after a capacity drop the 0.5 s R_hat still holds the old rate
@@ -560,7 +562,7 @@ class SendSideEstimator:
     @property
     def threshold_ms(self) -> float:
         """The §5.4 adaptive threshold del_var_th."""
-        return self._threshold
+        return self._native.threshold if self._native is not None else self._threshold  # type: ignore[attr-defined]
 
     @property
     def rtt_us(self) -> int:
@@ -603,16 +605,26 @@ class SendSideEstimator:
             self._apply_feedback(match(fci, now_us - HISTORY_US), now_us)
 
     def use_matcher(self, factory: Callable[..., object]) -> None:
-        """Parse and match feedback in C: `factory` is gateway._srtp_send.FeedbackMatcher, given the send log's rings,
-        the estimator's packet-group state and the §5.2 burst rules; its `match` replaces `_match_feedback`."""
-        self._native_match = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US).match  # type: ignore[attr-defined]
+        """Parse and match feedback in C, and run its packet groups through the trendline and the over-use detector
+        there: `factory` is gateway._srtp_send.FeedbackMatcher, given the send log's rings, the estimator's group
+        state, the §5.2 burst rules and the filter's parameters. Call before the first feedback (the C filter
+        starts from the initial state; the Python one is then unused)."""
+        if self.feedbacks:
+            raise RuntimeError("use_matcher after feedback was processed")
+        parameters = (TRENDLINE_WINDOW, TRENDLINE_SMOOTHING, TRENDLINE_GAIN, TRENDLINE_MAX_DELTAS, self._threshold,
+                      THRESHOLD_MIN_MS, THRESHOLD_MAX_MS, THRESHOLD_MAX_OFFSET_MS, THRESHOLD_MAX_DT_MS, self._k_up,
+                      self._k_down, OVERUSE_TIME_TH_MS, RESET_GAP_US)
+        self._native = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US, parameters)
+        self._native_match = self._native.match  # type: ignore[attr-defined]
 
     def _match_feedback(self, feedback: TwccFeedback, oldest_send: int) -> tuple:
         """Match the feedback's packets with the send log (marking each reported) and form the §5.1/§5.2 packet
         groups. Returns (received, lost, received bytes, first arrival, its size, last arrival, newest send time or
         None, unknown packets, [(arrival, one-way delay, size)] of the received, [(send delta, arrival delta,
         arrival)] of the groups completed, [(cluster, send, arrival, size) received / (cluster,) lost] of probe
-        packets, or None). gateway/_srtp_send.c FeedbackMatcher.match does the same from the FCI's bytes."""
+        packets, or None; False, None). gateway/_srtp_send.c FeedbackMatcher.match does the same from the FCI's
+        bytes, and also runs the groups through its filter and detector (`_on_group`): it returns no groups, but
+        whether one signalled over-use and the detector's signal after them."""
         groups_state = self._groups
         # The 24-bit reference time wraps every ~12.4 days (twcc.REFERENCE_TIME_WRAP_US); unwrap it.
         raw = feedback.reference_time_us
@@ -733,12 +745,12 @@ class SendSideEstimator:
         groups_state[G_PREV_SEND] = prev_send
         groups_state[G_PREV_ARRIVAL] = prev_arrival
         return (received, lost, received_bytes, first_arrival, first_size, last_arrival, newest_send, unknown,
-                arrivals, groups, probes)
+                arrivals, groups, probes, False, None)
 
     def _apply_feedback(self, matched: tuple, now_us: int) -> None:
         """The estimator's part of a feedback, from `_match_feedback`'s (or the C matcher's) result."""
         (received, lost, received_bytes, first_arrival, first_size, last_arrival, newest_send, unknown,
-         arrivals, groups, probes) = matched
+         arrivals, groups, probes, overuse_seen, signal) = matched
         self.feedbacks += 1
         self._last_twcc_us = now_us
         self._last_input_us = now_us
@@ -751,7 +763,8 @@ class SendSideEstimator:
                     prober._on_lost(entry[0])
                 else:
                     prober._on_received(*entry)
-        overuse_seen = False
+        if signal is not None:  # the C matcher ran the groups through its filter and detector
+            self._signal = signal
         on_group = self._on_group
         for send_delta, arrival_delta, arrival in groups:
             if on_group(send_delta, arrival_delta, arrival):

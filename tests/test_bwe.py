@@ -1284,6 +1284,7 @@ def test_compiled_matcher_gives_the_python_estimator_run_exactly(mode: str) -> N
     assert [b.layer for b in python.buckets] == [b.layer for b in native.buckets]
     assert python.estimator_reasons == native.estimator_reasons
     assert python.log._states == native.log._states and python.estimator._groups == native.estimator._groups
+    assert native.estimator._native.trend == python.estimator._prev_trend != 0  # type: ignore[attr-defined]
     assert python.loss(0, 12 * SECOND) > 0  # the small queue did overflow: loss paths were exercised
     assert any(reason.startswith("probe") for _, reason in python.estimator_reasons) or mode == "elastic"
 
@@ -1326,12 +1327,11 @@ def test_compiled_matcher_agrees_on_every_fci_good_or_malformed() -> None:
     fcis += [parse_compound(packet)[0].raw for packet in recorder.build_feedback(1, 2)]
     assert len(fcis) >= 11
     oldest = 1_000_000 + 20 * 2_000  # the first 20 packets are too old to count
-    totals = [0] * 4  # received, lost, unknown, probe entries
+    totals = [0] * 5  # received, lost, unknown, probe entries, groups
     for fci in fcis:
-        want = python._match_feedback(parse_feedback(fci), oldest)
-        assert native._native_match(fci, oldest) == want
-        assert python._log._states == native._log._states and python._groups == native._groups
-        totals = [totals[0] + want[0], totals[1] + want[1], totals[2] + want[7], totals[3] + len(want[10] or ())]
+        matched = check_same(python, native, fci, oldest)
+        totals = [totals[0] + matched[0], totals[1] + matched[1], totals[2] + matched[7],
+                  totals[3] + len(matched[10] or ()), totals[4] + len(matched[9])]
     assert all(totals), totals  # every kind of entry came up
     assert python._groups[bwe.G_REF_OFFSET] == REFERENCE_TIME_WRAP_US  # the reference time did wrap (unwrapped)
     for iteration in range(3000):
@@ -1342,13 +1342,27 @@ def test_compiled_matcher_agrees_on_every_fci_good_or_malformed() -> None:
             else:
                 del data[rng.randrange(len(data) + 1):]
         data = bytes(data)
-        states, groups = bytes(native._log._states), native._groups.tobytes()
+        states, groups, threshold = bytes(native._log._states), native._groups.tobytes(), native.threshold_ms
         try:
-            want = python._match_feedback(parse_feedback(data), oldest)
+            parse_feedback(data)
         except ValueError:
             with pytest.raises(ValueError):
                 native._native_match(data, oldest)
             assert bytes(native._log._states) == states and native._groups.tobytes() == groups
+            assert native.threshold_ms == threshold
             continue
-        assert native._native_match(data, oldest) == want, f"iteration {iteration}"
-        assert python._log._states == native._log._states and python._groups == native._groups
+        check_same(python, native, data, oldest, f"iteration {iteration}")
+
+
+def check_same(python: SendSideEstimator, native: SendSideEstimator, fci: bytes, oldest: int, note: str = "") -> tuple:
+    """The FCI through _match_feedback + _on_group and through the C matcher: the same match, the same groups'
+    outcome (over-use seen, the detector's signal and threshold) and the same send log and group state after.
+    Returns the Python match."""
+    want = python._match_feedback(parse_feedback(fci), oldest)
+    got = native._native_match(fci, oldest)
+    assert got[:9] + got[10:11] == want[:9] + want[10:11], note
+    overuse = any([python._on_group(*group) for group in want[9]])
+    assert (got[11], got[12], native.threshold_ms) == (overuse, python._signal, python.threshold_ms), note
+    assert native._native.trend == python._prev_trend, note  # type: ignore[attr-defined]  # the very same doubles
+    assert python._log._states == native._log._states and python._groups == native._groups, note
+    return want
