@@ -187,6 +187,9 @@ class Step:
     drain_datagrams_per_call: Optional[float] = None
     drain_datagrams_per_read: Optional[float] = None
     stun_to_aioice: int = 0  # STUN datagrams (the server's consent checks, RFC 7675) the C viewers passed to aioice
+    feedback_per_viewer_s: float = 0.0  # transport-wide feedback packets each viewer sent per second (--viewer-feedback)
+    estimate_kbps_p50: Optional[float] = None  # the gateway's estimates of its video viewers, after the window
+    feedback_unknown: int = 0  # feedback entries the gateway matched with nothing it sent (all viewers; should be 0)
     video_pps_per_viewer: float = 0.0
     fps_per_viewer: float = 0.0
     server_waited: float = 0.0
@@ -229,6 +232,7 @@ class Options:
     transport_cc: bool = False
     publisher_pacing: float = 0.0
     drain_interval_ms: float = 10.0
+    viewer_feedback_ms: float = 0.0
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     audio: Optional[Clip] = None
 
@@ -265,7 +269,9 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
     http = httpx.AsyncClient(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=64))
     viewers: list[Viewer] = []
     publisher: Optional[Publisher] = None
-    drain = Drain(sample_every=SAMPLE_EVERY, interval=opts.drain_interval_ms / 1000) if opts.viewer_mode == "c" and server_kind == "whipgate" else None
+    drain = Drain(sample_every=SAMPLE_EVERY, interval=opts.drain_interval_ms / 1000,
+                  feedback_interval=opts.viewer_feedback_ms / 1000) \
+        if opts.viewer_mode == "c" and server_kind == "whipgate" else None
     try:
         await server.wait_healthy()
         layers = opts.clips[profile]
@@ -295,8 +301,8 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
 
             marks = [len(v.latencies) for v in viewers]
             kmarks = [len(v.kernel_latencies) for v in viewers]
-            drain0 = (drain.calls, drain.datagrams, drain_reads(drain, viewers), drain_stun(drain, viewers)) \
-                if drain is not None else None
+            drain0 = (drain.calls, drain.datagrams, drain_reads(drain, viewers), drain_stun(drain, viewers),
+                      drain.feedback_sent()) if drain is not None else None
             softirq0, sitime0, busy0 = net_rx_softirqs(), softirq_seconds(), cpu_busy_seconds()
             before = [v.snapshot() for v in viewers]
             video_before = [v.video_received() for v in viewers]
@@ -316,7 +322,11 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                 step.drain_datagrams_per_call = datagrams / calls if calls else None
                 step.drain_datagrams_per_read = datagrams / reads if reads else None
                 step.stun_to_aioice = drain_stun(drain, viewers) - drain0[3]
+                if viewers:
+                    step.feedback_per_viewer_s = (drain.feedback_sent() - drain0[4]) / (len(viewers) * (t1 - t0))
             step.udp_rcvbuf_drops = udp_receive_buffer_errors() - rcvbuf0
+            if opts.viewer_feedback_ms and server_kind == "whipgate":
+                await read_estimates(http, server.base_url, step)
             step.server_waited = (proc_wait_seconds(server.pid) - wait0) / (t1 - t0)
             step.load_waited = (proc_wait_seconds(os.getpid()) - lwait0) / (t1 - t0)
             if spy is not None:
@@ -393,6 +403,21 @@ def drain_reads(drain: Drain, viewers: list[Viewer]) -> int:
     return sum(drain.states[v.slot].reads for v in viewers if v.slot is not None)
 
 
+async def read_estimates(http: httpx.AsyncClient, base_url: str, step: "Step") -> None:
+    """The gateway's own view of its viewers' feedback (GET /api/streams/{stream}/viewers): the median estimate
+    and the feedback entries it could not match (both show the feedback is real and parsed)."""
+    try:
+        response = await http.get(f"{base_url}/api/streams/{STREAM}/viewers")
+        response.raise_for_status()
+        tracks = [t for viewer in response.json() for t in viewer["tracks"] if t.get("kind") == "video"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        step.note += f" (viewer stats unavailable: {exc})"
+        return
+    estimates = [t["estimate_bps"] / 1000 for t in tracks if "estimate_bps" in t]
+    step.estimate_kbps_p50 = percentile(estimates, 0.5)
+    step.feedback_unknown = sum(t.get("feedback_unknown", 0) for t in tracks)
+
+
 def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
     return sum(drain.states[v.slot].stun for v in viewers if v.slot is not None)
 
@@ -445,7 +470,8 @@ def print_step(s: Step, flush: bool = False) -> None:
         f"softirq per cpu={'/'.join(f'{x * 100:.0f}%' for x in s.softirq_share)} "
         f"busy per cpu={'/'.join(f'{x * 100:.0f}%' for x in s.cpu_busy)} "
         + (f"datagrams per drain call/recvmmsg={fmt(s.drain_datagrams_per_call)}/{fmt(s.drain_datagrams_per_read)} "
-           f"stun->aioice={s.stun_to_aioice} "
+           f"stun->aioice={s.stun_to_aioice} feedback/s/viewer={s.feedback_per_viewer_s:.1f} "
+           f"estimate p50={fmt(s.estimate_kbps_p50, '.0f')} kbit/s feedback-unknown={s.feedback_unknown} "
            if s.drain_datagrams_per_call is not None else "") +
         f"ttff p50/p95={fmt(s.ttff_ms_p50, '.0f')}/{fmt(s.ttff_ms_p95, '.0f')} ms "
         f"rss/viewer={fmt(s.rss_per_viewer_kb, '.0f')} KiB verified={s.verified} auth-fail={s.auth_failures} "
@@ -586,6 +612,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="viewers negotiate transport-wide congestion control as browsers do (the gateway stamps a "
                         "transport-wide seq on, logs and paces all they get); they send no feedback, so each one's "
                         "estimate stays at its 1 Mbit/s start and video is paced at 2.5 Mbit/s")
+    p.add_argument("--viewer-feedback", type=float, default=0.0, metavar="MS",
+                   help="with --transport-cc: the C viewers send transport-wide feedback every MS ms, built in C from "
+                        "what they received, as browsers do (Chromium: ~62 ms), so the gateway runs its estimator "
+                        "for each; default 0: no feedback")
     p.add_argument("--publisher-pacing", type=float, default=0.0, metavar="FACTOR",
                    help="the publisher paces its video at FACTOR x its bitrate, as browsers (libwebrtc, 2.5) do; "
                         "default 0: a whole frame at once, as FFmpeg's WHIP muxer sends (a keyframe is one burst)")
@@ -613,14 +643,18 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
         connect_concurrency=args.connect_concurrency, step_timeout=args.step_timeout,
         first_frame_timeout=args.first_frame_timeout, workdir=workdir, py_spy=args.py_spy,
         rps=bool(args.in_netns), drain_interval_ms=args.drain_interval_ms, udp_port=args.udp_port,
-        transport_cc=args.transport_cc, publisher_pacing=args.publisher_pacing,
+        transport_cc=args.transport_cc, publisher_pacing=args.publisher_pacing, viewer_feedback_ms=args.viewer_feedback,
     )
+    if args.viewer_feedback and (not args.transport_cc or args.python_viewers):
+        raise SystemExit("--viewer-feedback needs --transport-cc and the C viewers")
     modes = ["python"] if args.python_viewers else ["c", "python"] if args.compare_viewers else ["c"]
     if "c" in modes:
         compile_drain()  # fails now, with a clear message, when there is no C compiler
     print(f"# gateway sockets: {'one (rtc.udp_port)' if args.udp_port else 'one per session'}; viewers "
-          f"{'with transport-cc (stamped, logged, paced; no feedback)' if args.transport_cc else 'without transport-cc'}"
-          f"; publisher {f'paced at {args.publisher_pacing:g}x its bitrate' if args.publisher_pacing else 'unpaced (a frame at once)'}")
+          + (f"with transport-cc (stamped, logged, paced; feedback every {args.viewer_feedback:g} ms)"
+             if args.transport_cc and args.viewer_feedback else
+             "with transport-cc (stamped, logged, paced; no feedback)" if args.transport_cc else "without transport-cc")
+          + f"; publisher {f'paced at {args.publisher_pacing:g}x its bitrate' if args.publisher_pacing else 'unpaced (a frame at once)'}")
     print(f"# viewers: {' then '.join(modes)}"
           + (f" (C drain interval {args.drain_interval_ms:g} ms)" if "c" in modes else "")
           + f"; RPS: {rps_description(args.in_netns)}", flush=True)

@@ -446,6 +446,9 @@ class Viewer:
         self.unknown_payloads = 0
         self.auth_failures = 0
         self.rtcp_packets = 0
+        self.rtcp_ssrc = secrets.randbits(32) or 1  # the SSRC of the feedback it sends
+        self.feedback_unsent = 0
+        self._feedback_sender: Optional[PacketSender] = None
         self._unprotect: Optional[Callable[[bytes], bytes]] = None
         self._keyframe_ts: Optional[int] = None
         self._keyframe_next_seq = 0
@@ -474,7 +477,7 @@ class Viewer:
 
         drain = self.drain
         assert drain is not None
-        self.slot = slot = drain.attach(self, self.video_pt)
+        self.slot = slot = drain.attach(self, self.video_pt, EXT_TRANSPORT_CC if self.transport_cc else 0)
         connection.data_received = self._on_aioice_datagram
         take_queued(connection, self._on_aioice_datagram)
         (protocol,) = connection._protocols  # one host candidate on 127.0.0.1
@@ -493,6 +496,12 @@ class Viewer:
 
         protocol.transport = SendOnlyTransport(sock, closed)
         drain.read_socket(slot, fd)
+        self._feedback_sender = PacketSender(self.peer.ice, self.peer.dtls)
+
+    def send_feedback(self, packet: bytes) -> None:
+        """An RTCP packet the drain built (transport-wide feedback): SRTCP-protected and sent to the gateway."""
+        if self._feedback_sender is None or not self._feedback_sender.send_rtcp(packet):
+            self.feedback_unsent += 1
 
     def _on_aioice_datagram(self, data: bytes, component: int) -> None:
         """A non-STUN datagram aioice read before its transport closed: counted by the same C code."""
@@ -611,6 +620,8 @@ class Viewer:
         return None if self.first_frame_at is None else self.first_frame_at - self.post_at
 
     async def close(self, http: Optional[httpx.AsyncClient]) -> None:
+        if self._feedback_sender is not None:
+            self._feedback_sender.close()
         await self.peer.close(http)
 
 

@@ -19,10 +19,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("extra", [[], ["--transport-cc", "--publisher-pacing", "2.5"]], ids=["plain", "browser-like"])
+@pytest.mark.parametrize("extra", [[], ["--transport-cc", "--viewer-feedback", "62", "--publisher-pacing", "2.5"]],
+                         ids=["plain", "browser-like"])
 def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
     """browser-like: the viewers negotiate transport-cc (the gateway stamps, logs and paces what it sends them) and
-    the publisher paces its video as libwebrtc does; the same checks hold."""
+    send transport-wide feedback every 62 ms as Chromium does, which the gateway matches with what it sent (none
+    unknown) and estimates from; the publisher paces its video as libwebrtc does; the same checks hold."""
     out_json = tmp_path / "steps.json"
     cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--viewers", "3", "--duration", "3", "--warmup", "1",
            "--no-baseline", "--profiles", "600k", "--json", str(out_json), *extra]
@@ -49,17 +51,27 @@ def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
     assert "loss" in run.stdout and "whipgate" in run.stdout, run.stdout
     if extra:
         assert "viewers with transport-cc" in run.stdout and "publisher paced at 2.5x" in run.stdout, run.stdout
+        assert 12 <= step["feedback_per_viewer_s"] <= 17, step  # one per 62 ms
+        assert step["feedback_unknown"] == 0 and step["estimate_kbps_p50"] > 300, step
+    else:
+        assert step["feedback_per_viewer_s"] == 0 and step["estimate_kbps_p50"] is None, step
 
 
 @pytest.mark.timeout(60)
 def test_feedback_bench_runs() -> None:
     """bench/feedback.py: the gateway's own TWCC feedback of a 600 kbit/s stream, read back by a viewer's
-    ViewerBandwidth through SRTCP and the RTCP parser; every feedback matches the send log (no unknown packets),
-    ~16 feedbacks per second at 62 ms, and the cost lines are printed."""
+    ViewerBandwidth through SRTCP and the RTCP parser, once with the Python matcher and once with the C one (when
+    built): ~16 feedbacks per second at 62 ms, every one matching the send log (no unknown packets), an estimate
+    from each, and their cost printed."""
+    from gateway.aiortc_adapter import FeedbackMatcher
+
     cmd = [sys.executable, str(ROOT / "bench" / "feedback.py"), "--seconds", "3"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=50, cwd=str(ROOT))
     assert run.returncode == 0, run.stdout + run.stderr
-    first = run.stdout.splitlines()[0]
-    count = int(first.split()[0])
-    assert 40 <= count <= 55 and "unknown packets 0" in first, run.stdout
-    assert "µs per feedback: unprotect" in run.stdout and "forwarding + feedback:" in run.stdout, run.stdout
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in run.stdout.splitlines() if line.startswith("| python ") or line.startswith("| c ")}
+    assert set(rows) == ({"python", "c"} if FeedbackMatcher is not None else {"python"}), run.stdout
+    for cells in rows.values():
+        per_second, total_us, estimate = float(cells[0]), float(cells[5]), cells[-1]
+        assert 15 <= per_second <= 17 and total_us > 0, run.stdout
+        assert estimate.endswith("kbit/s") and "unknown" not in estimate and int(estimate.split()[0]) > 300, run.stdout
