@@ -89,6 +89,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
+from operator import itemgetter
 from typing import Callable, Iterable, Sequence
 
 from simulcast.twcc import REFERENCE_TIME_WRAP_US, TwccFeedback, parse_feedback
@@ -167,6 +168,7 @@ _UNREPORTED = 0
 _REPORTED_LOST = 1
 _REPORTED_RECEIVED = 2
 NO_CLUSTER = -1  # SendLog: sent outside any probe cluster
+_DELAY = itemgetter(1)  # the one-way delay of a _recent_arrivals entry (arrival, delay, size)
 
 # SendSideEstimator._groups slots (gateway/_srtp_send.c FeedbackMatcher GROUP_*): the §5.2 group being built, the
 # previous complete group, and the raw / unwrapping offset of the feedback reference time.
@@ -936,7 +938,7 @@ class SendSideEstimator:
         if count < QUEUE_RUN_MIN_PACKETS:
             return 0
         last_arrival, last_delay, _ = packets[-1]
-        base = min(entry[1] for entry in packets)
+        base = min(map(_DELAY, packets))  # the one-way delays (C-level iteration: ~3x faster than a generator)
         if last_delay - base < QUEUE_JUMP_US:
             return 0
         # The run: back from the newest packet while the bottleneck stayed busy between consecutive packets,
