@@ -95,7 +95,7 @@ def replay(packets: list[tuple[int, int]], interval_ms: float, *, compiled: bool
 
     bandwidth = ViewerBandwidth(transport_cc=True)
     if not compiled:
-        bandwidth.estimator._native_match = None
+        bandwidth.estimator._native = bandwidth.estimator._native_match = None  # the Python matcher and filter
     recorder = TwccRecorder()
     layers = [FakeLayer(0, 150_000), FakeLayer(1, 500_000), FakeLayer(2, 1_500_000)]
     rng = random.Random(1)

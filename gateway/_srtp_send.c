@@ -285,10 +285,53 @@ typedef struct {
     uint32_t mask;
 } TransportWide;
 
-static const struct { char format; Py_ssize_t itemsize; const char *name; } tw_layout[TW_VIEWS] = {
-    {'i', 4, "seqs"}, {'i', 4, "sizes"}, {'q', 8, "times"}, {'i', 4, "clusters"}, {'B', 1, "states"},
-    {'q', 8, "counters"}, {'d', 8, "bucket"},
+/* One Python-owned array a C object views: its item size and kind ('d': doubles, else integers), name, and how many
+ * items it must hold at least (0 for the send log's rings, which share one power-of-two length instead). */
+typedef struct { char format; Py_ssize_t itemsize; const char *name; Py_ssize_t min_items; } array_layout;
+
+static const array_layout tw_layout[TW_VIEWS] = {
+    {'i', 4, "seqs", 0}, {'i', 4, "sizes", 0}, {'q', 8, "times", 0}, {'i', 4, "clusters", 0}, {'B', 1, "states", 0},
+    {'q', 8, "counters", COUNTERS}, {'d', 8, "bucket", BUCKET_SLOTS},
 };
+
+/* Writable C-contiguous buffers of objects[0..n) into views (counting *held, for the caller's release), checked
+ * against layout; those with min_items 0 (the send log's rings) must share one power-of-two length >= 16, which is
+ * returned. -1 with an exception set on a mismatch. */
+static Py_ssize_t
+acquire_arrays(PyObject *const *objects, Py_buffer *views, int *held, const array_layout *layout, int n)
+{
+    Py_ssize_t ring = -1;
+    for (int k = 0; k < n; k++) {
+        Py_buffer *view = &views[k];
+        if (PyObject_GetBuffer(objects[k], view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        (*held)++;
+        const char *format = view->format ? view->format : "B";
+        if (format[0] == '@' || format[0] == '=')
+            format++;
+        /* array('q') reports 'q' or 'l' (same size on LP64); compare sizes and the integer/float kind */
+        int want_float = layout[k].format == 'd';
+        int is_float = format[0] == 'd' || format[0] == 'f';
+        if (view->itemsize != layout[k].itemsize || want_float != is_float || format[1] != '\0') {
+            PyErr_Format(PyExc_TypeError, "%s: expected an array of %zd-byte %s", layout[k].name,
+                         layout[k].itemsize, want_float ? "doubles" : "integers");
+            return -1;
+        }
+        Py_ssize_t items = view->len / view->itemsize;
+        if (layout[k].min_items == 0) {
+            if (ring < 0)
+                ring = items;
+            if (items != ring || items < 16 || (items & (items - 1))) {
+                PyErr_SetString(PyExc_ValueError, "the send log rings must have one power-of-two length");
+                return -1;
+            }
+        } else if (items < layout[k].min_items) {
+            PyErr_Format(PyExc_ValueError, "%s: too short", layout[k].name);
+            return -1;
+        }
+    }
+    return ring;
+}
 
 static void
 TransportWide_release(TransportWide *self)
@@ -307,36 +350,9 @@ TransportWide_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     TransportWide *self = (TransportWide *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    Py_ssize_t ring = -1;
-    for (int k = 0; k < TW_VIEWS; k++) {
-        Py_buffer *view = &self->views[k];
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args, k), view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
-            goto fail;
-        self->held++;
-        const char *format = view->format ? view->format : "B";
-        if (format[0] == '@' || format[0] == '=')
-            format++;
-        /* array('q') reports 'q' or 'l' (same size on LP64); compare sizes and the integer/float kind */
-        int want_float = tw_layout[k].format == 'd';
-        int is_float = format[0] == 'd';
-        if (view->itemsize != tw_layout[k].itemsize || want_float != is_float || format[1] != '\0') {
-            PyErr_Format(PyExc_TypeError, "%s: expected an array of %zd-byte %s", tw_layout[k].name,
-                         tw_layout[k].itemsize, want_float ? "doubles" : "integers");
-            goto fail;
-        }
-        Py_ssize_t n = view->len / view->itemsize;
-        if (k <= TW_STATES) {
-            if (ring < 0)
-                ring = n;
-            if (n != ring || n < 16 || (n & (n - 1))) {
-                PyErr_SetString(PyExc_ValueError, "the send log rings must have one power-of-two length");
-                goto fail;
-            }
-        } else if (n < (k == TW_COUNTERS ? COUNTERS : BUCKET_SLOTS)) {
-            PyErr_Format(PyExc_ValueError, "%s: too short", tw_layout[k].name);
-            goto fail;
-        }
-    }
+    Py_ssize_t ring = acquire_arrays(PySequence_Fast_ITEMS(args), self->views, &self->held, tw_layout, TW_VIEWS);
+    if (ring < 0)
+        goto fail;
     self->seqs = self->views[TW_SEQS].buf;
     self->sizes = self->views[TW_SIZES].buf;
     self->times = self->views[TW_TIMES].buf;
@@ -421,9 +437,9 @@ FeedbackMatcher_release(FeedbackMatcher *self)
         PyBuffer_Release(&self->views[--self->held]);
 }
 
-static const struct { char format; Py_ssize_t itemsize; const char *name; } fm_layout[FM_VIEWS] = {
-    {'i', 4, "seqs"}, {'i', 4, "sizes"}, {'q', 8, "times"}, {'i', 4, "clusters"}, {'B', 1, "states"},
-    {'q', 8, "groups"},
+static const array_layout fm_layout[FM_VIEWS] = {
+    {'i', 4, "seqs", 0}, {'i', 4, "sizes", 0}, {'q', 8, "times", 0}, {'i', 4, "clusters", 0}, {'B', 1, "states", 0},
+    {'q', 8, "groups", GROUP_SLOTS},
 };
 
 static PyObject *
@@ -447,33 +463,9 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     FeedbackMatcher *self = (FeedbackMatcher *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    Py_ssize_t ring = -1;
-    for (int k = 0; k < FM_VIEWS; k++) {
-        Py_buffer *view = &self->views[k];
-        if (PyObject_GetBuffer(arrays[k], view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
-            goto fail;
-        self->held++;
-        const char *format = view->format ? view->format : "B";
-        if (format[0] == '@' || format[0] == '=')
-            format++;
-        if (view->itemsize != fm_layout[k].itemsize || format[0] == 'd' || format[0] == 'f' || format[1] != '\0') {
-            PyErr_Format(PyExc_TypeError, "%s: expected an array of %zd-byte integers", fm_layout[k].name,
-                         fm_layout[k].itemsize);
-            goto fail;
-        }
-        Py_ssize_t n = view->len / view->itemsize;
-        if (k <= FM_STATES) {
-            if (ring < 0)
-                ring = n;
-            if (n != ring || n < 16 || (n & (n - 1))) {
-                PyErr_SetString(PyExc_ValueError, "the send log rings must have one power-of-two length");
-                goto fail;
-            }
-        } else if (n < GROUP_SLOTS) {
-            PyErr_SetString(PyExc_ValueError, "groups: too short");
-            goto fail;
-        }
-    }
+    Py_ssize_t ring = acquire_arrays(arrays, self->views, &self->held, fm_layout, FM_VIEWS);
+    if (ring < 0)
+        goto fail;
     self->seqs = self->views[FM_SEQS].buf;
     self->sizes = self->views[FM_SIZES].buf;
     self->times = self->views[FM_TIMES].buf;

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import random
 import timeit
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -1366,3 +1367,26 @@ def check_same(python: SendSideEstimator, native: SendSideEstimator, fci: bytes,
     assert native._native.trend == python._prev_trend, note  # type: ignore[attr-defined]  # the very same doubles
     assert python._log._states == native._log._states and python._groups == native._groups, note
     return want
+
+
+@needs_matcher
+def test_compiled_matcher_refuses_arrays_that_are_not_the_send_log() -> None:
+    """The C matcher reads and writes the Python arrays in place, so it checks each one's item size and kind, the
+    rings' one power-of-two length and the group state's size before keeping any."""
+    estimator = SendSideEstimator(SendLog(capacity=64))
+    seqs, sizes, times, clusters, states = estimator._log.buffers
+    groups = estimator._groups
+    parameters = (20, 0.9, 4.0, 60, 12.5, 6.0, 600.0, 15.0, 100.0, 0.01, 0.00018, 10.0, 3_000_000)
+    FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters)  # the right ones
+    wrong = [
+        ((array("d", [0.0]) * 64, sizes, times, clusters, states, groups), TypeError),  # doubles for seqs
+        ((seqs, sizes, array("i", [0]) * 64, clusters, states, groups), TypeError),  # 4-byte send times
+        ((seqs, sizes, times, clusters, bytearray(32), groups), ValueError),  # a ring of another length
+        ((seqs, sizes, times, clusters, states, array("q", [0]) * 3), ValueError),  # group state too short
+        ((bytes(256), sizes, times, clusters, states, groups), (TypeError, BufferError)),  # read-only
+    ]
+    for arrays, error in wrong:
+        with pytest.raises(error):
+            FeedbackMatcher(*arrays, 5_000, 100_000, parameters)
+    with pytest.raises(ValueError):
+        FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, (99,) + parameters[1:])
