@@ -172,7 +172,14 @@ async def test_reordering_lease_and_sequence_wrap(pair, monkeypatch) -> None:
     seqs[10], seqs[11] = seqs[11], seqs[10]  # reordered inside the segment
     stream = [packet(s, 90 * i, keyframe=i == 0) for i, s in enumerate(seqs)]
     stream.insert(50, packet(65400, 0))  # older than the lane's segment start: Python's _map_older drops it
-    feed(track, stream)
+    layer = track.layers[0]
+    changes = []
+    lane_changed = track.lane_changed
+    monkeypatch.setattr(track, "lane_changed", lambda down: (changes.append(down), lane_changed(down)))
+    for data in stream:  # the unarmed viewers the track keeps track of are always exactly the unarmed ones
+        feed(track, [data])
+        assert track._python_subscribers(layer) == tuple(d for d in layer.subscribers if d.armed_in is None)
+    assert len(changes) >= 20 and set(changes) == {lane_down}  # each lease ran out: left the lane, armed again
     python_side, lane_side = await drained(viewers)
     assert len(python_side) == 100
     assert lane_side == python_side

@@ -182,7 +182,7 @@ class DownTrack:
         group.arm(self, sender, self.ssrc, *state, LANE_LEASE,  # type: ignore[attr-defined]
                   transport=transport, paced=transport is not None and self.kind == "video", vp8=vp8_state)
         self.armed_in = group
-        self.source.lanes_version += 1
+        self.source.lane_changed(self)
 
     def settle(self) -> None:
         """Leave the C lane, if armed: the munger state and counts it moved on come back here."""
@@ -193,12 +193,12 @@ class DownTrack:
                 self.lane_left(state)
             else:  # not in the group (cannot happen: the track takes failed lanes back first); never stay marked
                 self.armed_in = None
-                self.source.lanes_version += 1
+                self.source.lane_changed(self)
 
     def lane_left(self, state: tuple) -> None:
         """The lane's state after it left its group (settle, or the group gave it up before a packet)."""
         self.armed_in = None
-        self.source.lanes_version += 1
+        self.source.lane_changed(self)
         highest_in, last_out, last_ts, last_time, packets, octets, vp8_state = state
         self.munger.resume(highest_in, last_out, last_ts, last_time)
         if vp8_state is not None:

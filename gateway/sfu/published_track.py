@@ -82,11 +82,10 @@ class PublishedTrack:
         self._profiles: dict[tuple, EgressProfile] = {}
         # Per layer (by offer_index): the C lane groups of its armed viewers, one per egress profile (DownTrack._arm).
         self._lanes: list[dict[EgressProfile, object]] = [{} for _ in self.layers]
-        # Per layer: (the subscribers tuple it was made from, lanes_version then, those subscribers no lane forwards),
-        # so the Python loop does not step over hundreds of armed viewers per packet. DownTrack bumps lanes_version
-        # when it arms or leaves a lane; Layer replaces its subscribers tuple when it changes.
-        self._unarmed: list[tuple[tuple, int, tuple]] = [((), -1, ()) for _ in self.layers]
-        self.lanes_version = 0
+        # Per layer: (the subscribers tuple it was made from, those subscribers no lane forwards), so the Python loop
+        # does not step over hundreds of armed viewers per packet. Layer replaces its subscribers tuple when it
+        # changes (rebuilt then); a DownTrack that arms or leaves a lane calls lane_changed, which patches it.
+        self._unarmed: list[tuple[tuple, tuple]] = [((), ()) for _ in self.layers]
         self.on_layers_changed: list["Callable[[PublishedTrack], None]"] = []
 
     # ---- the fan-out -------------------------------------------------------------------------------
@@ -160,15 +159,29 @@ class PublishedTrack:
         return sent
 
     def _python_subscribers(self, layer: Layer) -> tuple["DownTrack", ...]:
-        """`layer`'s subscribers that no lane forwards (cached until a viewer arms or leaves a lane, or the
-        layer's subscribers change)."""
+        """`layer`'s subscribers that no lane forwards (cached until the layer's subscribers change; lane_changed
+        keeps it current as viewers arm and leave lanes)."""
         index = layer.offer_index
-        source, version, unarmed = self._unarmed[index]
+        source, unarmed = self._unarmed[index]
         subscribers = layer.subscribers
-        if source is not subscribers or version != self.lanes_version:
+        if source is not subscribers:
             unarmed = tuple(down for down in subscribers if down.armed_in is None)
-            self._unarmed[index] = (subscribers, self.lanes_version, unarmed)
+            self._unarmed[index] = (subscribers, unarmed)
         return unarmed
+
+    def lane_changed(self, down: "DownTrack") -> None:
+        """`down` armed a lane or left one: patch the unarmed subscribers of the layers it subscribes to, in
+        O(unarmed) rather than rebuilding from every subscriber (each lane leaves every LANE_LEASE packets, so with
+        500 viewers a rebuild of 500 came with almost every packet: ~2% of the core in py-spy)."""
+        armed = down.armed_in is not None
+        for index, (subscribers, unarmed) in enumerate(self._unarmed):
+            if down not in subscribers:
+                continue
+            if armed:
+                if down in unarmed:
+                    self._unarmed[index] = (subscribers, tuple(d for d in unarmed if d is not down))
+            elif down not in unarmed:
+                self._unarmed[index] = (subscribers, unarmed + (down,))
 
     def lane_group(self, layer: Layer, profile: EgressProfile) -> object:
         """The C lane group of `layer`'s viewers with `profile` (made on first use)."""
