@@ -47,7 +47,6 @@ from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTrans
 from aiortc.sdp import SessionDescription, candidate_to_sdp
 
 from bench.load_media import VIDEO_CLOCK, OPUS_CLOCK, Clip, one_byte_extensions, payload_key, rtp_packet
-from gateway.rtcp import build_sender_report
 from gateway.aiortc_adapter import (
     PacketSender,
     gather_host_candidates,
@@ -55,6 +54,7 @@ from gateway.aiortc_adapter import (
     set_dtls_role,
     stop_aioice_consent,
 )
+from gateway.rtcp import build_sender_report
 
 if TYPE_CHECKING:
     from bench.load_drain import Drain

@@ -16,7 +16,8 @@ One viewer's pieces, and how the forwarding path drives them:
     log.record(seq, size, now_us, cluster)
     if cluster is not None:
         prober.on_sent(size)
-    # on TWCC feedback (RTPFB FMT 15) from the viewer:
+    # on TWCC feedback (RTPFB FMT 15) from the viewer (on_feedback_fci(fci, now_us) parses it too, in C after
+    # estimator.use_matcher(gateway._srtp_send.FeedbackMatcher)):
     estimator.on_feedback(parse_feedback(fci), now_us)
     # on REMB / receiver reports from viewers without transport-cc (§3, §7):
     estimator.on_remb(bitrate, now_us); estimator.on_receiver_report(block.fraction_lost, now_us)
@@ -470,7 +471,6 @@ class SendSideEstimator:
         self._overuse_time_ms = -1.0
         self._overuse_count = 0
         self._threshold_updated_ms: float | None = None
-        # The packet group being built (§5.1/§5.2) and the previous complete one.
         # The packet group being built (§5.1/§5.2), the previous complete one and the feedback reference time's
         # unwrapping, in an array a compiled matcher shares (G_* slots; NONE: not yet).
         self._groups = array("q", [NONE, 0, 0, 0, NONE, 0, NONE, 0])
@@ -599,7 +599,8 @@ class SendSideEstimator:
     def on_feedback_fci(self, fci: bytes, now_us: int) -> None:
         """`on_feedback` from the FCI's bytes (RTPFB FMT 15 after the two SSRCs). Raises ValueError, having changed
         nothing, when the FCI is malformed (twcc.parse_feedback's rules). With a compiled matcher (`use_matcher`)
-        the parse and the match with the send log run in C; the rest is the same Python."""
+        the parse, the match with the send log and the packet groups' filter and detector run in C; the rest is
+        the same Python."""
         match = self._native_match
         if match is None:
             self.on_feedback(parse_feedback(fci), now_us)

@@ -260,9 +260,9 @@ class PublishedTrack:
         """Keep LSR for our reports; translate the SR for the viewers receiving this layer (RFC 3550 §6.4.1).
 
         Each viewer's SR is built, protected and sent in Python (~16 µs), so 500 viewers would hold the event loop
-        ~8 ms, once per SR (browsers: every second on video): every packet arriving meanwhile waits (bench/load.py
-        measured the gateway's p99 latency at 500 viewers 13.7 -> 21.0 ms when its publisher sent SRs). So the
-        fan-out goes SR_SLICE viewers per event-loop turn, the packets that came meanwhile forwarded in between. An
+        ~8 ms (py-spy in bench/load.py), once per SR (browsers: every second on video), every packet arriving
+        meanwhile waiting for it. So the fan-out goes SR_SLICE viewers per event-loop turn, the packets that came
+        meanwhile forwarded in between. An
         SR's NTP/RTP pair is a mapping, not a "now" (§6.4.1), so a viewer reached a few ms later gets the same pair
         (the newest the layer has)."""
         layer.stats.on_sender_report(ntp_timestamp, arrival)
