@@ -333,11 +333,12 @@ acquire_arrays(PyObject *const *objects, Py_buffer *views, int *held, const arra
     return ring;
 }
 
+/* Release the first *held views that acquire_arrays took. */
 static void
-TransportWide_release(TransportWide *self)
+release_arrays(Py_buffer *views, int *held)
 {
-    while (self->held > 0)
-        PyBuffer_Release(&self->views[--self->held]);
+    while (*held > 0)
+        PyBuffer_Release(&views[--*held]);
 }
 
 static PyObject *
@@ -370,7 +371,7 @@ fail:
 static void
 TransportWide_dealloc(TransportWide *self)
 {
-    TransportWide_release(self);
+    release_arrays(self->views, &self->held);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -388,10 +389,11 @@ static PyTypeObject TransportWideType = {
  *
  * simulcast/bwe.py SendSideEstimator._match_feedback in C, from the FCI's bytes (twcc.parse_feedback's rules):
  * draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1 decoded, each reported packet looked up in the send
- * log rings (marked reported lost / received there), and the GCC §5.1/§5.2 packet groups formed on the group
- * state array the estimator owns (bwe.G_* slots). What is left to Python (the trendline, detector, rate and loss
- * controllers) runs per completed group and per feedback, not per packet. A browser viewer sends ~16 feedbacks a
- * second; in Python the parse and the match were half of what each cost (bench/feedback.py). */
+ * log rings (marked reported lost / received there), the GCC §5.1/§5.2 packet groups formed on the group state
+ * array the estimator owns (bwe.G_* slots), and each completed group run through the trendline and the §5.4
+ * over-use detector (bwe._Trendline, SendSideEstimator._detect). What is left to Python (rate windows, the
+ * capacity-drop check, rate and loss control) runs once per feedback. A browser viewer sends ~16 feedbacks a
+ * second; in Python the parse, the match and the filter were two thirds of on_feedback (bench/feedback.py). */
 enum { FM_SEQS, FM_SIZES, FM_TIMES, FM_CLUSTERS, FM_STATES, FM_GROUPS, FM_VIEWS };
 enum {
     GROUP_FIRST_SEND, GROUP_LAST_SEND, GROUP_FIRST_ARRIVAL, GROUP_LAST_ARRIVAL, GROUP_PREV_SEND, GROUP_PREV_ARRIVAL,
@@ -429,13 +431,6 @@ typedef struct {
     double accumulated, smoothed, origin, bx, by, sx, sy, sxx, sxy;
     double threshold, prev_trend, overuse_time, threshold_updated;
 } FeedbackMatcher;
-
-static void
-FeedbackMatcher_release(FeedbackMatcher *self)
-{
-    while (self->held > 0)
-        PyBuffer_Release(&self->views[--self->held]);
-}
 
 static const array_layout fm_layout[FM_VIEWS] = {
     {'i', 4, "seqs", 0}, {'i', 4, "sizes", 0}, {'q', 8, "times", 0}, {'i', 4, "clusters", 0}, {'B', 1, "states", 0},
@@ -499,7 +494,7 @@ fail:
 static void
 FeedbackMatcher_dealloc(FeedbackMatcher *self)
 {
-    FeedbackMatcher_release(self);
+    release_arrays(self->views, &self->held);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -684,7 +679,7 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     Py_ssize_t size = fci.len;
     uint8_t stack_symbols[512];
     uint8_t *symbols = stack_symbols;
-    PyObject *arrivals = NULL, *groups_out = NULL, *probes = NULL, *result = NULL;
+    PyObject *arrivals = NULL, *probes = NULL, *result = NULL;
     if (size < 8) {
         PyErr_Format(PyExc_ValueError, "transport-cc FCI of %zd bytes is shorter than its 8-byte header", size);
         goto done;
@@ -773,8 +768,7 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     reference += g[GROUP_REF_OFFSET];
 
     arrivals = PyList_New(0);
-    groups_out = PyList_New(0);
-    if (arrivals == NULL || groups_out == NULL)
+    if (arrivals == NULL)
         goto done;
     int64_t received = 0, lost = 0, unknown = 0, received_bytes = 0;
     int64_t first_arrival = 0, first_size = 0, last_arrival = 0, newest_send = 0;
@@ -888,15 +882,15 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     PyObject *newest = have_newest ? PyLong_FromLongLong(newest_send) : Py_NewRef(Py_None);
     if (newest == NULL)
         goto done;
-    result = Py_BuildValue("(LLLLLLNLOOOOi)", (long long)received, (long long)lost, (long long)received_bytes,
+    /* groups: () (run through on_group above, not handed back) */
+    result = Py_BuildValue("(LLLLLLNLO()OOi)", (long long)received, (long long)lost, (long long)received_bytes,
                            (long long)first_arrival, (long long)first_size, (long long)last_arrival, newest,
-                           (long long)unknown, arrivals, groups_out, probes ? probes : Py_None,
-                           overuse ? Py_True : Py_False, self->signal);
+                           (long long)unknown, arrivals, probes ? probes : Py_None, overuse ? Py_True : Py_False,
+                           self->signal);
 done:
     if (symbols != stack_symbols)
         PyMem_Free(symbols);
     Py_XDECREF(arrivals);
-    Py_XDECREF(groups_out);
     Py_XDECREF(probes);
     PyBuffer_Release(&fci);
     return result;
@@ -1608,11 +1602,8 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *rewritten = Py_None;
         if (lane->deferred_rewrite) {  /* the rest of the packet as this viewer gets it (Vp8Munger.rewrite) */
             rewritten = PyBytes_FromStringAndSize(rest, rest_len);
-            if (rewritten == NULL) {
-                for (; k < self->count; k++)
-                    self->lanes[k].deferred = 0;
-                return NULL;
-            }
+            if (rewritten == NULL)
+                return lanes_abandon_deferred(self);
             Vp8Step step = {0};
             step.picture_out = lane->v_picture_out;
             vp8_write((unsigned char *)PyBytes_AS_STRING(rewritten) + rest_len - payload_len, lane, &vp8, &step);
@@ -1623,9 +1614,7 @@ LaneGroup_send(LaneGroup *self, PyObject *const *args, Py_ssize_t nargs)
                                        (unsigned int)(ts + lane->ts_offset), rewritten);
         if (item == NULL || PyList_Append(self->deferred, item) < 0) {
             Py_XDECREF(item);
-            for (; k < self->count; k++)
-                self->lanes[k].deferred = 0;
-            return NULL;
+            return lanes_abandon_deferred(self);
         }
         Py_DECREF(item);
     }
