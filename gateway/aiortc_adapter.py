@@ -34,6 +34,8 @@ What is private and why:
   every session's ICE connection a StunProtocol whose transport is a view of ONE socket (`rtc.udp_port`). The
   socket's datagrams go to the session whose local ufrag the first STUN check names (RFC 8445 §7.2.2: USERNAME is
   "receiver's ufrag:sender's ufrag"), then by remote address.
+- aioice Connection._protocols (StunProtocol.transport): `own_sockets` gives the sockets aioice bound for a
+  session, so the gateway can size their receive buffers (`rtc.udp_receive_buffer`).
 """
 
 from __future__ import annotations
@@ -168,6 +170,19 @@ async def gather_host_candidates(gatherer: RTCIceGatherer, addresses: list[str])
     connection._local_candidates_start = True
     connection._local_candidates += await connection.get_component_candidates(component=1, addresses=addresses)
     connection._local_candidates_end = True
+
+
+def own_sockets(gatherer: RTCIceGatherer) -> list[Any]:
+    """The UDP sockets aioice bound for this session (`gather_host_candidates`); none on a shared port, whose
+    one socket `SharedUdpPort.socket` gives."""
+    sockets = []
+    for protocol in gatherer._connection._protocols:
+        transport = getattr(protocol, "transport", None)  # a uvloop UDPTransport is no asyncio.DatagramTransport
+        if transport is not None and not isinstance(transport, _PortView) and hasattr(transport, "get_extra_info"):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sockets.append(sock)
+    return sockets
 
 
 def set_dtls_role(dtls: RTCDtlsTransport, role: str) -> None:
@@ -503,6 +518,10 @@ class SharedUdpPort(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    @property
+    def socket(self) -> Any:
+        return self.transport.get_extra_info("socket") if self.transport is not None else None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         addr = (addr[0], addr[1])

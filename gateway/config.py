@@ -67,6 +67,8 @@ class RtcConfig:
     bandwidth_estimation: bool = True
     # One UDP port for every session (demultiplexed by ICE ufrag, then remote address); 0: a port per session.
     udp_port: int = 0
+    # SO_RCVBUF of the gateway's UDP sockets, bytes (capped by net.core.rmem_max); 0: leave it as bound.
+    udp_receive_buffer: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ def _parse_rtc(table: _Table) -> RtcConfig:
         "packet_history",
         "bandwidth_estimation",
         "udp_port",
+        "udp_receive_buffer",
     )
     table.reject_unknown(fields)
     defaults = RtcConfig()
@@ -285,6 +288,9 @@ def _parse_rtc(table: _Table) -> RtcConfig:
         packet_history=packet_history,
         bandwidth_estimation=table.boolean("bandwidth_estimation", defaults.bandwidth_estimation),
         udp_port=table.integer("udp_port", defaults.udp_port, minimum=0, maximum=65535),
+        udp_receive_buffer=table.integer(
+            "udp_receive_buffer", defaults.udp_receive_buffer, minimum=0, maximum=1 << 30
+        ),
     )
 
 

@@ -40,6 +40,7 @@ class PeerSession:
             consent_interval=config.rtc.consent_interval,
             consent_failures=config.rtc.consent_failures,
             udp_port=config.rtc.udp_port,
+            receive_buffer=config.rtc.udp_receive_buffer,
             on_rtp=self.on_rtp,
             on_rtcp=self.on_rtcp,
             on_connected=self._connected,

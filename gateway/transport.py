@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import random
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -43,9 +44,34 @@ def certificate() -> rtc.RTCCertificate:
 
 _shared_ports: dict[tuple[str, int], rtc.SharedUdpPort] = {}
 _shared_ports_lock: Optional[asyncio.Lock] = None
+_receive_buffer_warned = False
 
 
-async def shared_ports(addresses: list[str], port: int) -> list[rtc.SharedUdpPort]:
+def set_receive_buffer(sock: Any, size: int) -> int:
+    """Ask for a `size`-byte kernel receive buffer (SO_RCVBUF; 0: leave the default) and return what the socket has.
+    A socket that many peers send to (`rtc.udp_port`: every viewer's RTCP, every publisher's media) fills the
+    default ~208 KiB in a few ms of a busy event loop, and the kernel then drops datagrams; a publisher's packet dropped
+    there is lost for every viewer. Linux caps the request at net.core.rmem_max (and reports twice what it grants, the
+    bookkeeping included); a cap below `size` is logged once."""
+    global _receive_buffer_warned
+    if size <= 0:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as exc:
+        log.warning("rtc.udp_receive_buffer: could not set SO_RCVBUF to %d bytes: %s", size, exc)
+        return 0
+    if granted < size and not _receive_buffer_warned:
+        _receive_buffer_warned = True
+        log.warning(
+            "rtc.udp_receive_buffer asks %d bytes, the kernel granted %d (net.core.rmem_max caps it; raise it with "
+            "`sysctl -w net.core.rmem_max=%d`)", size, granted, size,
+        )
+    return granted
+
+
+async def shared_ports(addresses: list[str], port: int, receive_buffer: int = 0) -> list[rtc.SharedUdpPort]:
     """The process's one socket per address for `rtc.udp_port`, opened on first use and kept for its lifetime."""
     global _shared_ports_lock
     if _shared_ports_lock is None:
@@ -57,6 +83,7 @@ async def shared_ports(addresses: list[str], port: int) -> list[rtc.SharedUdpPor
             if shared is None or shared.transport is None or shared.transport.is_closing():
                 shared = rtc.SharedUdpPort(address, port, metrics.count_drop)
                 await shared.open()
+                set_receive_buffer(shared.socket, receive_buffer)
                 _shared_ports[(address, port)] = shared
             out.append(shared)
         return out
@@ -91,6 +118,7 @@ class PeerTransport:
         consent_interval: float,
         consent_failures: int,
         udp_port: int = 0,
+        receive_buffer: int = 0,
         on_rtp: Callable[[bytes, int], None],
         on_rtcp: Callable[[bytes], None],
         on_connected: Callable[[], None],
@@ -98,6 +126,7 @@ class PeerTransport:
     ) -> None:
         self._addresses = addresses
         self._udp_port = udp_port  # one shared socket per address for every session; 0: sockets of our own
+        self._receive_buffer = receive_buffer  # SO_RCVBUF bytes for our sockets (rtc.udp_receive_buffer); 0: default
         self._announced_ip = announced_ip
         self._on_connected = on_connected
         self._on_closed = on_closed
@@ -144,9 +173,12 @@ class PeerTransport:
     # ---- local description -------------------------------------------------------------------------
     async def gather(self) -> None:
         if self._udp_port:
-            rtc.gather_on_shared_port(self._gatherer, await shared_ports(self._addresses, self._udp_port))
+            ports = await shared_ports(self._addresses, self._udp_port, self._receive_buffer)
+            rtc.gather_on_shared_port(self._gatherer, ports)
         else:
             await rtc.gather_host_candidates(self._gatherer, self._addresses)
+            for sock in rtc.own_sockets(self._gatherer):
+                set_receive_buffer(sock, self._receive_buffer)
         if not self._gatherer.getLocalCandidates():
             raise OSError(f"could not bind a UDP socket on any of {self._addresses}")
         # Every datagram of our sockets passes our demultiplexer: media straight to the handlers once DTLS is up.

@@ -59,6 +59,8 @@ async def test_private_attributes_exist_on_live_objects() -> None:
     candidates = gatherer.getLocalCandidates()
     assert [c.ip for c in candidates] == ["127.0.0.1"]
     assert len(connection._protocols) == 1 and isinstance(connection._protocols[0], aioice.ice.StunProtocol)
+    [sock] = adapter.own_sockets(gatherer)  # the socket aioice bound for the candidate
+    assert sock.getsockname() == (candidates[0].ip, candidates[0].port)
     ice = adapter.RTCIceTransport(gatherer)
     assert ice._connection is connection and connection.ice_controlling is False
     adapter.set_ice_controlling(ice, True)  # an offerer (gateway/relay.py)

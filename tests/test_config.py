@@ -53,6 +53,7 @@ def test_builtin_defaults():
         consent_failures=6,
         keyframe_request_interval=0.5,
         packet_history=1024,
+        udp_receive_buffer=4 * 1024 * 1024,
     )
     assert config.ice_servers == ()
     assert dict(config.streams) == {}
@@ -96,6 +97,7 @@ consent_interval = 0.5
 consent_failures = 4
 keyframe_request_interval = 1
 packet_history = 64
+udp_receive_buffer = 0
 
 [[ice_servers]]
 urls = ["stun:stun.example.net", "stuns:stun.example.net:5349"]
@@ -138,6 +140,7 @@ def test_full_config(tmp_path):
         consent_failures=4,
         keyframe_request_interval=1.0,
         packet_history=64,
+        udp_receive_buffer=0,
     )
     assert config.ice_servers == (
         IceServer(urls=("stun:stun.example.net", "stuns:stun.example.net:5349")),
@@ -260,6 +263,7 @@ ERRORS = [
     ("[rtc]\npacket_history = 131072\n", "rtc.packet_history", "between 64 and 65536"),
     ("[rtc]\npacket_history = 1000\n", "rtc.packet_history", "power of two"),
     ("[whep]\nretry_after = -1\n", "whep.retry_after", "must be >= 0"),
+    ("[rtc]\nudp_receive_buffer = -1\n", "rtc.udp_receive_buffer", "must be between 0 and"),
     ("[[ice_servers]]\nurls = ['turn:t']\nsecret = 's'\nttl = 0\n", "ice_servers[0].ttl", "must be >= 1"),
     # other values
     ("[log]\nlevel = 'verbose'\n", "log.level", "must be one of debug, info, warning, error, critical"),
