@@ -86,7 +86,19 @@ def _serve(args: argparse.Namespace) -> int:
             lifespan="on",
         )
     )
+    _freeze_startup_objects()
     return _run_until_signalled(server)
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive now (modules, classes, functions, the app: ~80,000 objects) out of the collector's
+    reach (gc.freeze). They live as long as the process, and every full collection would traverse them again: at
+    500 viewers a full collection holds the event loop ~100 ms (BENCHMARKS.md), and packets wait meanwhile.
+    Objects made later, the sessions' among them, are collected as usual."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _worker_role(args: argparse.Namespace, config: Config) -> tuple["WorkerRole", Config]:
