@@ -180,6 +180,7 @@ class Step:
     latency_samples: int = 0
     kernel_latency_ms_p50: Optional[float] = None
     kernel_latency_ms_p99: Optional[float] = None
+    kernel_latency_ms_p999: Optional[float] = None  # p99.9: where event-loop stalls (a full GC pass) show
     kernel_latency_samples: int = 0
     net_rx_per_s: list[float] = field(default_factory=list)  # NET_RX softirqs per CPU per second (machine-wide)
     softirq_share: list[float] = field(default_factory=list)  # per CPU: share of the window in softirq (/proc/stat)
@@ -195,6 +196,7 @@ class Step:
     server_waited: float = 0.0
     load_waited: float = 0.0
     udp_rcvbuf_drops: int = 0
+    gateway_drops: Optional[dict] = None  # whipgate_dropped_total by reason over the window (whipgate; None: unread)
     ttff_ms_p50: Optional[float] = None
     ttff_ms_p95: Optional[float] = None
     no_first_frame: int = 0
@@ -310,6 +312,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             spy = start_py_spy(opts, server, profile, n)
             wait0, lwait0 = proc_wait_seconds(server.pid), proc_wait_seconds(os.getpid())
             rcvbuf0 = udp_receive_buffer_errors()
+            drops0 = await read_drops(http, server.base_url) if server_kind == "whipgate" else None
             cpu0, load0, t0 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(opts.duration)
             cpu1, load1, t1 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
@@ -325,6 +328,9 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                 if viewers:
                     step.feedback_per_viewer_s = (drain.feedback_sent() - drain0[4]) / (len(viewers) * (t1 - t0))
             step.udp_rcvbuf_drops = udp_receive_buffer_errors() - rcvbuf0
+            drops1 = await read_drops(http, server.base_url) if drops0 is not None else None
+            if drops0 is not None and drops1 is not None:
+                step.gateway_drops = {k: v - drops0.get(k, 0) for k, v in drops1.items() if v > drops0.get(k, 0)}
             if opts.viewer_feedback_ms and server_kind == "whipgate":
                 await read_estimates(http, server.base_url, step)
             step.server_waited = (proc_wait_seconds(server.pid) - wait0) / (t1 - t0)
@@ -356,6 +362,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             klat = [x * 1000 for v, m in zip(viewers, kmarks) for x in v.kernel_latencies[m:]]
             step.kernel_latency_samples = len(klat)
             step.kernel_latency_ms_p50, step.kernel_latency_ms_p99 = percentile(klat, 0.5), percentile(klat, 0.99)
+            step.kernel_latency_ms_p999 = percentile(klat, 0.999)
             for v, (ver, auth, unk) in zip(viewers, counters_before):
                 step.verified += v.verified - ver
                 step.auth_failures += v.auth_failures - auth
@@ -418,6 +425,20 @@ async def read_estimates(http: httpx.AsyncClient, base_url: str, step: "Step") -
     step.feedback_unknown = sum(t.get("feedback_unknown", 0) for t in tracks)
 
 
+async def read_drops(http: httpx.AsyncClient, base_url: str) -> Optional[dict[str, float]]:
+    """The gateway's own drop counters (whipgate_dropped_total by reason, /metrics): what it dropped and why, so
+    a step's loss can be told apart from drops in the kernel (udp-rcvbuf-drops). None when /metrics is unreadable."""
+    try:
+        response = await http.get(f"{base_url}/metrics")
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    drops = {}
+    for match in re.finditer(r'^whipgate_dropped_total\{reason="([^"]+)"\} (\S+)$', response.text, re.M):
+        drops[match.group(1)] = float(match.group(2))
+    return drops
+
+
 def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
     return sum(drain.states[v.slot].stun for v in viewers if v.slot is not None)
 
@@ -455,6 +476,12 @@ def fmt(value: Optional[float], spec: str = ".1f") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def format_drops(drops: Optional[dict]) -> str:
+    if drops is None:
+        return "unread"
+    return ",".join(f"{reason}:{count:.0f}" for reason, count in sorted(drops.items())) or "0"
+
+
 def print_step(s: Step, flush: bool = False) -> None:
     print(
         f"# {s.server:8s} {s.profile:10s} {s.viewer_mode + '-viewers':14s} rps={'on' if s.rps else 'off'} "
@@ -463,7 +490,9 @@ def print_step(s: Step, flush: bool = False) -> None:
         f"server busy/waiting={s.server_core_busy * 100:.0f}%/{s.server_waited * 100:.0f}% "
         f"load busy/waiting={s.load_core_busy * 100:.0f}%/{s.load_waited * 100:.0f}% "
         f"udp-rcvbuf-drops={s.udp_rcvbuf_drops} "
-        f"lat(kernel rx) p50/p99={fmt(s.kernel_latency_ms_p50, '.2f')}/{fmt(s.kernel_latency_ms_p99, '.2f')} ms "
+        f"gateway-drops={format_drops(s.gateway_drops)} "
+        f"lat(kernel rx) p50/p99/p99.9={fmt(s.kernel_latency_ms_p50, '.2f')}/{fmt(s.kernel_latency_ms_p99, '.2f')}/"
+        f"{fmt(s.kernel_latency_ms_p999, '.2f')} ms "
         f"({s.kernel_latency_samples}) "
         f"lat(python) p50/p99={fmt(s.latency_ms_p50, '.2f')}/{fmt(s.latency_ms_p99, '.2f')} ms ({s.latency_samples}) "
         f"NET_RX/s per cpu={'/'.join(f'{x:,.0f}' for x in s.net_rx_per_s)} "

@@ -44,6 +44,8 @@ def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
     assert step["server_cpu_s"] > 0 and step["us_per_packet"] > 0 and step["packets_per_core_s"] > 0, step
     assert step["latency_samples"] > 0, step
     assert 0 < step["latency_ms_p50"] <= step["latency_ms_p99"] < 2000, step
+    assert step["kernel_latency_ms_p99"] <= step["kernel_latency_ms_p999"], step
+    assert step["gateway_drops"] == {}, step  # /metrics read before and after the window; nothing dropped
     assert step["no_first_frame"] == 0 and 0 < step["ttff_ms_p50"] <= step["ttff_ms_p95"] < 10000, step
     assert step["verified"] > 0 and step["auth_failures"] == 0 and step["unknown_payloads"] == 0, step
     assert step["rss_per_viewer_kb"] is not None, step
