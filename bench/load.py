@@ -596,7 +596,8 @@ def print_report(steps: list[Step], opts: Options) -> None:
                 print(f"µs per forwarded packet, baseline at N={b.viewers} / whipgate at N={o.viewers} (the two rarely "
                       f"carry the same N: the baseline saturates first): {ratio(b.us_per_packet, o.us_per_packet)};"
                       f" RSS per viewer {ratio(b.rss_per_viewer_kb, o.rss_per_viewer_kb)}")
-            print(f"highest N carried on one core (< {LOSS_LIMIT * 100:.1f}% loss, >= {FPS_CARRIED:.0f} fps), "
+            print(f"highest N carried on one core (< {LOSS_LIMIT * 100:.1f}% loss, >= {FPS_CARRIED:.0f} fps, "
+                  f"median latency < {LATENCY_CARRIED_MS:.0f} ms), "
                   f"{mode} viewers: whipgate {mo if mo is not None else '—'} (of the N tried)"
                   + (f", baseline {mb if mb is not None else '—'}" if base else "")
                   + (f"; ratio {mo / mb:.0f}x" if mo and mb else ""))

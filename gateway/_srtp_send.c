@@ -391,8 +391,10 @@ static PyTypeObject TransportWideType = {
  * draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1 decoded, each reported packet looked up in the send
  * log rings (marked reported lost / received there), the GCC §5.1/§5.2 packet groups formed on the group state
  * array the estimator owns (bwe.G_* slots), and each completed group run through the trendline and the §5.4
- * over-use detector (bwe._Trendline, SendSideEstimator._detect). What is left to Python (rate windows, the
- * capacity-drop check, rate and loss control) runs once per feedback. A browser viewer sends ~16 feedbacks a
+ * over-use detector (bwe._Trendline, SendSideEstimator._detect); then the window part of _apply_feedback: the
+ * arrivals the capacity-drop check looks back over, the two receive-rate windows and the check's run rate (its
+ * guard stays in Python). What is left to Python (the guard, rate and loss control) runs once per feedback: in
+ * a gateway with 500 such viewers the windows in Python cost ~15 µs per feedback of cold-cache object walks. A browser viewer sends ~16 feedbacks a
  * second; in Python the parse, the match and the filter were two thirds of on_feedback (bench/feedback.py). */
 enum { FM_SEQS, FM_SIZES, FM_TIMES, FM_CLUSTERS, FM_STATES, FM_GROUPS, FM_VIEWS };
 enum {
@@ -407,6 +409,101 @@ enum { LOG_UNREPORTED, LOG_REPORTED_LOST, LOG_REPORTED_RECEIVED };  /* bwe._UNRE
 #define LOG_NO_CLUSTER (-1)
 #define TRENDLINE_MAX_WINDOW 64
 enum { SIGNAL_NORMAL, SIGNAL_OVERUSE, SIGNAL_UNDERUSE };  /* bwe._NORMAL ... */
+
+/* A growable FIFO of fixed-size int64 records (a deque of tuples in Python): `width` int64s per record. */
+typedef struct {
+    int64_t *items;
+    Py_ssize_t head, count, cap;
+    int width;
+} arrival_ring;
+
+static int64_t *
+ring_at(arrival_ring *r, Py_ssize_t k)  /* k-th record from the oldest */
+{
+    return r->items + ((r->head + k) % r->cap) * r->width;
+}
+
+static int
+ring_push(arrival_ring *r, const int64_t *record)  /* -1 (MemoryError set) when it cannot grow */
+{
+    if (r->count == r->cap) {
+        Py_ssize_t cap = r->cap ? 2 * r->cap : 64;
+        int64_t *items = PyMem_Malloc((size_t)cap * r->width * sizeof(int64_t));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t k = 0; k < r->count; k++)
+            memcpy(items + k * r->width, ring_at(r, k), r->width * sizeof(int64_t));
+        PyMem_Free(r->items);
+        r->items = items;
+        r->head = 0;
+        r->cap = cap;
+    }
+    memcpy(ring_at(r, r->count), record, r->width * sizeof(int64_t));
+    r->count++;
+    return 0;
+}
+
+static void
+ring_pop_oldest(arrival_ring *r)
+{
+    r->head = (r->head + 1) % r->cap;
+    r->count--;
+}
+
+/* bwe._RateWindow: (first arrival, last arrival, bytes, first packet's size) per feedback. */
+typedef struct {
+    arrival_ring entries;
+    int64_t bytes, newest, bps, window, min_span;
+    int has_bps;
+} rate_window;
+
+static int64_t
+floor_div(int64_t a, int64_t b)  /* Python's // for b > 0 */
+{
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* _RateWindow.add, line by line. */
+static int
+rate_window_add(rate_window *w, int64_t reset_gap, int64_t first, int64_t last, int64_t total, int64_t first_size)
+{
+    arrival_ring *e = &w->entries;
+    if (e->count && last < w->newest - reset_gap) {
+        e->count = 0;  /* the receiver clock went backwards: start over */
+        e->head = 0;
+        w->bytes = 0;
+    }
+    if (!e->count || last > w->newest)
+        w->newest = last;
+    int64_t record[4] = {first, last, total, first_size};
+    if (ring_push(e, record) < 0)
+        return -1;
+    w->bytes += total;
+    while (e->count > 1 && ring_at(e, 0)[1] < w->newest - w->window) {
+        w->bytes -= ring_at(e, 0)[2];
+        ring_pop_oldest(e);
+    }
+    int64_t *oldest = ring_at(e, 0);  /* min(entries): the lexicographically smallest record */
+    for (Py_ssize_t k = 1; k < e->count; k++) {
+        int64_t *x = ring_at(e, k);
+        for (int i = 0; i < 4; i++) {
+            if (x[i] != oldest[i]) {
+                if (x[i] < oldest[i])
+                    oldest = x;
+                break;
+            }
+        }
+    }
+    int64_t span = w->newest - oldest[0];
+    if (span >= w->min_span) {
+        w->bps = floor_div((w->bytes - oldest[3]) * 8000000, span);
+        w->has_bps = 1;
+    }
+    return 0;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -430,7 +527,73 @@ typedef struct {
     int filled, pos, deltas, has_origin, has_threshold_updated, overuse_count, signal;
     double accumulated, smoothed, origin, bx, by, sx, sy, sxx, sxy;
     double threshold, prev_trend, overuse_time, threshold_updated;
+    /* SendSideEstimator._recent_arrivals (the capacity-drop check's window) and its two _RateWindows (R_hat and
+     * the recent rate), kept here instead of in Python; same rules, integer arithmetic. */
+    int64_t reset_gap;       /* bwe.RESET_GAP_US */
+    int64_t queue_window, queue_jump, queue_run_min_us, queue_run_min_packets, busy_slack;  /* bwe.QUEUE_* ... */
+    arrival_ring recent;
+    int64_t recent_newest;
+    rate_window rate, recent_rate;
 } FeedbackMatcher;
+
+/* SendSideEstimator._queue_run_rate (the capacity-drop check up to its guard), line by line: the delivered rate of
+ * the run of packets that queued behind a busy bottleneck, or 0. Records are (arrival, one-way delay, size). */
+static int64_t
+queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival)
+{
+    arrival_ring *packets = &f->recent;
+    if (newest_arrival < f->recent_newest - f->reset_gap) {
+        /* The receiver clock went backwards: what came before is on the old clock. */
+        while (packets->count && ring_at(packets, 0)[0] > newest_arrival)
+            ring_pop_oldest(packets);
+        f->recent_newest = newest_arrival;
+    } else if (newest_arrival > f->recent_newest) {
+        f->recent_newest = newest_arrival;
+    }
+    int64_t oldest = f->recent_newest - f->queue_window;
+    while (packets->count && ring_at(packets, 0)[0] < oldest)
+        ring_pop_oldest(packets);
+    Py_ssize_t count = packets->count;
+    if (count < f->queue_run_min_packets)
+        return 0;
+    int64_t last_arrival = ring_at(packets, count - 1)[0], last_delay = ring_at(packets, count - 1)[1];
+    int64_t base = last_delay;
+    for (Py_ssize_t k = 0; k < count; k++)
+        if (ring_at(packets, k)[1] < base)
+            base = ring_at(packets, k)[1];
+    if (last_delay - base < f->queue_jump)
+        return 0;
+    int64_t delivered = 0, after_bytes = 0;
+    Py_ssize_t start = count - 1;
+    int64_t *p = ring_at(packets, start);
+    int64_t arrival = p[0], delay = p[1], size = p[2];
+    while (start > 0) {
+        int64_t *q = ring_at(packets, start - 1);
+        int64_t previous_arrival = q[0], previous_delay = q[1], previous_size = q[2];
+        int64_t send_gap = (arrival - delay) - (previous_arrival - previous_delay);
+        if (previous_delay - base < send_gap + f->busy_slack && delay <= previous_delay)
+            break;
+        after_bytes += size;
+        start--;
+        arrival = previous_arrival;
+        delay = previous_delay;
+        size = previous_size;
+        int64_t span = last_arrival - arrival;
+        if (span >= f->queue_run_min_us && count - start >= f->queue_run_min_packets) {
+            int64_t rate = floor_div(after_bytes * 8000000, span);
+            if (!delivered || rate < delivered)
+                delivered = rate;
+        }
+    }
+    if (!delivered)
+        return 0;
+    int64_t span = last_arrival - arrival;
+    int64_t growth = last_delay - delay;
+    /* Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through. */
+    if (growth < f->queue_jump || 2 * growth < span)
+        return 0;
+    return delivered;
+}
 
 static const array_layout fm_layout[FM_VIEWS] = {
     {'i', 4, "seqs", 0}, {'i', 4, "sizes", 0}, {'q', 8, "times", 0}, {'i', 4, "clusters", 0}, {'B', 1, "states", 0},
@@ -445,12 +608,22 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     int window;
     double smoothing, gain, max_deltas, threshold, threshold_min, threshold_max, threshold_max_offset;
     double threshold_max_dt, k_up, k_down, overuse_time_th, reset_gap_us;
+    long long reset_gap, queue_window, queue_jump, queue_run_min_us, queue_run_min_packets, busy_slack;
+    long long rate_window_us, rate_min_span, recent_window_us, recent_min_span;
     if ((kwds && PyDict_GET_SIZE(kwds))
-        || !PyArg_ParseTuple(args, "OOOOOOLL(idddddddddddd):FeedbackMatcher", &arrays[0], &arrays[1], &arrays[2],
-                             &arrays[3], &arrays[4], &arrays[5], &burst_time, &max_burst, &window, &smoothing,
-                             &gain, &max_deltas, &threshold, &threshold_min, &threshold_max, &threshold_max_offset,
-                             &threshold_max_dt, &k_up, &k_down, &overuse_time_th, &reset_gap_us))
+        || !PyArg_ParseTuple(args, "OOOOOOLL(idddddddddddd)(LLLLLLLLLL):FeedbackMatcher", &arrays[0], &arrays[1],
+                             &arrays[2], &arrays[3], &arrays[4], &arrays[5], &burst_time, &max_burst, &window,
+                             &smoothing, &gain, &max_deltas, &threshold, &threshold_min, &threshold_max,
+                             &threshold_max_offset, &threshold_max_dt, &k_up, &k_down, &overuse_time_th,
+                             &reset_gap_us, &reset_gap, &queue_window, &queue_jump, &queue_run_min_us,
+                             &queue_run_min_packets, &busy_slack, &rate_window_us, &rate_min_span, &recent_window_us,
+                             &recent_min_span))
         return NULL;
+    if (queue_window < 0 || reset_gap < 0 || rate_window_us < 0 || recent_window_us < 0 || rate_min_span <= 0
+        || recent_min_span <= 0 || queue_run_min_us <= 0) {
+        PyErr_SetString(PyExc_ValueError, "window parameters out of range");
+        return NULL;
+    }
     if (window < 2 || window > TRENDLINE_MAX_WINDOW) {
         PyErr_SetString(PyExc_ValueError, "trendline window out of range");
         return NULL;
@@ -485,6 +658,19 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->reset_gap_us = reset_gap_us;
     self->overuse_time = -1.0;
     self->signal = SIGNAL_NORMAL;  /* the rest starts at 0 (tp_alloc): bwe._Trendline.reset's values */
+    self->reset_gap = reset_gap;
+    self->queue_window = queue_window;
+    self->queue_jump = queue_jump;
+    self->queue_run_min_us = queue_run_min_us;
+    self->queue_run_min_packets = queue_run_min_packets;
+    self->busy_slack = busy_slack;
+    self->recent.width = 3;
+    self->rate.entries.width = 4;
+    self->rate.window = rate_window_us;
+    self->rate.min_span = rate_min_span;
+    self->recent_rate.entries.width = 4;
+    self->recent_rate.window = recent_window_us;
+    self->recent_rate.min_span = recent_min_span;
     return (PyObject *)self;
 fail:
     Py_DECREF(self);
@@ -495,6 +681,9 @@ static void
 FeedbackMatcher_dealloc(FeedbackMatcher *self)
 {
     release_arrays(self->views, &self->held);
+    PyMem_Free(self->recent.items);
+    PyMem_Free(self->rate.entries.items);
+    PyMem_Free(self->recent_rate.entries.items);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -679,7 +868,7 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     Py_ssize_t size = fci.len;
     uint8_t stack_symbols[512];
     uint8_t *symbols = stack_symbols;
-    PyObject *arrivals = NULL, *probes = NULL, *result = NULL;
+    PyObject *probes = NULL, *result = NULL;
     if (size < 8) {
         PyErr_Format(PyExc_ValueError, "transport-cc FCI of %zd bytes is shorter than its 8-byte header", size);
         goto done;
@@ -767,9 +956,6 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     g[GROUP_REF_RAW] = reference;
     reference += g[GROUP_REF_OFFSET];
 
-    arrivals = PyList_New(0);
-    if (arrivals == NULL)
-        goto done;
     int64_t received = 0, lost = 0, unknown = 0, received_bytes = 0;
     int64_t first_arrival = 0, first_size = 0, last_arrival = 0, newest_send = 0;
     int have_newest = 0;
@@ -825,7 +1011,8 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
             last_arrival = arrival;
         received++;
         received_bytes += size_bytes;
-        if (append_ints(arrivals, 3, arrival, arrival - send, size_bytes, 0) < 0) {
+        int64_t record[3] = {arrival, arrival - send, size_bytes};  /* _recent_arrivals.extend(arrivals) */
+        if (ring_push(&self->recent, record) < 0) {
             failed = 1;
             continue;
         }
@@ -879,18 +1066,35 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
     g[GROUP_PREV_ARRIVAL] = prev_arrival;
     if (failed)
         goto done;
+    /* _apply_feedback's window part: R_hat and the recent rate, then the capacity-drop check's run (both only
+     * with something received). */
+    int64_t run_rate = 0;
+    if (received) {
+        if (rate_window_add(&self->rate, self->reset_gap, first_arrival, last_arrival, received_bytes, first_size) < 0
+            || rate_window_add(&self->recent_rate, self->reset_gap, first_arrival, last_arrival, received_bytes,
+                               first_size) < 0)
+            goto done;
+        run_rate = queue_run_rate(self, last_arrival);
+    }
     PyObject *newest = have_newest ? PyLong_FromLongLong(newest_send) : Py_NewRef(Py_None);
     if (newest == NULL)
         goto done;
-    /* groups: () (run through on_group above, not handed back) */
-    result = Py_BuildValue("(LLLLLLNLO()OOi)", (long long)received, (long long)lost, (long long)received_bytes,
+    PyObject *rate = self->rate.has_bps ? PyLong_FromLongLong(self->rate.bps) : Py_NewRef(Py_None);
+    PyObject *recent = self->recent_rate.has_bps ? PyLong_FromLongLong(self->recent_rate.bps) : Py_NewRef(Py_None);
+    if (rate == NULL || recent == NULL) {
+        Py_DECREF(newest);
+        Py_XDECREF(rate);
+        Py_XDECREF(recent);
+        goto done;
+    }
+    /* windows: (run rate, R_hat or None, recent rate or None); groups: () (run through on_group above) */
+    result = Py_BuildValue("(LLLLLLNL(LNN)()OOi)", (long long)received, (long long)lost, (long long)received_bytes,
                            (long long)first_arrival, (long long)first_size, (long long)last_arrival, newest,
-                           (long long)unknown, arrivals, probes ? probes : Py_None, overuse ? Py_True : Py_False,
-                           self->signal);
+                           (long long)unknown, (long long)run_rate, rate, recent, probes ? probes : Py_None,
+                           overuse ? Py_True : Py_False, self->signal);
 done:
     if (symbols != stack_symbols)
         PyMem_Free(symbols);
-    Py_XDECREF(arrivals);
     Py_XDECREF(probes);
     PyBuffer_Release(&fci);
     return result;

@@ -360,6 +360,14 @@ class _RateWindow:
         self._newest = 0
         self.bps: int | None = None
 
+    @property
+    def window_us(self) -> int:
+        return self._window
+
+    @property
+    def min_span_us(self) -> int:
+        return self._min_span
+
     def add(self, first_arrival: int, last_arrival: int, total: int, first_size: int) -> None:
         entries = self._entries
         if entries and last_arrival < self._newest - RESET_GAP_US:
@@ -613,14 +621,19 @@ class SendSideEstimator:
     def use_matcher(self, factory: Callable[..., object]) -> None:
         """Parse and match feedback in C, and run its packet groups through the trendline and the over-use detector
         there: `factory` is gateway._srtp_send.FeedbackMatcher, given the send log's rings, the estimator's group
-        state, the §5.2 burst rules and the filter's parameters. Call before the first feedback (the C filter
-        starts from the initial state; the Python one is then unused)."""
+        state, the §5.2 burst rules and the filter's parameters; it also keeps the capacity-drop check's arrivals and
+        the two receive-rate windows (`_recent_arrivals`, `_rate`, `_recent_rate` then stay unused but for the
+        rates it hands back). Call before the first feedback (the C filter starts from the initial state; the
+        Python one is then unused)."""
         if self.feedbacks:
             raise RuntimeError("use_matcher after feedback was processed")
         parameters = (TRENDLINE_WINDOW, TRENDLINE_SMOOTHING, TRENDLINE_GAIN, TRENDLINE_MAX_DELTAS, self._threshold,
                       THRESHOLD_MIN_MS, THRESHOLD_MAX_MS, THRESHOLD_MAX_OFFSET_MS, THRESHOLD_MAX_DT_MS, self._k_up,
                       self._k_down, OVERUSE_TIME_TH_MS, RESET_GAP_US)
-        self._native = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US, parameters)
+        windows = (RESET_GAP_US, QUEUE_WINDOW_US, QUEUE_JUMP_US, QUEUE_RUN_MIN_US, QUEUE_RUN_MIN_PACKETS, BUSY_SLACK_US,
+                   self._rate.window_us, self._rate.min_span_us, self._recent_rate.window_us,
+                   self._recent_rate.min_span_us)
+        self._native = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US, parameters, windows)
         self._native_match = self._native.match  # type: ignore[attr-defined]
 
     def _match_feedback(self, feedback: TwccFeedback, oldest_send: int) -> tuple:
@@ -629,7 +642,8 @@ class SendSideEstimator:
         None, unknown packets, [(arrival, one-way delay, size)] of the received, [(send delta, arrival delta,
         arrival)] of the groups completed, [(cluster, send, arrival, size) received / (cluster,) lost] of probe
         packets, or None; False, None). gateway/_srtp_send.c FeedbackMatcher.match does the same from the FCI's
-        bytes, and also runs the groups through its filter and detector (`_on_group`): it returns no groups, but
+        bytes, and also runs the groups through its filter and detector (`_on_group`) and keeps the windows: it
+        returns (run rate, R_hat, recent rate) in place of the arrivals, no groups, but
         whether one signalled over-use and the detector's signal after them."""
         groups_state = self._groups
         # The 24-bit reference time wraps every ~12.4 days (twcc.REFERENCE_TIME_WRAP_US); unwrap it.
@@ -756,12 +770,16 @@ class SendSideEstimator:
     def _apply_feedback(self, matched: tuple, now_us: int) -> None:
         """The estimator's part of a feedback, from `_match_feedback`'s (or the C matcher's) result."""
         (received, lost, received_bytes, first_arrival, first_size, last_arrival, newest_send, unknown,
-         arrivals, groups, probes, overuse_seen, signal) = matched
+         windows, groups, probes, overuse_seen, signal) = matched
         self.feedbacks += 1
         self._last_twcc_us = now_us
         self._last_input_us = now_us
         self.unknown_packets += unknown
-        self._recent_arrivals.extend(arrivals)
+        if windows.__class__ is list:  # the Python matcher: the received packets' (arrival, delay, size)
+            self._recent_arrivals.extend(windows)
+            run_rate = None
+        else:  # the C matcher kept the windows: (the check's run rate, R_hat, the recent rate)
+            run_rate, self._rate.bps, self._recent_rate.bps = windows
         prober = self._prober
         if probes and prober is not None:
             for entry in probes:
@@ -777,8 +795,9 @@ class SendSideEstimator:
                 overuse_seen = True
 
         if received:
-            self._rate.add(first_arrival, last_arrival, received_bytes, first_size)
-            self._recent_rate.add(first_arrival, last_arrival, received_bytes, first_size)
+            if run_rate is None:
+                self._rate.add(first_arrival, last_arrival, received_bytes, first_size)
+                self._recent_rate.add(first_arrival, last_arrival, received_bytes, first_size)
             if newest_send is not None and now_us > newest_send:
                 sample = now_us - newest_send
                 self._rtt_us = sample if self.feedbacks == 1 else (7 * self._rtt_us + sample) // 8
@@ -794,7 +813,10 @@ class SendSideEstimator:
 
         self.last_lost = lost
         self.last_received = received
-        capacity = self._capacity_drop(last_arrival, now_us) if received else 0
+        if received:
+            capacity = self._capacity_drop(self._queue_run_rate(last_arrival) if run_rate is None else run_rate, now_us)
+        else:
+            capacity = 0
         if capacity:
             overuse_seen = True  # for this feedback only; the detector's own signal is left as it is
         self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us, capacity)
@@ -924,9 +946,25 @@ class SendSideEstimator:
         self._threshold = min(max(threshold, THRESHOLD_MIN_MS), THRESHOLD_MAX_MS)
         return signalled
 
-    def _capacity_drop(self, newest_arrival: int, now_us: int) -> int:
+    def _capacity_drop(self, delivered: int, now_us: int) -> int:
         """The bottleneck's rate when the latest arrivals show a capacity drop (a queue building behind a busy
-        bottleneck that delivers at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring."""
+        bottleneck that delivers at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring.
+        `delivered` is `_queue_run_rate`'s (or the C matcher's) run rate; this is the guard."""
+        if not delivered:
+            return 0
+        carried = self._rate.bps
+        if not carried or delivered > CAPACITY_DROP_RATIO * carried:
+            return 0  # the guard: the path still delivers what it carried (a burst above its rate, not a drop)
+        last = self._capacity_drop_us
+        if last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US:
+            return 0
+        self._capacity_drop_us = now_us
+        self._loss_decreased_us = now_us  # the same congestion event for §6 (see the module docstring)
+        return delivered
+
+    def _queue_run_rate(self, newest_arrival: int) -> int:
+        """The delivered rate of the run of recent packets that queued behind a busy bottleneck, or 0 (the
+        capacity-drop check before its guard; gateway/_srtp_send.c queue_run_rate does the same)."""
         packets = self._recent_arrivals
         if newest_arrival < self._recent_newest - RESET_GAP_US:
             # The receiver clock went backwards: what came before is on the old clock.
@@ -976,14 +1014,6 @@ class SendSideEstimator:
         # Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through.
         if growth < QUEUE_JUMP_US or 2 * growth < span:
             return 0
-        carried = self._rate.bps
-        if not carried or delivered > CAPACITY_DROP_RATIO * carried:
-            return 0  # the guard: the path still delivers what it carried (a burst above its rate, not a drop)
-        last = self._capacity_drop_us
-        if last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US:
-            return 0
-        self._capacity_drop_us = now_us
-        self._loss_decreased_us = now_us  # the same congestion event for §6 (see the module docstring)
         return delivered
 
     def _update_delay_based(self, signal: int, now_us: int, capacity_bps: int = 0) -> None:

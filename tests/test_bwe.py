@@ -1356,13 +1356,25 @@ def test_compiled_matcher_agrees_on_every_fci_good_or_malformed() -> None:
         check_same(python, native, data, oldest, f"iteration {iteration}")
 
 
+CHECKED_RUN_RATES: list[int] = []  # check_same's capacity-drop run rates, for tests that need a nonzero one
+
+
 def check_same(python: SendSideEstimator, native: SendSideEstimator, fci: bytes, oldest: int, note: str = "") -> tuple:
-    """The FCI through _match_feedback + _on_group and through the C matcher: the same match, the same groups'
-    outcome (over-use seen, the detector's signal and threshold) and the same send log and group state after.
-    Returns the Python match."""
+    """The FCI through _match_feedback + _on_group (+ the windows) and through the C matcher: the same match, the
+    same groups' outcome (over-use seen, the detector's signal and threshold), the same capacity-drop run rate and
+    receive rates, and the same send log and group state after. Returns the Python match."""
     want = python._match_feedback(parse_feedback(fci), oldest)
     got = native._native_match(fci, oldest)
-    assert got[:9] + got[10:11] == want[:9] + want[10:11], note
+    assert got[:8] + got[10:11] == want[:8] + want[10:11], note
+    # The windows _apply_feedback keeps in Python, which the C matcher keeps itself: the same run rate and rates.
+    python._recent_arrivals.extend(want[8])
+    run_rate = 0
+    if want[0]:
+        python._rate.add(want[3], want[5], want[2], want[4])
+        python._recent_rate.add(want[3], want[5], want[2], want[4])
+        run_rate = python._queue_run_rate(want[5])
+    assert got[8] == (run_rate, python._rate.bps, python._recent_rate.bps), note
+    CHECKED_RUN_RATES.append(run_rate)
     overuse = any([python._on_group(*group) for group in want[9]])
     assert (got[11], got[12], native.threshold_ms) == (overuse, python._signal, python.threshold_ms), note
     assert native._native.trend == python._prev_trend, note  # type: ignore[attr-defined]  # the very same doubles
@@ -1378,7 +1390,8 @@ def test_compiled_matcher_refuses_arrays_that_are_not_the_send_log() -> None:
     seqs, sizes, times, clusters, states = estimator._log.buffers
     groups = estimator._groups
     parameters = (20, 0.9, 4.0, 60, 12.5, 6.0, 600.0, 15.0, 100.0, 0.01, 0.00018, 10.0, 3_000_000)
-    FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters)  # the right ones
+    windows = (3_000_000, 200_000, 25_000, 30_000, 3, 1_000, 500_000, 100_000, 200_000, 60_000)
+    FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters, windows)  # right
     wrong = [
         ((array("d", [0.0]) * 64, sizes, times, clusters, states, groups), TypeError),  # doubles for seqs
         ((seqs, sizes, array("i", [0]) * 64, clusters, states, groups), TypeError),  # 4-byte send times
@@ -1388,9 +1401,12 @@ def test_compiled_matcher_refuses_arrays_that_are_not_the_send_log() -> None:
     ]
     for arrays, error in wrong:
         with pytest.raises(error):
-            FeedbackMatcher(*arrays, 5_000, 100_000, parameters)
+            FeedbackMatcher(*arrays, 5_000, 100_000, parameters, windows)
     with pytest.raises(ValueError):
-        FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, (99,) + parameters[1:])
+        FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, (99,) + parameters[1:], windows)
+    with pytest.raises(ValueError):  # a rate window whose minimum span is 0 would divide by zero
+        FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters,
+                        windows[:7] + (0,) + windows[8:])
 
 
 def test_steady_state_keeps_no_container_the_collector_must_track() -> None:
@@ -1404,3 +1420,28 @@ def test_steady_state_keeps_no_container_the_collector_must_track() -> None:
     assert len(mins) >= 10, "the run kept too few RTT minima to say anything"
     gc.collect()
     assert [entry for entry in mins if gc.is_tracked(entry)] == []
+
+
+@needs_matcher
+def test_compiled_matcher_windows_grow_past_their_first_allocation() -> None:
+    """Packets sent 0.25 ms apart into a bottleneck that delivers one per 0.6 ms (a capacity drop at ~40 Mbit/s):
+    the capacity-drop check's window then holds hundreds of arrivals, past the 64 the C matcher's ring starts
+    with, and it grows without losing or reordering any: the same run rate (nonzero: the queue grows) and receive
+    rates as the Python windows, FCI after FCI."""
+    rng = random.Random(5)
+    python, native = _twin_estimators(0, 0, rng)
+    recorder = TwccRecorder()
+    fcis = []
+    for k in range(600):
+        for estimator in (python, native):
+            estimator._log.record(k, 1200, 1_000_000 + k * 250, None)
+        recorder.record(k, 5_000_000 + k * 600)
+        if k % 100 == 99:
+            fcis += [parse_compound(packet)[0].raw for packet in recorder.build_feedback(1, 2)]
+    largest = 0
+    CHECKED_RUN_RATES.clear()
+    for fci in fcis:
+        check_same(python, native, fci, 0)
+        largest = max(largest, len(python._recent_arrivals))
+    assert largest >= 256, largest  # the send log (capacity 256) knows no more
+    assert any(CHECKED_RUN_RATES), CHECKED_RUN_RATES
