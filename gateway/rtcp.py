@@ -264,6 +264,25 @@ def parse_compound(data: bytes) -> list[RtcpPacket]:
     return packets
 
 
+def lone_transport_cc_fci(data: bytes) -> bytes | None:
+    """The FCI when `data` is one transport-wide feedback packet (RTPFB FMT 15, RFC 4585 §6.1) and nothing else;
+    else None. What browsers send most (reduced-size RTCP, RFC 5506: ~16 a second per viewer; libwebrtc pads it to
+    a word with the padding bit, RFC 3550 §6.4.1), so the receive path takes it without parse_compound's objects.
+    Takes exactly the datagrams parse_compound reads as one TransportCcFeedback, with the same FCI
+    (tests/test_rtcp.py compares the two)."""
+    size = len(data)
+    if size < 12 or data[1] != PT_RTPFB or ((data[2] << 8 | data[3]) + 1) * 4 != size:
+        return None
+    first = data[0]
+    if first == 0x8F:  # V=2, no padding, FMT 15
+        return data[12:]
+    if first == 0xAF:  # V=2, padded, FMT 15
+        padding = data[size - 1]
+        if 0 < padding <= size - 4 and size - padding >= 12:
+            return data[12 : size - padding]
+    return None
+
+
 def parse_or_count(data: bytes) -> list[RtcpPacket]:
     """parse_compound for the receive path: a malformed compound is dropped and counted, never raised."""
     try:

@@ -31,6 +31,7 @@ from gateway.rtcp import (
     build_remb,
     build_sdes_cname,
     build_sender_report,
+    lone_transport_cc_fci,
     ntp_middle32,
     ntp_now,
     parse_compound,
@@ -438,3 +439,45 @@ def test_ntp_now_and_middle32() -> None:
     assert before - 0.001 <= seconds <= after + 0.001
     assert ntp < 1 << 64
     assert ntp_middle32(0x0123456789ABCDEF) == 0x456789AB
+
+
+def test_lone_transport_cc_fast_path_agrees_with_parse_compound() -> None:
+    """The receive path's shortcut for a browser's feedback on its own (padded to a word, as libwebrtc and
+    TwccRecorder send it, or not): it takes exactly the datagrams parse_compound reads as one transport-wide
+    feedback, with the same FCI; compounds, other packet types and anything malformed (bit flips, truncations, a
+    length field or padding count off) go the full way."""
+    from simulcast.twcc import TwccRecorder
+
+    rng = random.Random(11)
+    recorder = TwccRecorder()
+    for seq in range(300):
+        if rng.random() > 0.1:
+            recorder.record(seq, 1_000_000 + seq * 3_000 + rng.randrange(2_000))
+    lone = recorder.build_feedback(0x1234, 0x5678)
+    assert lone and all(lone_transport_cc_fci(packet) == parse_compound(packet)[0].raw for packet in lone)
+    seeds = lone + [build_receiver_report(1, [BLOCK_A]) + lone[0], lone[0] + build_pli(1, 2), build_pli(1, 2),
+                    build_generic_nack(1, 2, [5, 6])]
+    taken = 0
+    for _ in range(20_000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(0, 3)):
+            choice = rng.random()
+            if choice < 0.5 and data:
+                data[rng.randrange(min(len(data), 24))] ^= 1 << rng.randrange(8)  # mostly the headers
+            elif choice < 0.8:
+                del data[rng.randrange(len(data) + 1):]
+            else:
+                data += bytes(rng.randrange(1, 5))
+        data = bytes(data)
+        fci = lone_transport_cc_fci(data)
+        try:
+            packets = parse_compound(data)
+        except RtcpError:
+            assert fci is None, data.hex()
+            continue
+        alone = len(packets) == 1 and isinstance(packets[0], TransportCcFeedback)
+        assert (fci is not None) == alone, data.hex()
+        if fci is not None:
+            assert fci == packets[0].raw
+            taken += 1
+    assert taken > 1_000, taken  # the shortcut was exercised, not only refused

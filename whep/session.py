@@ -23,6 +23,7 @@ from gateway.rtcp import (
     Remb,
     SenderReport,
     TransportCcFeedback,
+    lone_transport_cc_fci,
     parse_or_count,
 )
 from gateway.sdp import Offer
@@ -218,6 +219,11 @@ class ViewerSession(PeerSession):
         metrics.count_drop("rtp_from_viewer")  # viewers answer recvonly; nothing to forward
 
     def on_rtcp(self, data: bytes) -> None:
+        fci = lone_transport_cc_fci(data)
+        if fci is not None:  # a browser's feedback on its own: straight to the estimator
+            self.bandwidth.on_feedback(fci)
+            self._reselect()
+            return
         packets = parse_or_count(data)
         by_ssrc = self._by_ssrc
         feedback = False
