@@ -180,7 +180,7 @@ class Step:
     latency_samples: int = 0
     kernel_latency_ms_p50: Optional[float] = None
     kernel_latency_ms_p99: Optional[float] = None
-    kernel_latency_ms_p999: Optional[float] = None  # p99.9: where event-loop stalls (a full GC pass) show
+    kernel_latency_ms_p999: Optional[float] = None  # p99.9: where event-loop stalls (full GC passes) show
     kernel_latency_samples: int = 0
     net_rx_per_s: list[float] = field(default_factory=list)  # NET_RX softirqs per CPU per second (machine-wide)
     softirq_share: list[float] = field(default_factory=list)  # per CPU: share of the window in softirq (/proc/stat)
@@ -196,7 +196,7 @@ class Step:
     server_waited: float = 0.0
     load_waited: float = 0.0
     udp_rcvbuf_drops: int = 0
-    gateway_drops: Optional[dict] = None  # whipgate_dropped_total by reason over the window (whipgate; None: unread)
+    gateway_drops: Optional[dict] = None  # whipgate_dropped_total by reason over the window (None: not read)
     ttff_ms_p50: Optional[float] = None
     ttff_ms_p95: Optional[float] = None
     no_first_frame: int = 0

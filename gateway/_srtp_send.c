@@ -393,9 +393,10 @@ static PyTypeObject TransportWideType = {
  * array the estimator owns (bwe.G_* slots), and each completed group run through the trendline and the §5.4
  * over-use detector (bwe._Trendline, SendSideEstimator._detect); then the window part of _apply_feedback: the
  * arrivals the capacity-drop check looks back over, the two receive-rate windows and the check's run rate (its
- * guard stays in Python). What is left to Python (the guard, rate and loss control) runs once per feedback: in
- * a gateway with 500 such viewers the windows in Python cost ~15 µs per feedback of cold-cache object walks. A browser viewer sends ~16 feedbacks a
- * second; in Python the parse, the match and the filter were two thirds of on_feedback (bench/feedback.py). */
+ * guard stays in Python). What is left to Python (the guard, rate and loss control) runs once per feedback. A
+ * browser viewer sends ~16 feedbacks a second; in Python the parse, the match and the filter were two thirds of
+ * on_feedback (bench/feedback.py), and in a gateway with 500 such viewers the windows cost ~15 µs more per feedback
+ * of cold-cache object walks (BENCHMARKS.md). */
 enum { FM_SEQS, FM_SIZES, FM_TIMES, FM_CLUSTERS, FM_STATES, FM_GROUPS, FM_VIEWS };
 enum {
     GROUP_FIRST_SEND, GROUP_LAST_SEND, GROUP_FIRST_ARRIVAL, GROUP_LAST_ARRIVAL, GROUP_PREV_SEND, GROUP_PREV_ARRIVAL,
