@@ -360,14 +360,6 @@ class _RateWindow:
         self._newest = 0
         self.bps: int | None = None
 
-    @property
-    def window_us(self) -> int:
-        return self._window
-
-    @property
-    def min_span_us(self) -> int:
-        return self._min_span
-
     def add(self, first_arrival: int, last_arrival: int, total: int, first_size: int) -> None:
         entries = self._entries
         if entries and last_arrival < self._newest - RESET_GAP_US:
@@ -622,7 +614,7 @@ class SendSideEstimator:
         """Parse and match feedback in C, and run its packet groups through the trendline and the over-use detector
         there: `factory` is gateway._srtp_send.FeedbackMatcher, given the send log's rings, the estimator's group
         state, the §5.2 burst rules and the filter's parameters; it also keeps the capacity-drop check's arrivals and
-        the two receive-rate windows (`_recent_arrivals`, `_rate`, `_recent_rate` then stay unused but for the
+        the two receive-rate windows (`_recent_arrivals` then stays empty, `_rate` and `_recent_rate` hold only the
         rates it hands back). Call before the first feedback (the C filter starts from the initial state; the
         Python one is then unused)."""
         if self.feedbacks:
@@ -631,20 +623,20 @@ class SendSideEstimator:
                       THRESHOLD_MIN_MS, THRESHOLD_MAX_MS, THRESHOLD_MAX_OFFSET_MS, THRESHOLD_MAX_DT_MS, self._k_up,
                       self._k_down, OVERUSE_TIME_TH_MS, RESET_GAP_US)
         windows = (RESET_GAP_US, QUEUE_WINDOW_US, QUEUE_JUMP_US, QUEUE_RUN_MIN_US, QUEUE_RUN_MIN_PACKETS, BUSY_SLACK_US,
-                   self._rate.window_us, self._rate.min_span_us, self._recent_rate.window_us,
-                   self._recent_rate.min_span_us)
+                   self._rate._window, self._rate._min_span, self._recent_rate._window, self._recent_rate._min_span)
         self._native = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US, parameters, windows)
         self._native_match = self._native.match  # type: ignore[attr-defined]
 
     def _match_feedback(self, feedback: TwccFeedback, oldest_send: int) -> tuple:
-        """Match the feedback's packets with the send log (marking each reported) and form the §5.1/§5.2 packet
-        groups. Returns (received, lost, received bytes, first arrival, its size, last arrival, newest send time or
-        None, unknown packets, [(arrival, one-way delay, size)] of the received, [(send delta, arrival delta,
-        arrival)] of the groups completed, [(cluster, send, arrival, size) received / (cluster,) lost] of probe
-        packets, or None; False, None). gateway/_srtp_send.c FeedbackMatcher.match does the same from the FCI's
-        bytes, and also runs the groups through its filter and detector (`_on_group`) and keeps the windows: it
-        returns (run rate, R_hat, recent rate) in place of the arrivals, no groups, but
-        whether one signalled over-use and the detector's signal after them."""
+        """Match the feedback's packets with the send log (marking each reported), form the §5.1/§5.2 packet groups
+        and add the received packets to the windows (the capacity-drop check's arrivals, R_hat and the recent
+        rate). Returns (received, lost, received bytes, first arrival, its size, last arrival, newest send time or
+        None, unknown packets, (the check's run rate, R_hat or None, the recent rate or None), [(send delta,
+        arrival delta, arrival)] of the groups completed, [(cluster, send, arrival, size) received / (cluster,)
+        lost] of probe packets, or None; False, None). gateway/_srtp_send.c FeedbackMatcher.match does the same
+        from the FCI's bytes, with windows of its own, and also runs the groups through its filter and detector
+        (`_on_group`): it returns no groups, but whether one signalled over-use and the detector's signal after
+        them."""
         groups_state = self._groups
         # The 24-bit reference time wraps every ~12.4 days (twcc.REFERENCE_TIME_WRAP_US); unwrap it.
         raw = feedback.reference_time_us
@@ -764,8 +756,15 @@ class SendSideEstimator:
         groups_state[G_LAST_ARRIVAL] = g_last_arrival
         groups_state[G_PREV_SEND] = prev_send
         groups_state[G_PREV_ARRIVAL] = prev_arrival
+        # The windows: the capacity-drop check's arrivals and the two receive rates (the C matcher keeps its own).
+        self._recent_arrivals.extend(arrivals)
+        run_rate = 0
+        if received:
+            self._rate.add(first_arrival, last_arrival, received_bytes, first_size)
+            self._recent_rate.add(first_arrival, last_arrival, received_bytes, first_size)
+            run_rate = self._queue_run_rate(last_arrival)
         return (received, lost, received_bytes, first_arrival, first_size, last_arrival, newest_send, unknown,
-                arrivals, groups, probes, False, None)
+                (run_rate, self._rate.bps, self._recent_rate.bps), groups, probes, False, None)
 
     def _apply_feedback(self, matched: tuple, now_us: int) -> None:
         """The estimator's part of a feedback, from `_match_feedback`'s (or the C matcher's) result."""
@@ -775,11 +774,7 @@ class SendSideEstimator:
         self._last_twcc_us = now_us
         self._last_input_us = now_us
         self.unknown_packets += unknown
-        if windows.__class__ is list:  # the Python matcher: the received packets' (arrival, delay, size)
-            self._recent_arrivals.extend(windows)
-            run_rate = None
-        else:  # the C matcher kept the windows: (the check's run rate, R_hat, the recent rate)
-            run_rate, self._rate.bps, self._recent_rate.bps = windows
+        run_rate, self._rate.bps, self._recent_rate.bps = windows  # the check's run rate, R_hat, the recent rate
         prober = self._prober
         if probes and prober is not None:
             for entry in probes:
@@ -795,9 +790,6 @@ class SendSideEstimator:
                 overuse_seen = True
 
         if received:
-            if run_rate is None:
-                self._rate.add(first_arrival, last_arrival, received_bytes, first_size)
-                self._recent_rate.add(first_arrival, last_arrival, received_bytes, first_size)
             if newest_send is not None and now_us > newest_send:
                 sample = now_us - newest_send
                 self._rtt_us = sample if self.feedbacks == 1 else (7 * self._rtt_us + sample) // 8
@@ -813,10 +805,7 @@ class SendSideEstimator:
 
         self.last_lost = lost
         self.last_received = received
-        if received:
-            capacity = self._capacity_drop(self._queue_run_rate(last_arrival) if run_rate is None else run_rate, now_us)
-        else:
-            capacity = 0
+        capacity = self._capacity_drop(run_rate, now_us) if received else 0
         if capacity:
             overuse_seen = True  # for this feedback only; the detector's own signal is left as it is
         self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us, capacity)
