@@ -40,6 +40,8 @@ from simulcast.bwe import (
 )
 from simulcast.twcc import REFERENCE_TIME_WRAP_US, TwccFeedback, TwccRecorder, parse_feedback
 
+from fuzzing import damage
+
 MS = 1_000
 SECOND = 1_000_000
 LAYERS = [(0, 150_000, True), (1, 500_000, True), (2, 1_500_000, True)]
@@ -1337,13 +1339,7 @@ def test_compiled_matcher_agrees_on_every_fci_good_or_malformed() -> None:
     assert all(totals), totals  # every kind of entry came up
     assert python._groups[bwe.G_REF_OFFSET] == REFERENCE_TIME_WRAP_US  # the reference time did wrap (unwrapped)
     for iteration in range(3000):
-        data = bytearray(rng.choice(fcis))
-        for _ in range(rng.randrange(1, 4)):
-            if data and rng.random() < 0.7:
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-            else:
-                del data[rng.randrange(len(data) + 1):]
-        data = bytes(data)
+        data = bytes(damage(rng, rng.choice(fcis), rng.randrange(1, 4)))
         states, groups, threshold = bytes(native._log._states), native._groups.tobytes(), native.threshold_ms
         try:
             parse_feedback(data)

@@ -23,6 +23,8 @@ from simulcast.twcc import (
     parse_feedback,
 )
 
+from fuzzing import damage
+
 SENDER = 0x11223344
 MEDIA = 0x55667788
 T0 = 1_234_567_890  # an arbitrary monotonic clock reading in µs
@@ -567,13 +569,7 @@ def test_fuzz_parse_feedback_raises_only_value_error():
         if choice < 0.3:
             data = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
         else:
-            data = bytearray(rng.choice(seeds))
-            for _ in range(rng.randrange(1, 6)):
-                if data and rng.random() < 0.7:
-                    data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-                else:
-                    del data[rng.randrange(len(data) + 1) :]
-            data = bytes(data)
+            data = bytes(damage(rng, rng.choice(seeds), rng.randrange(1, 6)))
         try:
             feedback = parse_feedback(data)
         except ValueError:
