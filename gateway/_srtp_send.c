@@ -269,7 +269,7 @@ static PyTypeObject SenderType = {
  * gateway/sfu/down_track.py does, on the very same counters. */
 enum { TW_SEQS, TW_SIZES, TW_TIMES, TW_CLUSTERS, TW_STATES, TW_COUNTERS, TW_BUCKET, TW_VIEWS };
 enum { COUNTER_NEXT_SEQ, COUNTER_PROBING, COUNTERS };           /* simulcast/viewer_bandwidth.py */
-enum { BUCKET_RATE, BUCKET_BURST, BUCKET_BUDGET, BUCKET_UPDATED, BUCKET_QUEUED, BUCKET_SLOTS };  /* bwe.Pacer */
+enum { BUCKET_RATE, BUCKET_BURST, BUCKET_BUDGET, BUCKET_UPDATED, BUCKET_QUEUED, BUCKET_HOLD, BUCKET_SLOTS };  /* bwe.Pacer */
 
 typedef struct {
     PyObject_HEAD
@@ -1143,7 +1143,7 @@ static PyTypeObject FeedbackMatcherType = {
 static int
 pacer_take(double *bucket, int64_t now_us, double size)
 {
-    if (bucket[BUCKET_QUEUED] > 0)
+    if (bucket[BUCKET_QUEUED] > 0 || (double)now_us < bucket[BUCKET_HOLD])  /* queued, or held (Pacer.hold) */
         return 0;
     double last = bucket[BUCKET_UPDATED];
     double budget = bucket[BUCKET_BUDGET];

@@ -177,7 +177,7 @@ G_FIRST_SEND, G_LAST_SEND, G_FIRST_ARRIVAL, G_LAST_ARRIVAL, G_PREV_SEND, G_PREV_
 NONE = -(1 << 63)  # an empty _groups slot
 
 # Pacer.bucket slots (gateway/_srtp_send.c reads and writes the same ones)
-_RATE, _BURST, _BUDGET, _UPDATED, _QUEUED = range(5)
+_RATE, _BURST, _BUDGET, _UPDATED, _QUEUED, _HOLD = range(6)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -439,6 +439,7 @@ class SendSideEstimator:
         "unknown_packets",
         "last_lost",
         "last_received",
+        "newest_reported_send_us",
     )
 
     def __init__(
@@ -504,6 +505,8 @@ class SendSideEstimator:
         self._recent_arrivals: deque[tuple[int, int, int]] = deque()
         self._recent_newest = 0
         self._capacity_drop_us: int | None = None
+        # The send time of the newest packet a feedback reported received (None before one did).
+        self.newest_reported_send_us: int | None = None
         self._last_input_us = 0
         self._k_up = k_up  # §5.4 K_u, K_d
         self._k_down = k_down
@@ -574,6 +577,11 @@ class SendSideEstimator:
         """Feedback round trip: feedback receipt minus the send time of the newest packet it acknowledges
         (includes the receiver's feedback interval), smoothed. Used for the §5.5 response time."""
         return self._rtt_us
+
+    @property
+    def capacity_drop_us(self) -> int | None:
+        """When (the `now_us` of the feedback) a capacity drop was last found, or None."""
+        return self._capacity_drop_us
 
     @property
     def queuing_delay_us(self) -> int:
@@ -790,6 +798,9 @@ class SendSideEstimator:
                 overuse_seen = True
 
         if received:
+            if newest_send is not None and (self.newest_reported_send_us is None
+                                            or newest_send > self.newest_reported_send_us):
+                self.newest_reported_send_us = newest_send
             if newest_send is not None and now_us > newest_send:
                 sample = now_us - newest_send
                 self._rtt_us = sample if self.feedbacks == 1 else (7 * self._rtt_us + sample) // 8
@@ -1746,9 +1757,14 @@ class Pacer:
     rate; with the usual cap, every late timer would lose sending time, the queue would outgrow the rate and the
     extra work of queuing would make the loop later still.
 
+    `hold(until_us)` sends nothing before that time (everything queues) until `release`: the drain after a capacity
+    drop (simulcast/viewer_bandwidth.py); the bucket then starts over at its burst allowance, so what queued during
+    the hold leaves at the pacing rate, not as one catch-up burst.
+
     The bucket lives in `bucket`, an array of doubles [rate (bytes/µs), burst (bytes), budget (bytes), last
-    refill (µs, -1 before the first), queued packets], so that a viewer's C lanes (gateway/_srtp_send.c
-    `TransportWide`) apply the same `can_send_now` rule to the packets they send, on the same budget.
+    refill (µs, -1 before the first), queued packets, held until (µs, 0: not held)], so that a viewer's C lanes
+    (gateway/_srtp_send.c `TransportWide`) apply the same `can_send_now` rule to the packets they send, on the same
+    budget.
     """
 
     __slots__ = ("factor", "burst_us", "max_queue_us", "catch_up_us", "bucket", "_queue", "_queued_bytes", "dropped")
@@ -1766,7 +1782,7 @@ class Pacer:
         self.burst_us = burst_us
         self.max_queue_us = max_queue_us
         self.catch_up_us = catch_up_us
-        self.bucket = array("d", [0.0, 0.0, 0.0, -1.0, 0.0])
+        self.bucket = array("d", [0.0, 0.0, 0.0, -1.0, 0.0, 0.0])
         self._queue: deque[tuple[object, int]] = deque()
         self._queued_bytes = 0
         self.dropped = 0
@@ -1784,6 +1800,23 @@ class Pacer:
     @property
     def queued_bytes(self) -> int:
         return self._queued_bytes
+
+    @property
+    def held(self) -> bool:
+        return self.bucket[_HOLD] > 0
+
+    def hold(self, until_us: int) -> None:
+        """Send nothing before `until_us` (or an earlier `release`)."""
+        self.bucket[_HOLD] = float(until_us)
+
+    def release(self, now_us: int) -> None:
+        """End a hold: from now on the bucket refills from its burst allowance (nothing owed for the held time)."""
+        bucket = self.bucket
+        if bucket[_HOLD] <= 0:
+            return
+        bucket[_HOLD] = 0.0
+        bucket[_UPDATED] = float(now_us)
+        bucket[_BUDGET] = min(max(bucket[_BUDGET], 0.0), bucket[_BURST])
 
     def set_estimate(self, estimate_bps: int) -> None:
         """Pace at factor x estimate from now on."""
@@ -1812,7 +1845,7 @@ class Pacer:
 
     def can_send_now(self, size: int, now_us: int) -> bool:
         """True (and the bucket charged) when a packet of `size` bytes may go out now without queuing."""
-        if self._queue:
+        if self._queue or now_us < self.bucket[_HOLD]:
             return False
         if self._refill(now_us) < 0:
             return False
@@ -1831,11 +1864,27 @@ class Pacer:
             self.dropped += 1
         self.bucket[_QUEUED] = len(queue)
 
+    def discard(self, stale: Callable[[object], bool]) -> int:
+        """Drop the queued packets for which `stale(packet)` is true; how many."""
+        queue = self._queue
+        kept = deque(entry for entry in queue if not stale(entry[0]))
+        dropped = len(queue) - len(kept)
+        if dropped:
+            self._queue = kept
+            self._queued_bytes = sum(size for _, size in kept)
+            self.bucket[_QUEUED] = len(kept)
+        return dropped
+
     def poll(self, now_us: int) -> list:
         """The queued packets that may be sent now, in order."""
         queue = self._queue
         if not queue:
             return []
+        held = self.bucket[_HOLD]
+        if held > 0:
+            if now_us < held:
+                return []
+            self.release(now_us)
         budget = self._refill(now_us, backlog=True)
         out = []
         while queue and budget >= 0:
@@ -1853,6 +1902,8 @@ class Pacer:
         """When `poll` will next release a packet (now_us if it would now), or None when nothing is queued."""
         if not self._queue:
             return None
+        if now_us < self.bucket[_HOLD]:
+            return int(math.ceil(self.bucket[_HOLD]))
         budget = self._refill(now_us, backlog=True)
         if budget >= 0:
             return now_us

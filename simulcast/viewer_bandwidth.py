@@ -14,6 +14,7 @@ the Python way (the prober counts what each cluster carries).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from array import array
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Optional
 from gateway import metrics
 from gateway.aiortc_adapter import FeedbackMatcher, TransportWide
 from simulcast.bwe import LayerSelector, Pacer, Prober, SendLog, SendSideEstimator
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gateway.sfu.down_track import DownTrack
@@ -33,6 +36,10 @@ MAX_BPS = 20_000_000
 PACING_FACTOR = 2.5  # GCC §4 / libwebrtc's pacing factor
 CONGESTED_PACING_FACTOR = 1.2  # ours: while over-used, holding or losing more than CONGESTED_LOSS
 CONGESTED_LOSS = 0.02
+# Ours (issue #4): after a capacity drop, video waits until the feedback shows that what was sent before it has
+# left the bottleneck's queue (a packet sent after the drop was received), at most this long. See `_drain_queue`.
+DRAIN_HOLD_MAX_US = 300_000
+DRAIN_PACING_FACTOR = 1.0  # ... and what waited then leaves at the estimate, not above it
 NEXT_SEQ, PROBING = 0, 1  # ViewerBandwidth.counters (gateway/_srtp_send.c COUNTER_*)
 
 
@@ -59,6 +66,7 @@ class ViewerBandwidth:
         # path as one burst, queue up at its bottleneck, read as over-use and lose its tail.
         self.pacer = Pacer(INITIAL_BPS, factor=PACING_FACTOR)
         self._drain: Optional[asyncio.TimerHandle] = None
+        self._draining_since: Optional[int] = None  # the capacity drop whose queue is draining (µs), see `_drain_queue`
         self.native = (
             TransportWide(*self.log.buffers, self.counters, self.pacer.bucket)
             if TransportWide is not None and transport_cc else None
@@ -93,6 +101,20 @@ class ViewerBandwidth:
         if self._drain is None:
             self._schedule(loop)
 
+    def discard_before_switch(self, down: "DownTrack") -> None:
+        """`down` now forwards another layer: its media still waiting in the pacer was mapped before the switch, from
+        the layer it left. The viewer's decoder restarts at the new layer's keyframe, so those packets are only
+        load on a path that just proved too narrow for them (after a capacity drop the old layer's keyframe may be
+        queued behind the hold: sending it first would delay the new one by its whole size). The gap they leave in
+        the sequence numbers is what a lost packet leaves; NACKs for it are dropped (`nack_before_switch`)."""
+        if not self.pacer.queued_packets:
+            return
+        munger, ssrc = down.munger, down.ssrc
+        dropped = self.pacer.discard(
+            lambda packet: packet[0] is down and packet[4] == ssrc and not munger.since_switch(packet[2]))  # type: ignore[index]
+        if dropped:
+            metrics.count_drop("pacer_before_switch", dropped)
+
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         now = now_us()
         due = self.pacer.next_send_us(now)
@@ -120,12 +142,50 @@ class ViewerBandwidth:
     # ---- feedback ----------------------------------------------------------------------------------
     def on_feedback(self, fci: bytes) -> None:
         """Transport-wide CC feedback (RTPFB FMT 15) from the viewer."""
+        now = now_us()
         try:
-            self.estimator.on_feedback_fci(fci, now_us())
+            self.estimator.on_feedback_fci(fci, now)
         except ValueError:  # malformed: nothing was changed
             metrics.count_drop("twcc_feedback_malformed")
             return
+        released = self._drain_queue(now) if DRAIN_HOLD_MAX_US and (
+            self._draining_since is not None or self.estimator.capacity_drop_us == now) else False
         self._pace()
+        if released and self._drain is not None:  # the pacer's timer waits for the hold's end: send what is due now
+            self._drain.cancel()
+            self._drain = None
+            self._send_due(asyncio.get_running_loop())
+
+    def _drain_queue(self, now: int) -> bool:
+        """Hold video after a capacity drop until the path's queue has drained (ours, issue #4); True when the
+        hold ends now.
+
+        When the capacity drop is found, the bottleneck's queue is full of what the old rate sent since the drop,
+        and a packet arriving at a full queue is lost. The lower layer's keyframe, asked for at that moment, would
+        be sent into it and partly lost, and so would the NACKed packets and the keyframe after that. A
+        bottleneck's queue is first in, first out: once the feedback reports a packet sent after the drop as
+        received (audio, which is never held, or the first video after the hold), everything sent before it has
+        left the queue. Until then video waits in the pacer (the C lanes defer to it), at most DRAIN_HOLD_MAX_US.
+        Then what waited leaves at the estimate itself (DRAIN_PACING_FACTOR; `_pace`) until the pacer's queue is
+        empty. The keyframe would have waited behind the old queue anyway, so the hold costs the picture about one
+        feedback interval, not the queue's length."""
+        pacer = self.pacer
+        if self.estimator.capacity_drop_us == now:  # this feedback found the drop
+            self._draining_since = now
+            pacer.hold(now + DRAIN_HOLD_MAX_US)
+            log.debug("capacity drop: video held until its queue has drained")
+            return False
+        if pacer.held:
+            newest = self.estimator.newest_reported_send_us
+            if newest is None or newest < self._draining_since:  # type: ignore[operator]
+                return False
+            log.debug("capacity drop's queue drained after %d ms: %d bytes of video leave at the estimate",
+                      (now - self._draining_since) // 1000, pacer.queued_bytes)  # type: ignore[operator]
+            pacer.release(now)
+            return True
+        if not pacer.queued_packets:
+            self._draining_since = None
+        return False
 
     def on_remb(self, bitrate: int) -> None:
         self.estimator.on_remb(bitrate, now_us())
@@ -139,8 +199,11 @@ class ViewerBandwidth:
         """2.5x the estimate while the path has room; close to the estimate itself while it is congested (just
         after a downgrade the lower layer's keyframe must not overflow the queue the higher layer filled)."""
         e = self.estimator
-        congested = e.state != "increase" or e.loss >= CONGESTED_LOSS
-        self.pacer.factor = CONGESTED_PACING_FACTOR if congested else PACING_FACTOR
+        if self._draining_since is not None:
+            self.pacer.factor = DRAIN_PACING_FACTOR
+        else:
+            congested = e.state != "increase" or e.loss >= CONGESTED_LOSS
+            self.pacer.factor = CONGESTED_PACING_FACTOR if congested else PACING_FACTOR
         self.pacer.set_estimate(e.estimate_bps)
 
     # ---- layer choice ------------------------------------------------------------------------------
@@ -157,7 +220,9 @@ class ViewerBandwidth:
             probe_ok_bps=proof,
         )
         target = self.selector.probe_target_bps
-        if target and estimator.has_transport_cc and estimator.can_probe and self.prober.ready(t, target):
+        # No probe while a capacity drop's queue drains (`_drain_queue`): its padding would join that queue.
+        if (target and estimator.has_transport_cc and estimator.can_probe and self._draining_since is None
+                and self.prober.ready(t, target)):
             self.prober.start(target, t)
             self.counters[PROBING] = 1
         return self.choice

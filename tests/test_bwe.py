@@ -1434,3 +1434,172 @@ def test_compiled_matcher_windows_grow_past_their_first_allocation() -> None:
         largest = max(largest, len(python._recent_arrivals))
     assert largest >= 256, largest  # the send log (capacity 256) knows no more
     assert any(CHECKED_RUN_RATES), CHECKED_RUN_RATES
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The drain after a capacity drop (simulcast/viewer_bandwidth.py ViewerBandwidth._drain_queue)
+
+
+def test_pacer_hold_release_and_discard() -> None:
+    """Held, nothing leaves (fast path or queue) until the hold's end or a release; then the queue leaves at the
+    pacing rate from the burst allowance, not as the catch-up a late poll gets (the held time is not owed)."""
+    pacer = Pacer(1_000_000, factor=1.0, burst_us=5 * MS)  # 125 bytes/ms, burst 625 bytes
+    pacer.hold(200 * MS)
+    assert pacer.held and not pacer.can_send_now(100, 0)
+    for index in range(10):
+        pacer.enqueue(index, 1200)
+    assert pacer.poll(150 * MS) == [] and pacer.next_send_us(150 * MS) == 200 * MS
+    pacer.release(150 * MS)
+    assert not pacer.held
+    assert pacer.poll(150 * MS) == [0]  # the burst allowance (625 bytes) lets one packet out, into debt
+    assert pacer.next_send_us(150 * MS) == 150 * MS + 4_600  # 575 bytes of debt at 125 bytes/ms
+    # A hold that runs out by itself: the poll at its end releases it, again from the burst allowance.
+    pacer.hold(1 * SECOND)
+    assert pacer.poll(900 * MS) == []
+    assert pacer.poll(1 * SECOND) == [1] and not pacer.held
+    # discard: what the predicate names leaves the queue, the rest keeps its order.
+    assert pacer.discard(lambda packet: packet % 2 == 0) == 4  # 2, 4, 6, 8
+    assert pacer.queued_packets == 4 and pacer.queued_bytes == 4 * 1200 and pacer.bucket[4] == 4
+    released = []
+    now = 10 * SECOND
+    while pacer.queued_packets:
+        released += pacer.poll(now)
+        now = pacer.next_send_us(now) or now
+    assert released == [3, 5, 7, 9]
+
+
+class _Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def _fci(recorder: TwccRecorder) -> bytes:
+    from gateway.rtcp import lone_transport_cc_fci
+
+    (packet,) = recorder.build_feedback(0x1111, 0x2222)
+    fci = lone_transport_cc_fci(packet)
+    assert fci is not None
+    return fci
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
+def test_capacity_drop_holds_video_until_its_queue_has_drained(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> None:
+    """The recorded Chromium cut through a ViewerBandwidth: the feedback that finds the capacity drop holds video
+    (and probes) back; a feedback that reports only packets sent before the drop keeps it held (the queue in
+    front of them still drains); the first one reporting a packet sent after it (audio, never held) ends the
+    hold, and what waited leaves at the estimate until the pacer's queue is empty."""
+    import simulcast.viewer_bandwidth as vb
+
+    if compiled and vb.FeedbackMatcher is None:
+        pytest.skip("gateway._srtp_send not built")
+    base = 1_000_000 * SECOND
+    clock = _Clock(base)
+    monkeypatch.setattr(vb, "now_us", clock)
+    monkeypatch.setattr(vb, "FeedbackMatcher", vb.FeedbackMatcher if compiled else None)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.counters[0] = 0
+    recorder = TwccRecorder()
+    seq = 0
+    for packets, when in ((CHROMIUM_BEFORE_CUT, 210), (CHROMIUM_AFTER_CUT, 330)):
+        for arrival_ms, delay_ms, size in packets:
+            arrival = base + int(arrival_ms * MS) + 5 * MS
+            bw.sent(bw.next_seq(), size, arrival - int(delay_ms * MS) - 5 * MS)
+            recorder.record(seq, arrival - base)
+            seq += 1
+        clock.now = base + when * MS
+        assert not bw.pacer.held
+        bw.on_feedback(_fci(recorder))
+    drop = clock.now
+    assert bw.estimator.reason.startswith("capacity drop") and bw.estimator.capacity_drop_us == drop
+    assert bw.pacer.held and bw.may_send_now(1000) == 0
+    for index in range(8):  # the lower layer's keyframe, deferred to the pacer
+        bw.pacer.enqueue(index, 1000)
+    # Packets sent before the drop, still in the queue, arrive: the hold stays.
+    for size, sent in ((1070, 300), (1070, 320)):
+        clock.now += 20 * MS
+        bw.sent(bw.next_seq(), size, base + sent * MS)
+        recorder.record(seq, clock.now - base - 1 * MS)
+        seq += 1
+    bw.on_feedback(_fci(recorder))
+    assert bw.pacer.held and bw.pacer.poll(clock.now) == []
+    # The first packet sent after the drop (audio) is reported received: the queue in front of it has gone.
+    clock.now += 40 * MS
+    bw.sent(bw.next_seq(), 121, drop + 5 * MS)
+    recorder.record(seq, clock.now - base - 1 * MS)
+    seq += 1
+    bw.on_feedback(_fci(recorder))
+    assert not bw.pacer.held
+    assert bw.pacer.factor == vb.DRAIN_PACING_FACTOR  # what waited leaves at the estimate
+    assert bw.pacer.rate_bps == pytest.approx(bw.estimator.estimate_bps, rel=0.01)
+    released = bw.pacer.poll(clock.now)
+    assert 1 <= len(released) <= 2  # from the burst allowance, not the held time's catch-up
+    t = clock.now
+    for _ in range(20):  # bounded: 8 packets
+        t = bw.pacer.next_send_us(t) or t
+        bw.pacer.poll(t)
+    assert bw.pacer.queued_packets == 0
+    clock.now = t + 60 * MS
+    bw.sent(bw.next_seq(), 121, clock.now - 30 * MS)
+    recorder.record(seq, clock.now - base - 1 * MS)
+    bw.on_feedback(_fci(recorder))
+    assert bw.pacer.factor in (vb.CONGESTED_PACING_FACTOR, vb.PACING_FACTOR)  # drained: pacing as before
+
+
+def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No feedback reports a packet sent after the drop (a video-only stream, feedback lost): the hold ends
+    after DRAIN_HOLD_MAX_US all the same, and no probe starts while what waited drains."""
+    import simulcast.viewer_bandwidth as vb
+
+    clock = _Clock(5 * SECOND)
+    monkeypatch.setattr(vb, "now_us", clock)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.pacer.hold(clock.now + vb.DRAIN_HOLD_MAX_US)
+    bw._draining_since = clock.now
+    bw.pacer.enqueue("keyframe", 1000)
+    assert bw.pacer.next_send_us(clock.now) == clock.now + vb.DRAIN_HOLD_MAX_US
+    assert bw.pacer.poll(clock.now + vb.DRAIN_HOLD_MAX_US - 1) == []
+    assert bw.pacer.poll(clock.now + vb.DRAIN_HOLD_MAX_US) == ["keyframe"] and not bw.pacer.held
+    # While what waited drains, select names a probe target but starts no cluster; a viewer not draining does.
+    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    bw.pacer.enqueue("delta frame", 1000)
+    calm = vb.ViewerBandwidth(transport_cc=True)
+    clock.now += vb.DRAIN_HOLD_MAX_US
+    for viewer in (bw, calm):  # one feedback each: transport-cc is live, the path shows no queue
+        recorder = TwccRecorder()
+        viewer.counters[0] = 0
+        for index in range(3):
+            viewer.sent(viewer.next_seq(), 200, clock.now + index * MS)
+            recorder.record(index, 10 * SECOND + index * MS)
+        clock.now += 10 * MS
+        viewer.on_feedback(_fci(recorder))
+    for viewer in (bw, calm):
+        assert viewer.select(layers)[0] == 0
+        assert viewer.selector.probe_target_bps
+    assert calm.probing and not bw.probing
+
+
+def test_discard_before_switch_drops_only_the_old_layers_queued_media() -> None:
+    from simulcast.rtp_munger import RtpMunger
+    from simulcast.viewer_bandwidth import ViewerBandwidth
+
+    class Down:
+        ssrc = 0x1234
+        munger = RtpMunger()
+
+    down, other = Down(), Down()
+    down.munger.switch_to(100, 9000, 0.0)
+    before = [down.munger.map(100 + i, 9000, 0.0)[0] for i in range(5)]
+    bw = ViewerBandwidth(transport_cc=True)
+    for seq in before:
+        bw.pacer.enqueue((down, None, seq, 0, Down.ssrc), 1000)
+    bw.pacer.enqueue((down, None, 7, 0, 0x9999), 300)  # an RTX packet: not the layer's media, kept
+    bw.pacer.enqueue((other, None, before[0], 0, Down.ssrc), 300)  # another track's: kept
+    down.munger.switch_to(5000, 77000, 0.1)  # the new layer, from its keyframe
+    after = down.munger.map(5000, 77000, 0.1)[0]
+    bw.pacer.enqueue((down, None, after, 0, Down.ssrc), 1000)
+    bw.discard_before_switch(down)
+    assert [(p[0] is down, p[2], p[4]) for p in bw.pacer.poll(10**12)] == [
+        (True, 7, 0x9999), (False, before[0], Down.ssrc), (True, after, Down.ssrc)]

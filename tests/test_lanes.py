@@ -335,6 +335,31 @@ async def test_the_pacer_holds_back_what_the_lane_would_send(twcc_pair) -> None:
     assert seqs == [(65003 + i) & 0xFFFF for i in range(20)]
 
 
+async def test_a_held_pacer_holds_the_lane_too(twcc_pair) -> None:
+    """After a capacity drop the viewer's pacer is held (ViewerBandwidth._drain_queue): the lane must send nothing
+    either, but defer every packet to the pacer, as the Python path queues them; released, both send the same."""
+    track, viewers, (python_down, lane_down) = twcc_pair
+    feed(track, [packet(100 + i, 90 * i, keyframe=i == 0) for i in range(3)])
+    await drained_pacers([python_down, lane_down], viewers)
+    assert lane_down.armed_in is not None
+    sent_by_lane = lane_down._lane_counts()[0]
+    now = time.monotonic_ns() // 1000
+    for down in (python_down, lane_down):
+        down.bandwidth.pacer.set_estimate(20_000_000)  # no pacing limit: only the hold keeps them back
+        down.bandwidth.pacer.hold(now + 10_000_000)
+    feed(track, [packet(103 + i, 90 * (3 + i)) for i in range(5)])
+    assert lane_down.armed_in is not None and lane_down._lane_counts()[0] == sent_by_lane
+    assert lane_down.bandwidth.pacer.queued_packets == python_down.bandwidth.pacer.queued_packets == 5
+    await asyncio.sleep(0.05)
+    assert lane_down.bandwidth.pacer.queued_packets == 5  # the pacer's timer waits for the hold's end
+    for down in (python_down, lane_down):
+        down.bandwidth.pacer.release(time.monotonic_ns() // 1000)
+        down.bandwidth._drain.cancel()
+        down.bandwidth._send_due(asyncio.get_running_loop())
+    python_side, lane_side = await drained_pacers([python_down, lane_down], viewers)
+    assert lane_side == python_side and len(lane_side) == 5
+
+
 async def test_a_probe_cluster_sends_the_python_way(twcc_pair) -> None:
     """While a probe cluster sends, every packet must be counted in it (the prober measures the cluster): the
     lane leaves at once and is not armed again until the cluster is over."""

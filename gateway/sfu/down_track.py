@@ -436,6 +436,8 @@ class DownTrack:
         self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), key)
         if self.codec_munger is not None and descriptor is not None:
             self.codec_munger.switch_to(descriptor, key)
+        if old is not None and self.bandwidth is not None:  # a layer switch (not a new publisher's first keyframe)
+            self.bandwidth.discard_before_switch(self)
         if old is not None:
             self.switches += 1
             if old is not self.target:
