@@ -193,12 +193,18 @@ class Layer:
         self._send_rtcp(build_generic_nack(self._local_ssrc, self.ssrc, seqs))
         metrics.NACKS_SENT.inc(len(seqs))
 
-    def request_keyframe(self, now: Optional[float] = None) -> bool:
-        """PLI (RFC 4585 §6.3.1) or else FIR (RFC 5104 §4.3.1) for this layer's SSRC, at most once per interval."""
+    @property
+    def last_keyframe_request(self) -> float:
+        """When a keyframe request for this layer was last sent (monotonic seconds; far in the past before one)."""
+        return self._last_keyframe_request
+
+    def request_keyframe(self, now: Optional[float] = None, *, again: bool = False) -> bool:
+        """PLI (RFC 4585 §6.3.1) or else FIR (RFC 5104 §4.3.1) for this layer's SSRC, at most once per interval
+        (`again`: this once, whatever the interval; PublishedTrack.refresh, for a request the publisher ignored)."""
         if self.kind != "video" or self.ssrc is None:
             return False
         now = time.monotonic() if now is None else now
-        if now - self._last_keyframe_request < self._keyframe_interval:
+        if now - self._last_keyframe_request < self._keyframe_interval and not again:
             return False
         self._last_keyframe_request = now
         if self.pli_enabled or not self.fir_enabled:

@@ -507,3 +507,50 @@ async def test_publisher_sender_reports_reach_each_viewer_translated_a_slice_per
         assert (sr.rtp_timestamp - first.timestamp) & 0xFFFFFFFF == 90_000  # one second after the keyframe
         assert (sr.packet_count, sr.octet_count) == (1, len(VP8_KEY))
     assert _sender_reports(silent_wire) == []
+
+
+def test_a_keyframe_request_the_publisher_ignored_is_repeated_after_its_gap() -> None:
+    """A viewer targets the middle layer, then 0.2 s later the lowest (two steps down after a cut): libwebrtc drops
+    the second request (one keyframe per 300 ms for all layers), so once that gap has passed the gateway asks the
+    lowest layer again, once, without waiting for its own keyframe_request_interval (0.5 s here)."""
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    for layer in track.layers:
+        layer._keyframe_interval = 0.5
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    assert down.current is top
+
+    def plis(now: float) -> list[int]:
+        """The PLIs sent so far (by SSRC); the layers are kept alive up to `now`."""
+        for layer in track.layers:
+            layer.last_packet = now
+        sent = []
+        for data in upstream.rtcp:
+            sent += [p.media_ssrc for p in parse_compound(data) if isinstance(p, PictureLossIndication)]
+        upstream.rtcp.clear()
+        return sent
+
+    t = T0 + 2.0
+    plis(t)
+    down.target, down.target_since = mid, t  # what retarget does when the estimate falls (no switch yet)
+    track.switching.add(down)
+    assert mid.request_keyframe(t)
+    assert plis(t) == [mid.ssrc]
+    down.target = low
+    assert low.request_keyframe(t + 0.2)  # sent, but within the publisher's gap after the middle layer's
+    assert plis(t + 0.2) == [low.ssrc]
+    plis(t + 0.3)
+    track.refresh(t + 0.3)
+    assert plis(t + 0.3) == []  # still inside the gap: asking again would be dropped as well
+    plis(t + 0.36)
+    track.refresh(t + 0.36)
+    assert plis(t + 0.36) == [low.ssrc]  # the gap has passed: once more
+    for step in (0.4, 0.5, 0.65):
+        plis(t + step)
+        track.refresh(t + step)
+        assert plis(t + step) == [], step  # and then only at the usual interval
+    plis(t + 0.87)
+    track.refresh(t + 0.87)
+    assert plis(t + 0.87) == [low.ssrc]

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# libwebrtc makes at most one keyframe on request per 300 ms for all of a sender's layers and drops the requests in
+# between (video/encoder_rtcp_feedback.cc kMinKeyframeSendIntervalMs, one time_last_intra_request_ms_); with a
+# margin for the requests' jitter on the way.
+PUBLISHER_KEYFRAME_GAP = 0.35
 SR_SLICE = 32  # viewers sent a translated sender report per event-loop turn (on_sender_report)
 
 
@@ -223,9 +227,23 @@ class PublishedTrack:
             for callback in self.on_layers_changed:
                 callback(self)
         for down in self.switching:
-            if down.target is not None and down.target.active:
-                down.target.request_keyframe(now)
+            target = down.target
+            if target is not None and target.active and not target.request_keyframe(now):
+                self._ask_again_if_ignored(target, now)
         return changed
+
+    def _ask_again_if_ignored(self, layer: Layer, now: float) -> None:
+        """A publisher makes at most one keyframe per PUBLISHER_KEYFRAME_GAP for all its layers (libwebrtc's
+        EncoderRtcpFeedback drops the requests in between), so a request for this layer sent within that gap after
+        one for another layer (a viewer moved down two layers in two steps, as after an over-estimated capacity
+        drop) was most likely dropped. Ask again as soon as the gap has passed, not after our own interval
+        (`keyframe_request_interval`): the viewer is waiting for that keyframe to switch."""
+        mine = layer.last_keyframe_request
+        for other in self.layers:
+            theirs = other.last_keyframe_request
+            if other is not layer and 0 <= mine - theirs < PUBLISHER_KEYFRAME_GAP <= now - theirs:
+                layer.request_keyframe(now, again=True)
+                return
 
     def best_layer(self) -> Optional[Layer]:
         """Automatic choice until bandwidth estimation exists: the highest layer that is alive."""

@@ -1,0 +1,99 @@
+"""Repeated cuts on one shaped link: what the bottleneck drops before and after the gateway's decision.
+
+bench/bwe.py runs one cut per lab and reads loss at the viewer only. This one keeps one lab (a Chromium publisher
+with 3 VP8 simulcast layers, a Chromium viewer in its own namespace, tests/netlab.py) and cuts the viewer's link
+from unlimited to 300 kbit/s `--cuts` times (each for ~6 s, then lifted until the viewer is back on 1280x720).
+Per cut it polls the shaper's drop counter (`tc -s qdisc`, every few ms for 1.5 s) and prints: the gateway's
+decision to move the viewer down (its log line choosing layer 0), the tbf drops before and after that decision,
+the time until the viewer decodes the lower layer, and the viewer's video packets lost over the ~6 s (its
+`packetsLost`). Drops after the decision are what the gateway itself sent into a full queue (a keyframe, a
+probe, retransmissions); drops before it are what was on its way when the cut came.
+
+    sudo python3 bench/bwe_cuts.py [--cuts 8] [--buffer-ms 100]   (root for namespaces; Debian chromium)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from bwe import CAP_KBIT, loss_between, video  # noqa: E402
+from netlab import LabBrowsers, NetLab, lab_unavailable, make_fake_video, wait_for  # noqa: E402
+
+
+def log_time(line: str) -> float | None:
+    match = re.match(r"(\d+-\d+-\d+ \d+:\d+:\d+,\d+)", line)
+    return datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if match else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cuts", type=int, default=8)
+    parser.add_argument("--buffer-ms", type=int, default=100, help="tbf latency: the shaped link's queue (ms)")
+    args = parser.parse_args()
+    reason = lab_unavailable(browsers=True)
+    if reason:
+        print(f"cannot run: {reason}")
+        return 2
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, NetLab() as lab:
+        workdir = pathlib.Path(tmp)
+        viewer_host = lab.add_host("viewer")
+        fake = make_fake_video(workdir / "cam.y4m", width=1280, height=720, fps=30, seconds=4)
+        with LabBrowsers(lab, workdir / "browsers", fake_video=fake) as browsers:
+            gw = lab.start_gateway(workdir / "gw", {"rtc": {"bandwidth_estimation": True}})
+            browsers.open_publisher(gw, "bench", simulcast=True, codec="VP8")
+            page = browsers.open_viewer(viewer_host, gw, "bench")
+            for cut in range(args.cuts):
+                wait_for(lambda: video(page).get("frameWidth") == 1280, 60, "viewer never (re)reached 1280x720")
+                time.sleep(4)
+                before = video(page)
+                wall_cut, t_cut = time.time(), time.monotonic()
+                viewer_host.shape(CAP_KBIT, latency_ms=args.buffer_ms)
+                drops: list[tuple[float, int]] = []
+                decoded = None
+                while time.monotonic() - t_cut < 6:
+                    if time.monotonic() - t_cut < 1.5:
+                        drops.append((time.time(), viewer_host.qdisc_stats().get("drops") or 0))
+                    else:
+                        time.sleep(0.05)
+                    if decoded is None and len(drops) % 5 == 0 and (video(page).get("frameWidth") or 9999) < 640:
+                        decoded = time.monotonic() - t_cut
+                after = video(page)
+                total = viewer_host.qdisc_stats().get("drops") or 0
+                viewer_host.shape(None)
+                decided = next((t for line in gw.log().splitlines()
+                                if " layer 0/" in line and (t := log_time(line)) is not None and t >= wall_cut), None)
+                before_decision = max([d for t, d in drops if decided is not None and t <= decided] or [0])
+                lost, received = loss_between(before, after)
+                row = {
+                    "decision_ms": None if decided is None else round(1000 * (decided - wall_cut)),
+                    "decoded_s": None if decoded is None else round(decoded, 2),
+                    "drops_before": before_decision,
+                    "drops_after": total - before_decision,
+                    "lost": lost,
+                    "loss": lost / max(1, lost + received),
+                }
+                rows.append(row)
+                print(f"cut {cut}: decision {row['decision_ms']} ms, lower layer decoded after {row['decoded_s']} s, "
+                      f"tbf drops before / after the decision {row['drops_before']} / {row['drops_after']}, "
+                      f"video lost {lost} of {lost + received} ({row['loss']:.1%})", flush=True)
+                time.sleep(6)
+    print(f"\n{len(rows)} cuts to {CAP_KBIT} kbit/s, tbf queue {args.buffer_ms} ms: mean tbf drops before / after the "
+          f"decision {statistics.mean(r['drops_before'] for r in rows):.1f} / "
+          f"{statistics.mean(r['drops_after'] for r in rows):.1f}, mean video lost "
+          f"{statistics.mean(r['lost'] for r in rows):.1f} packets ({statistics.mean(r['loss'] for r in rows):.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
