@@ -1587,7 +1587,9 @@ def test_discard_before_switch_drops_only_the_old_layers_queued_media() -> None:
 
     class Down:
         ssrc = 0x1234
-        munger = RtpMunger()
+
+        def __init__(self) -> None:
+            self.munger = RtpMunger()
 
     down, other = Down(), Down()
     down.munger.switch_to(100, 9000, 0.0)
