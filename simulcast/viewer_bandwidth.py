@@ -102,12 +102,14 @@ class ViewerBandwidth:
             self._schedule(loop)
 
     def discard_before_switch(self, down: "DownTrack") -> None:
-        """`down` now forwards another layer: its media still waiting in the pacer was mapped before the switch, from
-        the layer it left. The viewer's decoder restarts at the new layer's keyframe, so those packets are only
-        load on a path that just proved too narrow for them (after a capacity drop the old layer's keyframe may be
-        queued behind the hold: sending it first would delay the new one by its whole size). The gap they leave in
-        the sequence numbers is what a lost packet leaves; NACKs for it are dropped (`nack_before_switch`)."""
-        if not self.pacer.queued_packets:
+        """`down` now forwards another layer while a capacity drop's queue drains (`_drain_queue`): its media still
+        waiting in the pacer was mapped before the switch, from the layer it left, typically the keyframe of a
+        layer chosen from an over-estimated first drop, held behind the hold. Sending it first would delay the new
+        layer's keyframe by its whole size on a path that just proved too narrow for it, and the viewer's decoder
+        restarts at that keyframe anyway: the packets are dropped. The gap they leave in the sequence numbers is
+        what a lost packet leaves; NACKs for it are dropped (`nack_before_switch`). At other switches the old
+        layer's queued frames still go out (the viewer decodes them until the new keyframe comes)."""
+        if not self.pacer.queued_packets or self._draining_since is None:
             return
         munger, ssrc = down.munger, down.ssrc
         dropped = self.pacer.discard(

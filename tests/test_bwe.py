@@ -1581,7 +1581,7 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
     assert calm.probing and not bw.probing
 
 
-def test_discard_before_switch_drops_only_the_old_layers_queued_media() -> None:
+def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_draining() -> None:
     from simulcast.rtp_munger import RtpMunger
     from simulcast.viewer_bandwidth import ViewerBandwidth
 
@@ -1602,6 +1602,9 @@ def test_discard_before_switch_drops_only_the_old_layers_queued_media() -> None:
     down.munger.switch_to(5000, 77000, 0.1)  # the new layer, from its keyframe
     after = down.munger.map(5000, 77000, 0.1)[0]
     bw.pacer.enqueue((down, None, after, 0, Down.ssrc), 1000)
+    bw.discard_before_switch(down)
+    assert bw.pacer.queued_packets == 8  # an ordinary switch: the old layer's frames still go out
+    bw._draining_since = 1  # after a capacity drop
     bw.discard_before_switch(down)
     assert [(p[0] is down, p[2], p[4]) for p in bw.pacer.poll(10**12)] == [
         (True, 7, 0x9999), (False, before[0], Down.ssrc), (True, after, Down.ssrc)]
