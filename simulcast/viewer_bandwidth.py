@@ -150,8 +150,7 @@ class ViewerBandwidth:
         except ValueError:  # malformed: nothing was changed
             metrics.count_drop("twcc_feedback_malformed")
             return
-        released = self._drain_queue(now) if DRAIN_HOLD_MAX_US and (
-            self._draining_since is not None or self.estimator.capacity_drop_us == now) else False
+        released = (self._draining_since is not None or self.estimator.capacity_drop_us == now) and self._drain_queue(now)
         self._pace()
         if released and self._drain is not None:  # the pacer's timer waits for the hold's end: send what is due now
             self._drain.cancel()

@@ -338,17 +338,24 @@ def test_pinning_a_temporal_layer_lowers_the_frame_rate_with_continuous_ids() ->
     assert down.codec_munger.target_temporal == 3
 
 
+def keyframe_throttled_viewer(upstream: Wire, wire: Wire) -> tuple[PublishedTrack, DownTrack]:
+    """A simulcast track whose layers ask for keyframes at most every 0.5 s (the default interval), and a started
+    viewer of it."""
+    track = simulcast_track(upstream)
+    for layer in track.layers:
+        layer._keyframe_interval = 0.5
+    down = viewer(track, wire)
+    down.start()
+    return track, down
+
+
 def test_a_pending_switch_asks_again_until_the_keyframe_comes() -> None:
     """Chromium ignores a second keyframe request within 300 ms: the gateway repeats it (rate limited)."""
     from whep.layer_request import LayerRequest
 
     upstream, wire = Wire(), Wire()
-    track = simulcast_track(upstream)
-    for layer in track.layers:
-        layer._keyframe_interval = 0.5
+    track, down = keyframe_throttled_viewer(upstream, wire)
     low, mid, top = track.ordered_layers
-    down = viewer(track, wire)
-    down.start()
     down.pin(LayerRequest(rid="h"))
     plis = lambda: [p for p in upstream.rtcp if isinstance(parse_compound(p)[0], PictureLossIndication) and parse_compound(p)[0].media_ssrc == mid.ssrc]
     first = len(plis())
@@ -514,12 +521,8 @@ def test_a_keyframe_request_the_publisher_ignored_is_repeated_after_its_gap() ->
     the second request (one keyframe per 300 ms for all layers), so once that gap has passed the gateway asks the
     lowest layer again, once, without waiting for its own keyframe_request_interval (0.5 s here)."""
     upstream, wire = Wire(), Wire()
-    track = simulcast_track(upstream)
-    for layer in track.layers:
-        layer._keyframe_interval = 0.5
+    track, down = keyframe_throttled_viewer(upstream, wire)
     low, mid, top = track.ordered_layers
-    down = viewer(track, wire)
-    down.start()
     assert down.current is top
 
     def plis(now: float) -> list[int]:
