@@ -1864,16 +1864,17 @@ class Pacer:
             self.dropped += 1
         self.bucket[_QUEUED] = len(queue)
 
-    def discard(self, stale: Callable[[object], bool]) -> int:
-        """Drop the queued packets for which `stale(packet)` is true; how many."""
-        queue = self._queue
-        kept = deque(entry for entry in queue if not stale(entry[0]))
-        dropped = len(queue) - len(kept)
+    def discard(self, stale: Callable[[object], bool]) -> list:
+        """Drop the queued packets for which `stale(packet)` is true; they are returned, in queue order."""
+        kept: deque = deque()
+        dropped = []
+        for entry in self._queue:
+            (dropped if stale(entry[0]) else kept).append(entry)
         if dropped:
             self._queue = kept
             self._queued_bytes = sum(size for _, size in kept)
             self.bucket[_QUEUED] = len(kept)
-        return dropped
+        return [packet for packet, _ in dropped]
 
     def poll(self, now_us: int) -> list:
         """The queued packets that may be sent now, in order."""

@@ -166,6 +166,22 @@ class _Segments:
             k -= 1
         return None
 
+    def unsend(self, first: int) -> None:
+        """Outgoing values from `first` to the newest were handed out but never sent (dropped from a pacer's queue
+        before they left): forget them, so that the next `switch_to`, which must follow at once, continues at
+        `first` and the viewer sees no gap (a gap reads as loss in its statistics and asks for a NACK of packets
+        that never existed for it). Segments that begin after `first - 1` are forgotten with them."""
+        if not self._started:
+            return
+        mask, half = self._mask, self._half
+        if (self._last_out - first) & mask >= half:
+            return  # `first` is after the newest value: nothing of it was handed out
+        last = (first - 1) & mask
+        seg_out, ring = self._seg_out, self._ring
+        while self._count > 0 and 0 < (seg_out[(self._count - 1) & ring] - last) & mask < half:
+            self._count -= 1
+        self._last_out = last
+
     def since_switch(self, out: int) -> bool:
         """Whether outgoing value `out` was handed out at or after the last `switch_to` (not before it)."""
         return self._started and (out - self._run_first_out) & self._mask < self._half

@@ -101,21 +101,23 @@ class ViewerBandwidth:
         if self._drain is None:
             self._schedule(loop)
 
-    def discard_before_switch(self, down: "DownTrack") -> None:
-        """`down` now forwards another layer while a capacity drop's queue drains (`_drain_queue`): its media still
-        waiting in the pacer was mapped before the switch, from the layer it left, typically the keyframe of a
-        layer chosen from an over-estimated first drop, held behind the hold. Sending it first would delay the new
-        layer's keyframe by its whole size on a path that just proved too narrow for it, and the viewer's decoder
-        restarts at that keyframe anyway: the packets are dropped. The gap they leave in the sequence numbers is
-        what a lost packet leaves; NACKs for it are dropped (`nack_before_switch`). At other switches the old
+    def discard_before_switch(self, down: "DownTrack") -> list:
+        """`down` is about to forward another layer while a capacity drop's queue drains (`_drain_queue`): its media
+        still waiting in the pacer was mapped from the layer it leaves, typically the keyframe of a layer chosen
+        from an over-estimated first drop, held behind the hold. Sending it first would delay the new layer's
+        keyframe by its whole size on a path that just proved too narrow for it, and the viewer's decoder restarts
+        at that keyframe anyway: the packets are dropped and returned, in the order they were mapped, so that the
+        caller hands their sequence numbers to the new layer (`RtpMunger.unsend`): the viewer never saw them and
+        must not count them lost. The pacer's queue is first in, first out and a track's later packets queue
+        behind its earlier ones, so what is dropped is the newest the track mapped. At other switches the old
         layer's queued frames still go out (the viewer decodes them until the new keyframe comes)."""
         if not self.pacer.queued_packets or self._draining_since is None:
-            return
-        munger, ssrc = down.munger, down.ssrc
-        dropped = self.pacer.discard(
-            lambda packet: packet[0] is down and packet[4] == ssrc and not munger.since_switch(packet[2]))  # type: ignore[index]
+            return []
+        ssrc = down.ssrc
+        dropped = self.pacer.discard(lambda packet: packet[0] is down and packet[4] == ssrc)  # type: ignore[index]
         if dropped:
-            metrics.count_drop("pacer_before_switch", dropped)
+            metrics.count_drop("pacer_before_switch", len(dropped))
+        return dropped
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         now = now_us()

@@ -1458,7 +1458,7 @@ def test_pacer_hold_release_and_discard() -> None:
     assert pacer.poll(900 * MS) == []
     assert pacer.poll(1 * SECOND) == [1] and not pacer.held
     # discard: what the predicate names leaves the queue, the rest keeps its order.
-    assert pacer.discard(lambda packet: packet % 2 == 0) == 4  # 2, 4, 6, 8
+    assert pacer.discard(lambda packet: packet % 2 == 0) == [2, 4, 6, 8]  # in queue order
     assert pacer.queued_packets == 4 and pacer.queued_bytes == 4 * 1200 and pacer.bucket[4] == 4
     released = []
     now = 10 * SECOND
@@ -1582,6 +1582,10 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_draining() -> None:
+    """At a switch while a capacity drop's queue drains, the track's queued media leaves the pacer, oldest first
+    in what is returned, and the munger hands those never-sent sequence numbers to the new layer: the viewer sees
+    the new keyframe right after the last packet that really left. RTX and other tracks' packets stay queued; at
+    an ordinary switch nothing is dropped and the new layer follows the queued packets."""
     from simulcast.rtp_munger import RtpMunger
     from simulcast.viewer_bandwidth import ViewerBandwidth
 
@@ -1591,20 +1595,35 @@ def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_drai
         def __init__(self) -> None:
             self.munger = RtpMunger()
 
-    down, other = Down(), Down()
-    down.munger.switch_to(100, 9000, 0.0)
-    before = [down.munger.map(100 + i, 9000, 0.0)[0] for i in range(5)]
+    def queued_track(bw: ViewerBandwidth) -> tuple[Down, Down, list[int]]:
+        down, other = Down(), Down()
+        down.munger.switch_to(100, 9000, 0.0)
+        sent = [down.munger.map(100 + i, 9000, 0.0)[0] for i in range(3)]  # these left before the pacer queued
+        queued = [down.munger.map(103 + i, 12000, 0.0)[0] for i in range(5)]
+        for seq in queued:
+            bw.pacer.enqueue((down, None, seq, 0, Down.ssrc), 1000)
+        bw.pacer.enqueue((down, None, 7, 0, 0x9999), 300)  # an RTX packet: not the layer's media, kept
+        bw.pacer.enqueue((other, None, queued[0], 0, Down.ssrc), 300)  # another track's: kept
+        return down, other, sent + queued
+
     bw = ViewerBandwidth(transport_cc=True)
-    for seq in before:
-        bw.pacer.enqueue((down, None, seq, 0, Down.ssrc), 1000)
-    bw.pacer.enqueue((down, None, 7, 0, 0x9999), 300)  # an RTX packet: not the layer's media, kept
-    bw.pacer.enqueue((other, None, before[0], 0, Down.ssrc), 300)  # another track's: kept
-    down.munger.switch_to(5000, 77000, 0.1)  # the new layer, from its keyframe
-    after = down.munger.map(5000, 77000, 0.1)[0]
-    bw.pacer.enqueue((down, None, after, 0, Down.ssrc), 1000)
-    bw.discard_before_switch(down)
-    assert bw.pacer.queued_packets == 8  # an ordinary switch: the old layer's frames still go out
+    down, other, mapped = queued_track(bw)
+    assert bw.discard_before_switch(down) == []  # an ordinary switch: the old layer's frames still go out
+    assert bw.pacer.queued_packets == 7
+    down.munger.switch_to(5000, 77000, 0.1)
+    assert down.munger.map(5000, 77000, 0.1)[0] == (mapped[-1] + 1) & 0xFFFF
+
+    bw = ViewerBandwidth(transport_cc=True)
+    down, other, mapped = queued_track(bw)
     bw._draining_since = 1  # after a capacity drop
-    bw.discard_before_switch(down)
+    dropped = bw.discard_before_switch(down)
+    assert [packet[2] for packet in dropped] == mapped[3:]
+    down.munger.unsend(dropped[0][2])  # what DownTrack._switch does with them
+    down.munger.switch_to(5000, 77000, 0.1, 1)  # the new layer, from its keyframe
+    first_new = down.munger.map(5000, 77000, 0.1)[0]
+    assert first_new == (mapped[2] + 1) & 0xFFFF  # no gap after the last packet that left
     assert [(p[0] is down, p[2], p[4]) for p in bw.pacer.poll(10**12)] == [
-        (True, 7, 0x9999), (False, before[0], Down.ssrc), (True, after, Down.ssrc)]
+        (True, 7, 0x9999), (False, mapped[3], Down.ssrc)]
+    # A NACK for the new layer's packets finds them; one from before the switch maps to the old layer.
+    assert down.munger.unmap(first_new)[:2] == (1, 5000)
+    assert down.munger.unmap(mapped[1])[:2] == (0, 101)

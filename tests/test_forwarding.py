@@ -557,3 +557,47 @@ def test_a_keyframe_request_the_publisher_ignored_is_repeated_after_its_gap() ->
     plis(t + 0.87)
     track.refresh(t + 0.87)
     assert plis(t + 0.87) == [low.ssrc]
+
+
+async def test_a_switch_while_a_capacity_drop_drains_leaves_no_gap_for_what_never_left() -> None:
+    """After a capacity drop the pacer holds video (ViewerBandwidth._drain_queue); the viewer then switches to the
+    lowest layer at its keyframe. The top layer's packets still queued are dropped, and the keyframe takes their
+    sequence numbers: the viewer gets one gapless sequence (a gap would read as loss in its packetsLost and draw
+    NACKs for packets that never existed for it), and its sender report counts only what went out."""
+    import asyncio
+
+    from simulcast.viewer_bandwidth import ViewerBandwidth, now_us
+    from whep.layer_request import LayerRequest
+
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    bandwidth = ViewerBandwidth(transport_cc=True)
+    down = DownTrack(track, EgressProfile(100, 101, 9, "0", (), transport_cc_id=4), ssrc=0x5555, rtx_ssrc=0x6666,
+                     cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
+    down.bandwidth = bandwidth
+    down.start()  # the top layer's keyframe goes out
+    feed(track, 101, VP8_DELTA, ts=12000, layer=2, now=T0 + 1.03)
+    on_wire = len(wire.rtp)
+    assert on_wire == 2
+    bandwidth._draining_since = now_us()  # what a capacity drop's feedback does (see test_bwe for that part)
+    bandwidth.pacer.hold(now_us() + 10_000_000)
+    for seq in range(102, 105):
+        feed(track, seq, VP8_DELTA + bytes(900), ts=15000, layer=2, now=T0 + 1.06)
+    assert len(wire.rtp) == on_wire and bandwidth.pacer.queued_packets == 3  # held
+    before = drops("pacer_before_switch")
+    down.pin(LayerRequest(rid="q"))
+    feed(track, 300, vp8_key(320, 180), ts=30000, layer=0, now=T0 + 1.1)  # the switch
+    feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=T0 + 1.13)
+    assert down.current is low and drops("pacer_before_switch") == before + 3
+    bandwidth.pacer.release(now_us())
+    bandwidth._send_due(asyncio.get_running_loop())
+    bandwidth.close()
+    out = [parse_rtp(p) for p in wire.rtp]
+    assert [p.payload[:3] for p in out[on_wire:]] == [vp8_key(320, 180)[:3], b"\x10\x00\x00"]
+    seqs = [p.sequence_number for p in out]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(out))]  # no gap where the dropped packets were
+    twcc = [int.from_bytes(p.extensions[4], "big") for p in out]
+    assert twcc == [(twcc[0] + i) & 0xFFFF for i in range(len(out))]
+    assert down.packets_sent == len(out)
+    assert down.octets_sent == sum(len(p.payload) for p in out)  # RFC 3550 §6.4.1: payload octets

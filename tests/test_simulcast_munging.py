@@ -123,6 +123,31 @@ def test_drop_closes_newest_only() -> None:
     assert m.unmap((o + 4) & 0xFFFF).seq == 17
 
 
+def test_unsend_hands_never_sent_numbers_to_the_next_layer(monkeypatch) -> None:
+    """A pacer dropped the newest mapped packets before they left (gateway/sfu/down_track.py `_unsend`): the next
+    switch continues right after the last one sent, across the wrap, and segments opened among the unsent
+    numbers (a `drop` closing a gap) are forgotten with them. Numbers never handed out are left alone."""
+    monkeypatch.setattr(rtp_munger, "initial_sequence_number", lambda: 65_530)
+    m = RtpMunger()
+    m.switch_to(100, 0, 0.0, layer=0)
+    outs = [m.map(100 + i, 3000 * i, i / 30)[0] for i in range(4)]  # 65,530 .. 65,533 sent
+    m.drop(104)  # closed: 105 takes 65,534 in a new segment
+    unsent = [m.map(105 + i, 20_000, 0.2)[0] for i in range(4)]
+    assert unsent == [65_534, 65_535, 0, 1]
+    m.unsend(unsent[0])
+    assert m.last_seq == outs[-1]
+    m.switch_to(7000, 500, 0.3, layer=1)
+    assert [m.map(7000 + i, 500, 0.3)[0] for i in range(3)] == [65_534, 65_535, 0]
+    assert m.unmap(65_535)[:2] == (1, 7001)  # the new layer, not the packet that never left
+    assert m.unmap(outs[1])[:2] == (0, 101)
+    assert m.map(106, 20_000) is None  # the old layer's numbers are gone
+    before = m.last_seq
+    m.unsend((before + 1) & 0xFFFF)  # after the newest: nothing was handed out, nothing changes
+    assert m.last_seq == before
+    m.switch_to(9000, 900, 0.4, layer=2)
+    assert m.map(9000, 900)[0] == (before + 1) & 0xFFFF
+
+
 def test_unmap_across_layers_and_time() -> None:
     m = RtpMunger()
     m.switch_to(60_000, 100, 0.0, layer=0)

@@ -16,7 +16,7 @@ from gateway.aiortc_adapter import LaneGroup
 from gateway.rtcp import build_sdes_cname, build_sender_report
 from gateway.rtp import RtpPacket
 from gateway.sdp import same_codec
-from gateway.sfu.egress import PACED_HEADER_BYTES, EgressProfile, Template, assemble
+from gateway.sfu.egress import PACED_HEADER_BYTES, EgressProfile, Template, assemble, payload_size
 from simulcast import vp8, vp9
 from simulcast.rtp_munger import RtpMunger
 
@@ -433,17 +433,27 @@ class DownTrack:
         self._congested = False
         self.source.switching.discard(self)
         key = self._source_key + layer.offer_index
+        if old is not None and self.bandwidth is not None:  # a layer switch (not a new publisher's first keyframe)
+            self._unsend(self.bandwidth.discard_before_switch(self))
         self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), key)
         if self.codec_munger is not None and descriptor is not None:
             self.codec_munger.switch_to(descriptor, key)
-        if old is not None and self.bandwidth is not None:  # a layer switch (not a new publisher's first keyframe)
-            self.bandwidth.discard_before_switch(self)
         if old is not None:
             self.switches += 1
             if old is not self.target:
                 old.unsubscribe(self)
         if self.on_switch is not None:
             self.on_switch(self)
+
+    def _unsend(self, dropped: list) -> None:
+        """Queued packets the pacer dropped at a switch (`ViewerBandwidth.discard_before_switch`, oldest first) never
+        left: the new layer takes their sequence numbers and the sender report's counts (RFC 3550 §6.4.1) leave
+        them out."""
+        if not dropped:
+            return
+        self.munger.unsend(dropped[0][2])
+        self._packets_sent -= len(dropped)
+        self._octets_sent -= sum(payload_size(packet[1]) for packet in dropped)
 
     # ---- viewer feedback ---------------------------------------------------------------------------
     def on_nack(self, lost: list[int]) -> None:

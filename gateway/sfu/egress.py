@@ -30,6 +30,18 @@ def assemble(template: Template, seq: int, timestamp: int, ssrc: int, transport_
     return _WITH_TRANSPORT_SEQ[len(head)].pack(template[0], seq, timestamp, ssrc, head, transport_seq) + template[2]
 
 
+def payload_size(template: Template) -> int:
+    """The payload bytes of a template (RFC 3550 §6.4.1 counts payload octets): `rest` less the end of the header
+    extension block, whose length (RFC 8285 §4.2) the middle part carries when transport-cc is negotiated."""
+    head, rest = template[1], template[2]
+    if not head:
+        first = template[0]
+        if not first & 0x1000:  # X bit clear: no extension block
+            return len(rest)
+        return len(rest) - 4 - 4 * int.from_bytes(rest[2:4], "big")
+    return len(rest) - (4 + 4 * int.from_bytes(head[2:4], "big") - len(head) - 2)
+
+
 class EgressProfile:
     __slots__ = ("payload_type", "rtx_payload_type", "mid_id", "mid_value", "extension_map", "transport_cc_id", "rid", "key")
 
