@@ -80,7 +80,11 @@ What comes from GCC and what does not:
   its usual rate (the burst is simply above it), so the ratio stays near or above 1. A jitter spike (Wi-Fi
   retries) releases its held packets at once: no rate can be measured over their few ms, and everything was
   delivered. At most once per feedback RTT + 300 ms, and it counts as the loss controller's decrease for that
-  event (the losses of the same overload arrive over the next feedbacks; §6 would otherwise cut again).
+  event (the losses of the same overload arrive over the next feedbacks; §6 would otherwise cut again),
+  unless a later run delivered less than 0.7x the rate the last drop was measured at: the first feedback
+  after a cut holds few packets, the first of them passed by a shaper's token bucket at line rate, and its
+  rate can be well above the link's (510 kbit/s on 300; the viewer then sat on a layer the link could not
+  carry until the trendline saw over-use 0.25 s later).
 - Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
   ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
 """
@@ -152,6 +156,10 @@ QUEUE_RUN_MIN_US = 30_000  # ...and its rate is measured over at least this much
 QUEUE_RUN_MIN_PACKETS = 3  # ...and this many received packets (the first included)
 BUSY_SLACK_US = 1_000  # timestamp noise allowed for when judging whether the bottleneck stayed busy
 CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R_hat (the guard)
+# Within one congestion event a further capacity drop counts only when its run delivered less than this share
+# of the last one's rate: the first feedbacks after a cut hold a few packets, and a shaper's token bucket
+# passes the first of them at line rate (seen with tc tbf: 510 kbit/s measured on a 300 kbit/s link).
+CAPACITY_REDROP_RATIO = 0.7
 TWCC_ACTIVE_US = 2_000_000  # ours: transport-cc feedback this recent makes REMB / RR loss secondary
 HISTORY_US = 5_000_000  # ours: feedback about packets sent longer ago than this is ignored
 
@@ -432,6 +440,7 @@ class SendSideEstimator:
         "_recent_arrivals",
         "_recent_newest",
         "_capacity_drop_us",
+        "_capacity_drop_bps",
         "_last_input_us",
         "_k_up",
         "_k_down",
@@ -505,6 +514,7 @@ class SendSideEstimator:
         self._recent_arrivals: deque[tuple[int, int, int]] = deque()
         self._recent_newest = 0
         self._capacity_drop_us: int | None = None
+        self._capacity_drop_bps = 0  # the rate the last capacity drop was measured at
         # The send time of the newest packet a feedback reported received (None before one did).
         self.newest_reported_send_us: int | None = None
         self._last_input_us = 0
@@ -956,9 +966,11 @@ class SendSideEstimator:
         if not carried or delivered > CAPACITY_DROP_RATIO * carried:
             return 0  # the guard: the path still delivers what it carried (a burst above its rate, not a drop)
         last = self._capacity_drop_us
-        if last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US:
-            return 0
+        if (last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US
+                and delivered >= CAPACITY_REDROP_RATIO * self._capacity_drop_bps):
+            return 0  # the same congestion event, measured again (see CAPACITY_REDROP_RATIO)
         self._capacity_drop_us = now_us
+        self._capacity_drop_bps = delivered
         self._loss_decreased_us = now_us  # the same congestion event for §6 (see the module docstring)
         return delivered
 

@@ -1245,6 +1245,52 @@ def test_capacity_drop_on_a_recorded_chromium_cut() -> None:
     assert 0.85 * 250_000 <= est.estimate_bps <= 0.85 * 320_000, est.estimate_bps
 
 
+def _replay(est: SendSideEstimator, log: SendLog, feedbacks: list[tuple[list, int]], seq: int = 0,
+            start_ms: int = 0) -> list[tuple[int, str]]:  # fmt: skip
+    """(arrival ms, one-way delay above the minimum ms, bytes) lists as CHROMIUM_* above, each acknowledged by one
+    feedback at the given ms (both shifted by `start_ms`); the estimate and reason after each."""
+    after = []
+    for packets, when in feedbacks:
+        when += start_ms
+        arrivals: list[int | None] = []
+        for i, (arrival_ms, delay_ms, size) in enumerate(packets):
+            arrival = int((arrival_ms + start_ms) * MS) + 5 * MS
+            log.record(seq + i, size, arrival - int(delay_ms * MS) - 5 * MS)
+            arrivals.append(arrival)
+        est.on_feedback(_feedback(seq, arrivals), when * MS)
+        seq += len(packets)
+        after.append((est.estimate_bps, est.reason))
+    return after
+
+
+# The recorded cut's next packets, at the same ~300 kbit/s (synthetic: 29.7 ms per 1070 B video packet).
+CUT_CONTINUED = [(344.2, 113.0, 1070), (373.9, 138.9, 1070), (378.0, 121.2, 121)]
+
+
+def test_an_over_estimated_capacity_drop_is_corrected_at_the_next_feedback() -> None:
+    """The first feedback after a cut holds few packets; with its last two stamped early (a busy receiver, a
+    shaper's bucket) its run reads ~480 kbit/s on a 300 kbit/s link, and the viewer would sit on a layer the link
+    cannot carry until the trendline saw over-use (0.25 s later in bench/bwe_cuts.py). The next feedback's run
+    delivered less than 0.7x that rate: a second capacity drop of the same congestion event, to ~280 kbit/s. A
+    run at about the rate already found is the same event measured again: no second drop (which would hold the
+    pacer again, viewer_bandwidth._drain_queue)."""
+    early = CHROMIUM_AFTER_CUT[:4] + [(240.3, 18.8, 1070), (259.0, 35.1, 1070)]
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=2_500_000)
+    seq, t = _steady(est, log, 0, 0, 40)  # 1.63 Mbit/s carried, as the top layer in bench/bwe_cuts.py
+    (first, first_reason), (second, second_reason) = _replay(
+        est, log, [(early, 262), (CHROMIUM_AFTER_CUT[5:], 330)], seq, t // MS - 215)
+    assert first_reason.startswith("capacity drop") and 0.85 * 450_000 <= first <= 0.85 * 520_000, first_reason
+    assert second_reason.startswith("capacity drop") and 0.85 * 250_000 <= second <= 0.85 * 320_000, second_reason
+
+    log = SendLog()
+    est = SendSideEstimator(log, initial_bps=1_200_000)
+    after = _replay(est, log, [(CHROMIUM_BEFORE_CUT, 210), (CHROMIUM_AFTER_CUT, 330), (CUT_CONTINUED, 392)])
+    dropped_at = est.capacity_drop_us
+    assert after[1][1].startswith("capacity drop") and dropped_at == 330 * MS
+    assert after[2][0] == after[1][0] and est.capacity_drop_us == dropped_at  # measured again, not a new drop
+
+
 def test_capacity_drop_survives_a_receiver_clock_jump() -> None:
     """The receiver's clock jumping back (a restart of its arrival clock) leaves no packets of the old clock in
     the capacity-drop window: after the jump a steady link reads as steady, a cut as a cut."""
