@@ -39,6 +39,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cuts", type=int, default=8)
     parser.add_argument("--buffer-ms", type=int, default=100, help="tbf latency: the shaped link's queue (ms)")
+    parser.add_argument("--trace", action="store_true",
+                        help="gateway at log level debug; print each feedback's estimator line from the cut to the decision")
     args = parser.parse_args()
     reason = lab_unavailable(browsers=True)
     if reason:
@@ -50,7 +52,10 @@ def main() -> int:
         viewer_host = lab.add_host("viewer")
         fake = make_fake_video(workdir / "cam.y4m", width=1280, height=720, fps=30, seconds=4)
         with LabBrowsers(lab, workdir / "browsers", fake_video=fake) as browsers:
-            gw = lab.start_gateway(workdir / "gw", {"rtc": {"bandwidth_estimation": True}})
+            config: dict = {"rtc": {"bandwidth_estimation": True}}
+            if args.trace:
+                config["log"] = {"level": "debug"}
+            gw = lab.start_gateway(workdir / "gw", config)
             browsers.open_publisher(gw, "bench", simulcast=True, codec="VP8")
             page = browsers.open_viewer(viewer_host, gw, "bench")
             for cut in range(args.cuts):
@@ -87,6 +92,14 @@ def main() -> int:
                 print(f"cut {cut}: decision {row['decision_ms']} ms, lower layer decoded after {row['decoded_s']} s, "
                       f"tbf drops before / after the decision {row['drops_before']} / {row['drops_after']}, "
                       f"video lost {lost} of {lost + received} ({row['loss']:.1%})", flush=True)
+                for line in gw.log().splitlines():  # the layer choices of the cut's first 1.5 s, with their reasons
+                    t = log_time(line)
+                    if t is None or not wall_cut <= t < wall_cut + 1.5:
+                        continue
+                    if ": layer " in line:
+                        print(f"    +{1000 * (t - wall_cut):.0f} ms {line.split(': layer ', 1)[1]}")
+                    elif args.trace and ": estimate " in line and (decided is None or t <= decided + 0.05):
+                        print(f"    +{1000 * (t - wall_cut):.0f} ms feedback: {line.split(': estimate ', 1)[1]}")
                 time.sleep(6)
     print(f"\n{len(rows)} cuts to {CAP_KBIT} kbit/s, tbf queue {args.buffer_ms} ms: mean tbf drops before / after the "
           f"decision {statistics.mean(r['drops_before'] for r in rows):.1f} / "
