@@ -254,11 +254,53 @@ def test_the_compiled_path_calls_the_libsrtp_2_api_it_was_written_for() -> None:
     """gateway/_srtp_send.c calls pylibsrtp's srtp_protect by address with libsrtp 2's signature."""
     from pylibsrtp._binding import ffi, lib
 
-    for name in ("srtp_protect", "srtp_protect_rtcp"):
+    for name in ("srtp_protect", "srtp_protect_rtcp", "srtp_unprotect", "srtp_unprotect_rtcp"):
         assert ffi.typeof(getattr(lib, name)).cname == adapter.LIBSRTP2_PROTECT_CTYPE
     session = pylibsrtp.Session()
     assert ffi.typeof(session._srtp).cname == "struct srtp_ctx_t_ * *"
     assert adapter.EGRESS_PATH == "native", "gateway/_srtp_send.c was not built or not importable"
+
+
+@pytest.mark.parametrize("profile", ["AEAD_AES_128_GCM", "AES128_CM_SHA1_80"])
+def test_the_compiled_unprotect_agrees_with_pylibsrtp_on_one_session(profile: str) -> None:
+    """The compiled unprotect (what the demultiplexer uses for every SRTP/SRTCP datagram a peer sends) and
+    pylibsrtp's, taking turns on one receive session: the same clear packets, one replay list (RFC 3711 §3.3.2: a
+    packet one path took is a replay to the other), and a tampered, replayed, truncated or oversized packet is
+    pylibsrtp.Error from the compiled one, which the demultiplexer counts and drops."""
+    from pylibsrtp import Policy, Session
+
+    assert adapter.EGRESS_PATH == "native", "gateway/_srtp_send.c was not built or not importable"
+    kind = getattr(Policy, f"SRTP_PROFILE_{profile}")
+    key = bytes(range(28 if profile.startswith("AEAD") else 30))
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=kind))
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=kind))
+    for rtcp in (False, True):
+        compiled = adapter.unprotector(rx, rtcp=rtcp)
+        assert compiled is not rx.unprotect and compiled is not rx.unprotect_rtcp
+        reference = rx.unprotect_rtcp if rtcp else rx.unprotect
+        protect = tx.protect_rtcp if rtcp else tx.protect
+        if rtcp:
+            clear = [bytes([0x80, 201, 0, 1]) + (0x1234 + i).to_bytes(4, "big") for i in range(20)]
+        else:
+            clear = [rtp_packet(65530 + i, ssrc=0x0A0B0C0D) for i in range(20)]  # across the wrap
+        protected = [protect(packet) for packet in clear]
+        got = [(compiled if i % 2 else reference)(packet) for i, packet in enumerate(protected)]
+        assert got == clear
+        for unprotect in (compiled, reference):
+            with pytest.raises(pylibsrtp.Error):
+                unprotect(protected[4])  # taken already, by the other path: a replay
+        later = bytes([0x80, 201, 0, 1, 0, 0, 0x99, 0x99]) if rtcp else rtp_packet(30, ssrc=0x0A0B0C0D)
+        fresh = protect(later)
+        tampered = bytearray(fresh)
+        tampered[-1] ^= 1
+        with pytest.raises(pylibsrtp.Error):
+            compiled(bytes(tampered))
+        assert compiled(fresh) == later  # the untouched packet still authenticates after the forgery
+        for bad in (b"", b"\x80", fresh[:7], bytes(1700)):
+            with pytest.raises(pylibsrtp.Error):
+                compiled(bad)
+        with pytest.raises(TypeError):
+            compiled(bytearray(fresh))
 
 
 async def test_priority_shim_answers_checks_without_priority() -> None:
