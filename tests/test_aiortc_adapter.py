@@ -102,6 +102,9 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
     assert got_rtp[-1].endswith(b"second")
     protocol.datagram_received(bytes([0x80, 96, 0, 3]) + bytes(30), ("127.0.0.1", 9))  # not SRTP: fails to auth
     assert drops == ["srtp_unprotect_failed"] and len(got_rtp) == 2
+    protocol.datagram_received(bytes([0x80, 96]) + bytes(1698), ("127.0.0.1", 9))  # longer than any SRTP we take
+    protocol.datagram_received(bytes([0x80, 200, 0, 6]) + bytes(30), ("127.0.0.1", 9))  # SRTCP-looking, forged
+    assert drops == ["srtp_unprotect_failed"] * 3 and len(got_rtp) == 2 and got_rtcp == [rtcp]
     # A STUN-looking datagram whose attribute makes aioice's parser raise struct.error (not ValueError): dropped
     # and counted, and the socket keeps working.
     bad_stun = bytes.fromhex("000100042112a442" + "00" * 12 + "00030000")  # CHANGE-REQUEST with an empty value
