@@ -310,7 +310,7 @@ FeedbackMatcher: Any = _native.FeedbackMatcher if _native is not None else None
 
 def unprotector(srtp: pylibsrtp.Session, *, rtcp: bool) -> Callable[[bytes], bytes]:
     """SRTP (or SRTCP) unprotect on `srtp` as one call: the compiled `Unprotector` (libsrtp's own function on the
-    session's srtp_t, without pylibsrtp's per-packet Python: ~4 -> ~1.5 µs for a browser's feedback), else
+    session's srtp_t, without pylibsrtp's per-packet Python: 4.2 -> 2.4 µs per feedback in place, BENCHMARKS.md), else
     pylibsrtp's method. Both raise pylibsrtp.Error for a packet libsrtp refuses; the compiled one also for a length
     outside [12 (RTP) / 8 (RTCP), MAX_PACKET + trailer], where pylibsrtp raises ValueError above 1,500 bytes."""
     if _native is None:
