@@ -4,7 +4,8 @@ Its FeedbackMatcher parses a viewer's transport-cc feedback, input from the netw
 arrays; its lanes write headers into fixed buffers. So a second build of the same source, with both sanitizers, runs
 in a child process (libasan preloaded, since the interpreter is not built with it): 30,000 fuzzed FCIs (random bytes,
 and well-formed headers with random chunks, runs up to 65,535 statuses and deltas cut anywhere), then the compiled
-feedback tests of tests/test_bwe.py and the lane tests of tests/test_lanes.py. A read or write out of bounds, a
+feedback tests of tests/test_bwe.py and the lane tests of tests/test_lanes.py; then 12,000 fuzzed SRTP and SRTCP datagrams
+(whole, cut, lengthened, a bit flipped, random) through its Unprotector, and the adapter's unprotect tests. A read or write out of bounds, a
 use-after-free or undefined behaviour (shifts, overflow) ends the child with a report, and the test fails.
 """
 
@@ -57,8 +58,46 @@ for _ in range(30_000):
         refused += 1
 print(f"fuzzed FCIs: {accepted} accepted, {refused} refused", flush=True)
 
+# SRTP/SRTCP from peers through the compiled Unprotector: random datagrams, and protected packets left whole,
+# cut short, lengthened or with one byte flipped.
+import pylibsrtp
+from pylibsrtp import Policy, Session
+key = bytes(range(28))
+profile = Policy.SRTP_PROFILE_AEAD_AES_128_GCM
+tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
+rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
+accepted = refused = 0
+for rtcp in (False, True):
+    unprotect = aiortc_adapter.unprotector(rx, rtcp=rtcp)
+    assert "Unprotector" in repr(unprotect), unprotect
+    for i in range(6000):
+        if rtcp:
+            clear = bytes([0x80, 201, 0, 1]) + rng.getrandbits(32).to_bytes(4, "big")
+            data = tx.protect_rtcp(clear)
+        else:
+            clear = bytes([0x80, 96]) + (i & 0xFFFF).to_bytes(2, "big") + bytes(4) + (7).to_bytes(4, "big")
+            data = tx.protect(clear + bytes(rng.randrange(0, 1200)))
+        kind = rng.randrange(5)
+        if kind == 1:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 1700)))
+        elif kind == 2:
+            data = data[: rng.randrange(len(data))]
+        elif kind == 3:
+            data = data + bytes(rng.randrange(1, 400))
+        elif kind == 4:
+            flipped = bytearray(data)
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+            data = bytes(flipped)
+        try:
+            unprotect(data)
+            accepted += 1
+        except pylibsrtp.Error:
+            refused += 1
+print(f"fuzzed SRTP: {accepted} accepted, {refused} refused", flush=True)
+
 import pytest
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_bwe.py", "-k", "compiled", "tests/test_lanes.py"]))
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_bwe.py", "-k", "compiled or test_lanes", "tests/test_lanes.py",
+                      "tests/test_aiortc_adapter.py"]))
 '''
 
 
@@ -96,4 +135,10 @@ def test_compiled_extension_under_address_and_undefined_behaviour_sanitizers(tmp
     assert f"sanitized build in use: {library}" in run.stdout, output[-3000:]
     counts = run.stdout.split("fuzzed FCIs: ")[1].split()
     assert int(counts[0]) > 1000 and int(counts[2]) > 1000, run.stdout  # both paths of the parser were taken
+    counts = run.stdout.split("fuzzed SRTP: ")[1].split()
+    assert int(counts[0]) > 1000 and int(counts[2]) > 1000, run.stdout  # authenticated and refused packets
     assert " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-3000:]
+    # -k applies to every file given: the lane tests ran only once the expression named their module. The
+    # compiled tests of test_bwe.py (5) and test_aiortc_adapter.py (3) and test_lanes.py's 12, at least.
+    passed = int(run.stdout.split(" passed")[0].rsplit(None, 1)[-1])
+    assert passed >= 20, run.stdout[-3000:]
