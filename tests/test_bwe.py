@@ -1673,3 +1673,44 @@ def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_drai
     # A NACK for the new layer's packets finds them; one from before the switch maps to the old layer.
     assert down.munger.unmap(first_new)[:2] == (1, 5000)
     assert down.munger.unmap(mapped[1])[:2] == (0, 101)
+
+def test_the_layer_choice_runs_again_at_once_only_when_it_may_have_to_go_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a feedback the choice runs again at once when the estimate fell below the one it was made with or a
+    layer went alive or dead, else at most every RESELECT_INTERVAL_US: a rising estimate waits (an upgrade is held
+    1 s anyway), a falling one does not (whep/session.py `_reselect` asks `select_due`)."""
+    from simulcast import viewer_bandwidth
+    from simulcast.viewer_bandwidth import RESELECT_INTERVAL_US, ViewerBandwidth
+
+    class Layer:
+        def __init__(self, spatial_id: int, bitrate: int) -> None:
+            self.spatial_id, self.bitrate, self.active = spatial_id, bitrate, True
+
+    clock = [10 * SECOND]
+    monkeypatch.setattr(viewer_bandwidth, "now_us", lambda: clock[0])
+    layers = [Layer(0, 150_000), Layer(1, 500_000), Layer(2, 1_500_000)]
+    bw = ViewerBandwidth(transport_cc=True)
+    assert bw.select_due(layers)  # never chosen yet
+    bw.estimator._delay_bps = bw.estimator._loss_bps = 2_600_000.0
+    assert bw.select(layers)[0] == 2
+    clock[0] += 60 * MS
+    assert not bw.select_due(layers)
+    bw.estimator._delay_bps = bw.estimator._loss_bps = 2_700_000.0  # rose: waits
+    assert not bw.select_due(layers)
+    bw.estimator._delay_bps = bw.estimator._loss_bps = 2_599_000.0  # below what the choice was made with
+    assert bw.select_due(layers)
+    bw.estimator._delay_bps = bw.estimator._loss_bps = 2_600_000.0
+    assert not bw.select_due(layers)
+    layers[2].active = False  # the top layer died
+    assert bw.select_due(layers)
+    assert bw.select(layers)[:2] == (1, ALL_TEMPORAL)
+    clock[0] += 60 * MS
+    assert not bw.select_due(layers)
+    layers[2].active = True
+    assert bw.select_due(layers)
+    bw.select(layers)
+    clock[0] += RESELECT_INTERVAL_US - 1
+    assert not bw.select_due(layers)
+    clock[0] += 1
+    assert bw.select_due(layers)
+    gc.collect()  # what each choice keeps (one per viewer every 0.2 s) must not reach the collector's oldest generation
+    assert not gc.is_tracked(bw._selected_alive)

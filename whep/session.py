@@ -109,7 +109,7 @@ class ViewerSession(PeerSession):
                 e.acknowledged_bps // 1000, e.state, e.signal, e.loss, e.last_lost, e.last_lost + e.last_received,
                 e.rtt_us // 1000, e.queuing_delay_us // 1000,
             )
-        if down.pinned is None or down.pinned.is_automatic:
+        if (down.pinned is None or down.pinned.is_automatic) and self.bandwidth.select_due(down.source.layers):
             before = self.bandwidth.choice
             choice = self.bandwidth.select(down.source.layers)
             if before is None or choice[:2] != before[:2]:
