@@ -1528,6 +1528,12 @@ class LayerSelector:
       is enough) GCC sets the estimate to 0.85 x the receive rate (§5.5 beta), i.e. ~0.85 x the layer when the
       path carries the layer. A tolerance above 1/0.85 - 1 = 0.176 keeps the layer then; it goes when the
       receive rate itself falls below ~98 % of the layer (the path no longer carries it) or loss cuts it.
+      Ours: not while the path is clear (the caller's `path_clear`: no over-use, no loss) and the viewer's
+      acknowledged rate is at least CARRIED_SHARE x the option's bitrate: the path carries the layer, and the
+      estimate below it is what an earlier decrease left (0.85 x R_hat, or §6's step after a keyframe burst's
+      loss), climbing back. Seen at a 700 kbit/s viewer on the 0.59 Mbit/s middle layer: estimate 0.49 Mbit/s
+      in additive increase, 0.65 Mbit/s acknowledged; it went down, and the flap held it there for 13 s. A
+      layer the path cannot carry shows as over-use or loss within a few feedbacks, and then it goes.
     - Up to a higher option only when estimate >= up_factor x its bitrate has held for the hold time
       (up_hold_us, doubled after each up-then-down within flap_window_us, up to max_up_hold_us, and back to
       up_hold_us after stable_us without a downgrade) AND the path has shown it can carry that bitrate: a
@@ -1620,8 +1626,10 @@ class LayerSelector:
         *,
         acknowledged_bps: int = 0,
         probe_ok_bps: int = 0,
+        path_clear: bool = False,
     ) -> tuple[int, int, str]:
-        """(spatial_id, temporal_id, reason). With no active layer, (-1, -1, "no active layer")."""
+        """(spatial_id, temporal_id, reason). With no active layer, (-1, -1, "no active layer"). `path_clear`: the
+        estimator reads neither over-use nor loss right now (see the class doc's down rule)."""
         options = self._options(layers)
         if not options:
             self.probe_target_bps = None
@@ -1656,7 +1664,8 @@ class LayerSelector:
             )
 
         bitrate = options[position][2]
-        if bitrate > estimate * (1 + self.down_tolerance):
+        carried = path_clear and acknowledged_bps >= CARRIED_SHARE * bitrate
+        if bitrate > estimate * (1 + self.down_tolerance) and not carried:
             index = 0
             for candidate in range(position - 1, -1, -1):
                 if options[candidate][2] <= estimate * (1 + self.down_tolerance):
@@ -1745,6 +1754,9 @@ class LayerSelector:
             target = int(min(self.up_factor * rate, self.probe_step * max(estimate, 1)))
             break
         self.probe_target_bps = target
+
+
+CARRIED_SHARE = 0.95  # ours: an acknowledged rate this close to a layer's bitrate (audio included) carries it
 
 
 def _mbps(bps: float) -> str:

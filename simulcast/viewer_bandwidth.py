@@ -245,6 +245,7 @@ class ViewerBandwidth:
             t,
             acknowledged_bps=estimator.acknowledged_bps,
             probe_ok_bps=proof,
+            path_clear=estimator.state == "increase" and estimator.signal == "normal" and estimator.loss < CONGESTED_LOSS,
         )
         target = self.selector.probe_target_bps
         # No probe while a capacity drop's queue drains (`_drain_queue`): its padding would join that queue.

@@ -1714,3 +1714,51 @@ def test_the_layer_choice_runs_again_at_once_only_when_it_may_have_to_go_down(mo
     assert bw.select_due(layers)
     gc.collect()  # what each choice keeps (one per viewer every 0.2 s) must not reach the collector's oldest generation
     assert not gc.is_tracked(bw._selected_alive)
+
+
+def test_a_layer_the_path_carries_is_kept_while_the_estimate_climbs_back() -> None:
+    """A 700 kbit/s viewer on the 0.59 Mbit/s middle layer after a keyframe burst's loss: estimate 0.49 Mbit/s in
+    additive increase, 0.65 Mbit/s acknowledged (CI, tests/test_bandwidth.py). The path carries the layer, so it
+    stays while the estimator reads no over-use and no loss; it goes once the path is not clear or the viewer
+    gets clearly less than the layer."""
+    layers = [(0, 150_000, True), (1, 590_000, True), (2, 1_500_000, True)]
+    selector = LayerSelector(up_hold_us=1 * SECOND)
+    assert selector.select(layers, 800_000, 0)[0] == 1
+    kept = selector.select(layers, 485_000, 1 * SECOND, acknowledged_bps=651_000, path_clear=True)
+    assert kept[:2] == (1, ALL_TEMPORAL) and kept[2] == "hold"
+    assert selector.select(layers, 485_000, 2 * SECOND, acknowledged_bps=651_000)[0] == 0  # over-use or loss: down
+    selector = LayerSelector(up_hold_us=1 * SECOND)
+    selector.select(layers, 800_000, 0)
+    assert selector.select(layers, 485_000, 1 * SECOND, acknowledged_bps=520_000, path_clear=True)[0] == 0
+
+
+def test_the_path_is_clear_only_without_over_use_or_loss() -> None:
+    """What ViewerBandwidth tells the selector: clear while the estimator increases on a normal signal with
+    under 2% loss; any of decrease / hold, over-use or loss is not."""
+    from simulcast.viewer_bandwidth import ViewerBandwidth
+
+    class Layer:
+        def __init__(self, spatial_id: int, bitrate: int) -> None:
+            self.spatial_id, self.bitrate, self.active = spatial_id, bitrate, True
+
+    seen: list[bool] = []
+
+    class Spy(LayerSelector):
+        def select(self, *args: object, **kwargs: object) -> tuple[int, int, str]:  # type: ignore[override]
+            seen.append(kwargs["path_clear"])  # type: ignore[arg-type]
+            return super().select(*args, **kwargs)  # type: ignore[arg-type]
+
+    bw = ViewerBandwidth(transport_cc=True)
+    bw.selector = Spy(up_hold_us=1 * SECOND)
+    layers = [Layer(0, 150_000), Layer(1, 590_000)]
+    e = bw.estimator
+    bw.select(layers)  # a new estimator: increase, normal, no loss
+    e._state = "hold"
+    bw.select(layers)
+    e._state, e._signal = "increase", 1  # over-use
+    bw.select(layers)
+    e._signal, e._loss = 0, 0.05
+    bw.select(layers)
+    e._loss = 0.0
+    bw.select(layers)
+    assert e.signal == "normal" and seen == [True, False, False, False, True]
