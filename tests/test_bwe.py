@@ -1762,3 +1762,31 @@ def test_the_path_is_clear_only_without_over_use_or_loss() -> None:
     e._loss = 0.0
     bw.select(layers)
     assert e.signal == "normal" and seen == [True, False, False, False, True]
+
+
+def test_a_switch_paces_the_new_layers_keyframe_at_1_2x_the_estimate_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ViewerBandwidth.on_switch (DownTrack._switch calls it for video, the first layer included): for
+    SWITCH_PACING_US the pacer runs at 1.2x the estimate instead of 2.5x, then back at the next feedback's pacing;
+    the drain after a capacity drop still wins."""
+    from simulcast import viewer_bandwidth
+    from simulcast.viewer_bandwidth import (CONGESTED_PACING_FACTOR, DRAIN_PACING_FACTOR, PACING_FACTOR,
+                                            SWITCH_PACING_US, ViewerBandwidth)
+
+    clock = [10 * SECOND]
+    monkeypatch.setattr(viewer_bandwidth, "now_us", lambda: clock[0])
+    bw = ViewerBandwidth(transport_cc=True)
+    bw._pace()
+    assert bw.pacer.factor == PACING_FACTOR
+    estimate = bw.estimator.estimate_bps
+    bw.on_switch()
+    assert bw.pacer.factor == CONGESTED_PACING_FACTOR
+    assert bw.pacer.bucket[0] == pytest.approx(estimate * CONGESTED_PACING_FACTOR / 8_000_000)  # bytes per µs
+    clock[0] += SWITCH_PACING_US - 1
+    bw._pace()  # a feedback within the window
+    assert bw.pacer.factor == CONGESTED_PACING_FACTOR
+    clock[0] += 1
+    bw._pace()
+    assert bw.pacer.factor == PACING_FACTOR
+    bw._draining_since = clock[0]
+    bw.on_switch()
+    assert bw.pacer.factor == DRAIN_PACING_FACTOR

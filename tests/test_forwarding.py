@@ -432,11 +432,12 @@ def test_repeated_nacks_are_answered_once_per_interval_and_within_a_budget() -> 
 
 
 def test_a_keyframe_burst_to_a_viewer_leaves_at_the_pacing_rate_in_order() -> None:
-    """GCC §4 pacer: 40 packets of a keyframe arrive at once; the viewer gets them at 2.5x its estimate, paced by
-    one timer (no task per packet), with transport-wide sequence numbers in send order and nothing lost."""
+    """GCC §4 pacer: 40 packets of a keyframe arrive at once; the viewer gets them at the pacing rate, paced by one
+    timer (no task per packet), with transport-wide sequence numbers in send order and nothing lost. It is the
+    viewer's first keyframe, i.e. a switch's: 1.2x the estimate (ViewerBandwidth.on_switch; 2.5x otherwise)."""
     import asyncio
 
-    from simulcast.viewer_bandwidth import PACING_FACTOR, ViewerBandwidth
+    from simulcast.viewer_bandwidth import CONGESTED_PACING_FACTOR, ViewerBandwidth
 
     async def run() -> tuple[list[tuple[float, bytes]], ViewerBandwidth]:
         upstream, wire = Wire(), Wire()
@@ -448,7 +449,7 @@ def test_a_keyframe_burst_to_a_viewer_leaves_at_the_pacing_rate_in_order() -> No
 
         track = video_track(upstream, history=256)
         bandwidth = ViewerBandwidth(transport_cc=True)
-        bandwidth.pacer.set_estimate(1_000_000)  # paced at 2.5 Mbit/s
+        assert bandwidth.estimator.estimate_bps == 1_000_000  # the initial estimate: 1.2 Mbit/s after the switch
         down = DownTrack(track, EgressProfile(100, 101, 9, "0", (), transport_cc_id=4), ssrc=0x5555,
                          rtx_ssrc=0x6666, cname="c", send_rtp=send_rtp, send_rtcp=wire.send_rtcp)
         down.bandwidth = bandwidth
@@ -472,8 +473,9 @@ def test_a_keyframe_burst_to_a_viewer_leaves_at_the_pacing_rate_in_order() -> No
     assert twcc == [(twcc[0] + i) & 0xFFFF for i in range(40)]
     duration = sent[-1][0] - sent[0][0]
     rate = sum(len(p) for _, p in sent[:-1]) * 8 / duration
-    print(f"\n[pacer] 40 x ~1.1 kB keyframe: {duration * 1000:.0f} ms, {rate / 1e6:.2f} Mbit/s (target {PACING_FACTOR} Mbit/s)")
-    assert 0.5 * PACING_FACTOR * 1e6 <= rate <= 1.3 * PACING_FACTOR * 1e6  # timer granularity on a loaded machine
+    target = CONGESTED_PACING_FACTOR * 1e6
+    print(f"\n[pacer] 40 x ~1.1 kB keyframe: {duration * 1000:.0f} ms, {rate / 1e6:.2f} Mbit/s (target {target / 1e6} Mbit/s)")
+    assert 0.5 * target <= rate <= 1.3 * target  # timer granularity on a loaded machine
 
 
 def _sender_reports(wire: Wire) -> list:
@@ -566,7 +568,7 @@ async def test_a_switch_while_a_capacity_drop_drains_leaves_no_gap_for_what_neve
     NACKs for packets that never existed for it), and its sender report counts only what went out."""
     import asyncio
 
-    from simulcast.viewer_bandwidth import ViewerBandwidth, now_us
+    from simulcast.viewer_bandwidth import CONGESTED_PACING_FACTOR, DRAIN_PACING_FACTOR, ViewerBandwidth, now_us
     from whep.layer_request import LayerRequest
 
     upstream, wire = Wire(), Wire()
@@ -577,6 +579,7 @@ async def test_a_switch_while_a_capacity_drop_drains_leaves_no_gap_for_what_neve
                      cname="c", send_rtp=wire.send_rtp, send_rtcp=wire.send_rtcp)
     down.bandwidth = bandwidth
     down.start()  # the top layer's keyframe goes out
+    assert bandwidth._switch_paced_until > 0  # the first layer's keyframe is paced gently (ViewerBandwidth.on_switch)
     feed(track, 101, VP8_DELTA, ts=12000, layer=2, now=T0 + 1.03)
     on_wire = len(wire.rtp)
     assert on_wire == 2
@@ -590,6 +593,7 @@ async def test_a_switch_while_a_capacity_drop_drains_leaves_no_gap_for_what_neve
     feed(track, 300, vp8_key(320, 180), ts=30000, layer=0, now=T0 + 1.1)  # the switch
     feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=T0 + 1.13)
     assert down.current is low and drops("pacer_before_switch") == before + 3
+    assert bandwidth.pacer.factor == DRAIN_PACING_FACTOR  # the drain's pacing wins over the switch's
     bandwidth.pacer.release(now_us())
     bandwidth._send_due(asyncio.get_running_loop())
     bandwidth.close()
@@ -601,3 +605,11 @@ async def test_a_switch_while_a_capacity_drop_drains_leaves_no_gap_for_what_neve
     assert twcc == [(twcc[0] + i) & 0xFFFF for i in range(len(out))]
     assert down.packets_sent == len(out)
     assert down.octets_sent == sum(len(p.payload) for p in out)  # RFC 3550 §6.4.1: payload octets
+    # An ordinary switch (no drain): the new layer's keyframe is paced at 1.2x the estimate.
+    bandwidth._draining_since = None
+    bandwidth._switch_paced_until = 0
+    down.pin(LayerRequest(rid="h"))
+    feed(track, 400, vp8_key(640, 360), ts=40000, layer=1, now=T0 + 1.2)
+    bandwidth.close()
+    assert down.current is track.ordered_layers[1] and bandwidth._switch_paced_until > 0
+    assert bandwidth.pacer.factor == CONGESTED_PACING_FACTOR

@@ -295,7 +295,11 @@ def rows_as_packets(side: list[tuple]) -> list[bytes]:
 async def test_transport_cc_lane_stamps_logs_and_paces_like_python(twcc_pair) -> None:
     track, viewers, (python_down, lane_down) = twcc_pair
     for down in (python_down, lane_down):
-        down.bandwidth.pacer.set_estimate(20_000_000)  # paced at 50 Mbit/s: the burst below still outruns it
+        # An estimate of 20 Mbit/s: the first keyframe's switch paces at 1.2x (24 Mbit/s, ViewerBandwidth.on_switch),
+        # and the burst below still outruns that.
+        estimator = down.bandwidth.estimator
+        estimator._delay_bps = estimator._loss_bps = 20_000_000.0
+        down.bandwidth._pace()
     stream = [packet(100 + i, 3000 * (i // 3), keyframe=i < 3, marker=i % 3 == 2) for i in range(300)]
     feed(track, stream)
     assert lane_down.armed_in is not None and lane_down._lane_counts()[0] > 0  # the lane sent part of them

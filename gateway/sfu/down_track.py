@@ -435,6 +435,8 @@ class DownTrack:
         key = self._source_key + layer.offer_index
         if old is not None and self.bandwidth is not None:  # a layer switch (not a new publisher's first keyframe)
             self._unsend(self.bandwidth.discard_before_switch(self))
+        if self.bandwidth is not None and self.kind == "video":
+            self.bandwidth.on_switch()  # the new layer's keyframe leaves gently (ViewerBandwidth.on_switch)
         self.munger.switch_to(packet.sequence_number, packet.timestamp, time.monotonic(), key)
         if self.codec_munger is not None and descriptor is not None:
             self.codec_munger.switch_to(descriptor, key)
