@@ -1790,3 +1790,24 @@ def test_a_switch_paces_the_new_layers_keyframe_at_1_2x_the_estimate_for_a_while
     bw._draining_since = clock[0]
     bw.on_switch()
     assert bw.pacer.factor == DRAIN_PACING_FACTOR
+
+
+async def test_the_switch_window_ends_by_itself_for_a_viewer_that_sends_no_feedback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1.2x window after a switch also ends without a feedback to re-pace (a timer), and close() cancels it."""
+    import asyncio
+
+    from simulcast import viewer_bandwidth
+    from simulcast.viewer_bandwidth import CONGESTED_PACING_FACTOR, PACING_FACTOR, ViewerBandwidth
+
+    monkeypatch.setattr(viewer_bandwidth, "SWITCH_PACING_US", 20_000)
+    bw = ViewerBandwidth(transport_cc=True)
+    bw.on_switch()
+    assert bw.pacer.factor == CONGESTED_PACING_FACTOR
+    await asyncio.sleep(0.1)
+    assert bw.pacer.factor == PACING_FACTOR and bw._switch_timer is None
+    bw.on_switch()
+    bw.on_switch()  # a second switch within the window: one timer, the later end
+    bw.close()
+    assert bw._switch_timer is None
+    await asyncio.sleep(0.1)
+    assert bw.pacer.factor == CONGESTED_PACING_FACTOR  # closed: nothing runs any more
