@@ -160,6 +160,7 @@ CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R
 # of the last one's rate: the first feedbacks after a cut hold a few packets, and a shaper's token bucket
 # passes the first of them at line rate (seen with tc tbf: 510 kbit/s measured on a 300 kbit/s link).
 CAPACITY_REDROP_RATIO = 0.7
+CARRIED_SHARE = 0.95  # ours: an acknowledged rate this close to a layer's bitrate (audio included) carries it
 TWCC_ACTIVE_US = 2_000_000  # ours: transport-cc feedback this recent makes REMB / RR loss secondary
 HISTORY_US = 5_000_000  # ours: feedback about packets sent longer ago than this is ignored
 
@@ -1754,9 +1755,6 @@ class LayerSelector:
             target = int(min(self.up_factor * rate, self.probe_step * max(estimate, 1)))
             break
         self.probe_target_bps = target
-
-
-CARRIED_SHARE = 0.95  # ours: an acknowledged rate this close to a layer's bitrate (audio included) carries it
 
 
 def _mbps(bps: float) -> str:

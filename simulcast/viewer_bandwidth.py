@@ -53,6 +53,12 @@ def now_us() -> int:
     return time.monotonic_ns() // 1000
 
 
+def _liveness(layers: list["Layer"]) -> tuple[bool, ...]:
+    """Which layers are alive, as `select_due` compares it. A tuple of bools: the collector untracks it, so the one
+    each viewer keeps per choice never reaches gen2 (BENCHMARKS.md, "Full GC passes")."""
+    return tuple([layer.active for layer in layers])
+
+
 class ViewerBandwidth:
     def __init__(self, *, transport_cc: bool) -> None:
         self.transport_cc = transport_cc
@@ -247,9 +253,15 @@ class ViewerBandwidth:
         elif self._switch_paced_until and now_us() < self._switch_paced_until:
             self.pacer.factor = CONGESTED_PACING_FACTOR
         else:
-            congested = e.state != "increase" or e.loss >= CONGESTED_LOSS
-            self.pacer.factor = CONGESTED_PACING_FACTOR if congested else PACING_FACTOR
+            self.pacer.factor = PACING_FACTOR if self._path_clear() else CONGESTED_PACING_FACTOR
         self.pacer.set_estimate(e.estimate_bps)
+
+    def _path_clear(self) -> bool:
+        """The estimator reads neither over-use nor loss: §5.5 increase on a normal signal, loss under
+        CONGESTED_LOSS. Else the pacer runs at CONGESTED_PACING_FACTOR and the selector's down rule applies in
+        full (LayerSelector.select's `path_clear`)."""
+        e = self.estimator
+        return e.state == "increase" and e.signal == "normal" and e.loss < CONGESTED_LOSS
 
     # ---- layer choice ------------------------------------------------------------------------------
     def select_due(self, layers: list["Layer"]) -> bool:
@@ -263,7 +275,7 @@ class ViewerBandwidth:
             return True
         if self.estimator.estimate_bps < self._selected_estimate:
             return True
-        return tuple([layer.active for layer in layers]) != self._selected_alive
+        return _liveness(layers) != self._selected_alive
 
     def select(self, layers: list["Layer"]) -> tuple[int, int, str]:
         """The spatial and temporal layer the estimate carries; starts a probe before an upgrade."""
@@ -271,9 +283,7 @@ class ViewerBandwidth:
         estimator = self.estimator
         self._selected_at = t
         self._selected_estimate = estimator.estimate_bps
-        # A tuple of bools: the collector untracks it, so one per viewer per choice never reaches gen2
-        # (BENCHMARKS.md, "Full GC passes").
-        self._selected_alive = tuple([layer.active for layer in layers])
+        self._selected_alive = _liveness(layers)
         proof = self.prober.success_bps(t) if estimator.has_transport_cc else estimator.estimate_bps
         self.choice = self.selector.select(
             [(layer.spatial_id, layer.bitrate, layer.active) for layer in layers],
@@ -281,7 +291,7 @@ class ViewerBandwidth:
             t,
             acknowledged_bps=estimator.acknowledged_bps,
             probe_ok_bps=proof,
-            path_clear=estimator.state == "increase" and estimator.signal == "normal" and estimator.loss < CONGESTED_LOSS,
+            path_clear=self._path_clear(),
         )
         target = self.selector.probe_target_bps
         # No probe while a capacity drop's queue drains (`_drain_queue`): its padding would join that queue.
