@@ -43,6 +43,14 @@ DRAIN_PACING_FACTOR = 1.0  # ... and what waited then leaves at the estimate, no
 # Ours (issue #4): after a layer switch (the viewer's first layer included) the new layer's keyframe, often ten or
 # more times a frame, leaves at CONGESTED_PACING_FACTOR x the estimate for this long. See `on_switch`.
 SWITCH_PACING_US = 500_000
+# Ours (issue #4): no probe for a higher layer starts while the feedback RTT exceeds its minimum by this much or more
+# (the estimator's `can_probe` allows up to 100 ms). The layer a forwarding SFU sends has the publisher's rate, not
+# the estimate's: a standing queue means it already fills the path, so there is no headroom to find, and the probe's
+# padding lands on that queue. A 700 kbit/s viewer on the ~0.55 Mbit/s middle layer reads 15-100 ms (median 36,
+# tbf's limit 100 ms); its 60 ms probe for the top layer overflowed the queue and the media behind the padding was
+# lost (21 of 39 packets in one feedback), which moved it down. An idle path reads 7-13 ms here (the RTT's own
+# noise: feedback timing, a busy host).
+PROBE_MAX_QUEUE_US = 25_000
 NEXT_SEQ, PROBING = 0, 1  # ViewerBandwidth.counters (gateway/_srtp_send.c COUNTER_*)
 # Ours (issue #6): after a feedback the layer choice runs again at once only when the estimate fell below the one
 # the last choice was made with, or a layer went alive or dead; else at most this often. See `select_due`.
@@ -80,6 +88,7 @@ class ViewerBandwidth:
         self._drain: Optional[asyncio.TimerHandle] = None
         self._draining_since: Optional[int] = None  # the capacity drop whose queue is draining (µs), see `_drain_queue`
         self._switch_paced_until = 0  # µs; see `on_switch`
+        self._probe_after = 0  # µs: no probe cluster starts before this (a layer switch's keyframe is on its way)
         self._switch_timer: Optional[asyncio.TimerHandle] = None
         self._selected_at: Optional[int] = None  # when `select` last ran (µs), with the estimate and liveness it saw
         self._selected_estimate = 0
@@ -157,9 +166,11 @@ class ViewerBandwidth:
             self._switch_timer.cancel()
             self._switch_timer = None
 
-    def sent(self, seq: int, size: int, send_time_us: int = 0) -> None:
+    def sent(self, seq: int, size: int, send_time_us: int = 0, padding: bool = False) -> None:
+        """Log a packet sent with transport-wide `seq`; `padding`: probe padding (its loss is the probe's, not the
+        loss controller's: SendSideEstimator._apply_feedback)."""
         cluster = self.prober.active_cluster
-        self.log.record(seq, size, send_time_us or now_us(), cluster)
+        self.log.record(seq, size, send_time_us or now_us(), cluster, padding)
         if cluster is not None:
             self.prober.on_sent(size)
 
@@ -229,6 +240,7 @@ class ViewerBandwidth:
         issue #4). The next feedback after the window paces as before; a timer does it too, for a viewer that sends
         none."""
         self._switch_paced_until = now_us() + SWITCH_PACING_US
+        self._probe_after = max(self._probe_after, self._switch_paced_until)
         self._pace()
         try:
             loop = asyncio.get_running_loop()
@@ -281,6 +293,7 @@ class ViewerBandwidth:
         """The spatial and temporal layer the estimate carries; starts a probe before an upgrade."""
         t = now_us()
         estimator = self.estimator
+        before = self.choice
         self._selected_at = t
         self._selected_estimate = estimator.estimate_bps
         self._selected_alive = _liveness(layers)
@@ -293,9 +306,19 @@ class ViewerBandwidth:
             probe_ok_bps=proof,
             path_clear=self._path_clear(),
         )
+        if self.choice[0] != (before[0] if before is not None else None):
+            self._probe_after = t + SWITCH_PACING_US
         target = self.selector.probe_target_bps
-        # No probe while a capacity drop's queue drains (`_drain_queue`): its padding would join that queue.
+        # No probe while a capacity drop's queue drains (`_drain_queue`): its padding would join that queue. None
+        # either from a spatial switch's decision until SWITCH_PACING_US after its keyframe started (`on_switch`):
+        # the keyframe, ten or more frames' worth, is the largest burst the path sees, and padding on top of it
+        # overflows the queue that the keyframe alone fits (ours, issue #4). Before this rule a probe for the top
+        # layer could start 0.3 s after a switch up (the prober's interval after the probe that proved the layer), and
+        # at join with the first keyframe (for 1.86 Mbit/s on the 1 Mbit/s guess): a 700 kbit/s viewer read 45% loss
+        # 1.2 s after switching up (CI) and 22 of 32 packets lost in one feedback at join. None on a standing queue
+        # either (PROBE_MAX_QUEUE_US).
         if (target and estimator.has_transport_cc and estimator.can_probe and self._draining_since is None
+                and t >= self._probe_after and estimator.queuing_delay_us < PROBE_MAX_QUEUE_US
                 and self.prober.ready(t, target)):
             self.prober.start(target, t)
             self.counters[PROBING] = 1

@@ -171,11 +171,11 @@ class Sim:
             self.buckets.append(Bucket())
         return self.buckets[index]
 
-    def _send(self, size: int) -> None:
+    def _send(self, size: int, padding: bool = False) -> None:
         seq = self.seq
         self.seq = (seq + 1) & 0xFFFF
         cluster = self.prober.active_cluster
-        self.log.record(seq, size, self.now, cluster)
+        self.log.record(seq, size, self.now, cluster, padding)
         if cluster is not None:
             self.prober.on_sent(size)
         bucket = self._bucket(self.now)
@@ -269,7 +269,7 @@ class Sim:
         # Probe padding, straight out (not through the pacer), 250-byte packets.
         need = self.prober.padding_needed(now)
         while need > 0:
-            self._send(250)
+            self._send(250, padding=True)
             need -= 250
         if now % (100 * MS) == 0:
             bucket = self._bucket(now)
@@ -1340,7 +1340,8 @@ def test_compiled_matcher_gives_the_python_estimator_run_exactly(mode: str) -> N
 
 
 def _twin_estimators(count: int, first_seq: int, rng: random.Random) -> tuple[SendSideEstimator, ...]:
-    """Two estimators on equal send logs of `count` packets (some in probe clusters), one with the C matcher."""
+    """Two estimators on equal send logs of `count` packets (some in probe clusters, media or padding), one with the C
+    matcher."""
     pair = []
     for matcher in (None, FeedbackMatcher):
         log = SendLog(capacity=256)
@@ -1350,8 +1351,9 @@ def _twin_estimators(count: int, first_seq: int, rng: random.Random) -> tuple[Se
         pair.append(estimator)
     for k in range(count):
         seq, size, cluster = (first_seq + k) & 0xFFFF, rng.choice((120, 1200, 900)), rng.choice((None, None, 3))
+        padding = cluster is not None and k % 2 == 0
         for estimator in pair:
-            estimator._log.record(seq, size, 1_000_000 + k * 2_000, cluster)
+            estimator._log.record(seq, size, 1_000_000 + k * 2_000, cluster, padding)
     return tuple(pair)
 
 
@@ -1531,6 +1533,59 @@ def _fci(recorder: TwccRecorder) -> bytes:
     return fci
 
 
+def _probe_feedback(compiled: bool, padding: bool, media_lost: int) -> tuple[SendSideEstimator, Prober, int]:
+    """30 media packets with a probe cluster's 30 padding packets between them, all sent while the cluster runs;
+    every padding packet is lost, `media_lost` media packets from the 11th on too. Returns the estimator after that one
+    feedback, its prober and the cluster id."""
+    log = SendLog()
+    prober = Prober()
+    estimator = SendSideEstimator(log, prober=prober, initial_bps=1_000_000)
+    if compiled:
+        estimator.use_matcher(FeedbackMatcher)
+    base = 10 * SECOND
+    cluster = prober.start(1_000_000, base)
+    recorder = TwccRecorder()
+    for k in range(30):
+        media, pad = 2 * k, 2 * k + 1
+        log.record(media, 1200, base + k * MS, cluster)
+        log.record(pad, 255, base + k * MS, cluster, padding=padding)
+        if not 10 <= k < 10 + media_lost:
+            recorder.record(media, 5 * SECOND + k * MS + 10 * MS)
+    recorder.record(60, 5 * SECOND + 40 * MS)  # one media packet after the cluster, so the last padding is reported
+    log.record(60, 1200, base + 30 * MS)
+    estimator.on_feedback_fci(_fci(recorder), base + 80 * MS)
+    return estimator, prober, cluster
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
+def test_probe_padding_lost_fails_the_probe_but_is_not_media_loss(compiled: bool) -> None:
+    """A probe whose padding the path drops (the path does not carry its rate) fails as a probe; the §6 loss
+    controller counts media only, so it neither reads 50% loss nor decreases. Media lost beside the padding still
+    counts. The same packets logged without the padding mark read as 50% loss and cut the estimate."""
+    if compiled and FeedbackMatcher is None:
+        pytest.skip("gateway._srtp_send not built")
+    estimator, prober, cluster = _probe_feedback(compiled, padding=True, media_lost=0)
+    assert estimator.last_lost == 30  # the feedback did report the padding lost...
+    assert estimator.loss == 0.0 and estimator.loss_based_bps >= 1_000_000  # ...and the controller saw no loss
+    assert not estimator.reason.startswith("loss")
+    assert prober._clusters[cluster].lost == 30 and prober._clusters[cluster].received == 30
+    assert SendLog().is_padding(0) is False
+    lossy, _, _ = _probe_feedback(compiled, padding=True, media_lost=6)
+    assert lossy.loss == pytest.approx(6 / 31) and lossy.loss_based_bps < 1_000_000 and lossy.reason.startswith("loss")
+    unmarked, _, _ = _probe_feedback(compiled, padding=False, media_lost=0)
+    assert unmarked.loss == pytest.approx(30 / 61) and unmarked.loss_based_bps < 1_000_000
+
+
+def test_padding_is_marked_in_the_send_log_and_read_back_as_its_cluster() -> None:
+    log = SendLog()
+    log.record(7, 255, 1_000, 3, padding=True)
+    log.record(8, 1200, 1_000, 3)
+    log.record(9, 1200, 1_000)
+    assert log.lookup(7) == (1_000, 255, 3) and log.lookup(8) == (1_000, 1200, 3) and log.lookup(9)[2] is None
+    assert log.is_padding(7) and not log.is_padding(8) and not log.is_padding(9) and not log.is_padding(10)
+    assert bwe.cluster_id(bwe.padding_cluster(0x7FFFFFFF)) == 0x7FFFFFFF and bwe.padding_cluster(1) < bwe.NO_CLUSTER
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
 def test_capacity_drop_holds_video_until_its_queue_has_drained(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> None:
     """The recorded Chromium cut through a ViewerBandwidth: the feedback that finds the capacity drop holds video
@@ -1624,7 +1679,75 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
     for viewer in (bw, calm):
         assert viewer.select(layers)[0] == 0
         assert viewer.selector.probe_target_bps
+    assert not calm.probing and not bw.probing  # the first choice: its keyframe comes before any probe
+    clock.now += vb.SWITCH_PACING_US
+    for viewer in (bw, calm):
+        assert viewer.select(layers)[0] == 0
+        assert viewer.selector.probe_target_bps
     assert calm.probing and not bw.probing
+
+
+def test_no_probe_starts_while_a_switch_keyframe_is_on_its_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a spatial switch's decision (the first choice included) until SWITCH_PACING_US after its keyframe began
+    to leave (`on_switch`), select names the probe target but starts no cluster; afterwards it does."""
+    import simulcast.viewer_bandwidth as vb
+
+    clock = _Clock(5 * SECOND)
+    monkeypatch.setattr(vb, "now_us", clock)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.counters[0] = 0
+    recorder = TwccRecorder()
+    for index in range(3):  # one feedback: transport-cc is live, the path shows no queue
+        bw.sent(bw.next_seq(), 200, clock.now + index * MS)
+        recorder.record(index, 10 * SECOND + index * MS)
+    clock.now += 10 * MS
+    bw.on_feedback(_fci(recorder))
+    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    assert bw.select(layers)[0] == 0 and bw.selector.probe_target_bps and not bw.probing  # decided: no probe
+    clock.now += 300 * MS
+    bw.on_switch()  # the keyframe arrived 0.3 s later and leaves now
+    clock.now += vb.SWITCH_PACING_US - MS
+    assert bw.select(layers)[0] == 0 and bw.selector.probe_target_bps and not bw.probing
+    clock.now += MS
+    assert bw.select(layers)[0] == 0 and bw.probing
+
+
+def test_no_probe_for_a_higher_layer_starts_on_a_standing_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feedback whose RTT stays PROBE_MAX_QUEUE_US above the minimum (the layer fills the path): select names the
+    probe target but starts no cluster, though the estimator itself would allow one (`can_probe`); once the RTT is
+    back near its minimum, it does."""
+    import simulcast.viewer_bandwidth as vb
+
+    clock = _Clock(5 * SECOND)
+    monkeypatch.setattr(vb, "now_us", clock)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.counters[0] = 0
+    recorder = TwccRecorder()
+    seq = 0
+
+    def feedback(rtt_us: int) -> None:
+        nonlocal seq
+        for _ in range(3):
+            bw.sent(bw.next_seq(), 200, clock.now)
+            recorder.record(seq, clock.now + 10 * SECOND)
+            seq += 1
+        clock.now += rtt_us
+        bw.on_feedback(_fci(recorder))
+        clock.now += 30 * MS
+
+    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    feedback(10 * MS)
+    assert bw.select(layers)[0] == 0
+    for _ in range(20):
+        feedback(10 * MS + vb.PROBE_MAX_QUEUE_US + 5 * MS)
+    e = bw.estimator
+    assert e.queuing_delay_us >= vb.PROBE_MAX_QUEUE_US and e.can_probe
+    clock.now += vb.SWITCH_PACING_US  # past the first choice's window
+    assert bw.select(layers)[0] == 0 and bw.selector.probe_target_bps and not bw.probing
+    for _ in range(30):
+        feedback(10 * MS)
+    assert e.queuing_delay_us < vb.PROBE_MAX_QUEUE_US and e.can_probe
+    assert bw.select(layers)[0] == 0 and bw.probing
 
 
 def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_draining() -> None:

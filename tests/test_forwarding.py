@@ -395,6 +395,7 @@ def test_every_packet_to_a_viewer_carries_the_next_transport_wide_sequence_numbe
     feed(track, 1, VP8_KEY, now=now)
     audio.on_packet(audio.layers[0], parse_rtp(rtp(50, b"opus", ssrc=0x7777, pt=111)), now)
     feed(track, 2, VP8_DELTA, ts=4000, now=now)
+    cluster = bandwidth.prober.start(1_000_000, time.monotonic_ns() // 1000)  # padding goes out for a probe cluster
     assert video_down.send_padding(600) > 600  # three padding packets on RTX
     sent = [parse_rtp(p) for p in wire.rtp]
     seqs = [int.from_bytes(p.extensions[4], "big") for p in sent]
@@ -405,6 +406,9 @@ def test_every_packet_to_a_viewer_carries_the_next_transport_wide_sequence_numbe
     for seq, packet in zip(seqs, sent):  # every packet is in the send log with its size, for the estimator
         logged = bandwidth.log.lookup(seq)
         assert logged is not None and logged[1] == len(packet.data)  # what send_rtp reported on the wire
+        # logged as the cluster's padding (the loss controller leaves it out), the media before it outside any cluster
+        assert bandwidth.log.is_padding(seq) == (packet.ssrc == 0x6666)
+        assert logged[2] == (cluster if packet.ssrc == 0x6666 else None)
 
 
 def test_repeated_nacks_are_answered_once_per_interval_and_within_a_budget() -> None:

@@ -399,15 +399,16 @@ class DownTrack:
             return self.send_stamped(template, seq, timestamp, ssrc)
         return self._send_rtp(assemble(template, seq, timestamp, ssrc))
 
-    def send_stamped(self, template: Template, seq: int, timestamp: int, ssrc: int, now_us: int = 0) -> int:
+    def send_stamped(self, template: Template, seq: int, timestamp: int, ssrc: int, now_us: int = 0,
+                     padding: bool = False) -> int:  # fmt: skip
         """Send now with the next transport-wide sequence number, logged for the estimator (at `now_us` when the
-        caller has just read the clock)."""
+        caller has just read the clock; `padding`: a probe's padding)."""
         bandwidth = self.bandwidth
         assert bandwidth is not None
         transport_seq = bandwidth.next_seq()
         size = self._send_rtp(assemble(template, seq, timestamp, ssrc, transport_seq))
         if size:
-            bandwidth.sent(transport_seq, size, now_us)
+            bandwidth.sent(transport_seq, size, now_us, padding)
         return size
 
     def send_padding(self, size: int) -> int:
@@ -416,10 +417,15 @@ class DownTrack:
         if self.profile.rtx_payload_type is None or self.rtx_ssrc is None or not self.active:
             return 0
         sent = 0
+        bandwidth = self.bandwidth
         while size > 0:
             chunk = min(size, 255)
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            n = self._send(self.profile.padding(chunk), self._rtx_seq, self.munger.last_ts, self.rtx_ssrc, paced=False)
+            template = self.profile.padding(chunk)
+            if template[1] and bandwidth is not None:  # not paced; logged as padding for the estimator
+                n = self.send_stamped(template, self._rtx_seq, self.munger.last_ts, self.rtx_ssrc, padding=True)
+            else:
+                n = self._send(template, self._rtx_seq, self.munger.last_ts, self.rtx_ssrc, paced=False)
             if not n:
                 break
             sent += n
