@@ -627,8 +627,8 @@ class SendSideEstimator:
     @property
     def can_probe(self) -> bool:
         """Whether probing now makes sense: increasing, low loss, no built-up queue. A probe sent into a
-        queue measures nothing new and delays its draining. (A forwarding SFU asks for less queue still:
-        viewer_bandwidth.PROBE_MAX_QUEUE_US.)"""
+        queue measures nothing new and delays its draining. (A forwarding SFU asks for less queue still when the
+        path is full: viewer_bandwidth.PROBE_MAX_QUEUE_US.)"""
         return (
             self._state == STATE_INCREASE
             and self._loss < LOSS_LOW

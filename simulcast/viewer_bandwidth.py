@@ -43,14 +43,18 @@ DRAIN_PACING_FACTOR = 1.0  # ... and what waited then leaves at the estimate, no
 # Ours (issue #4): after a layer switch (the viewer's first layer included) the new layer's keyframe, often ten or
 # more times a frame, leaves at CONGESTED_PACING_FACTOR x the estimate for this long. See `on_switch`.
 SWITCH_PACING_US = 500_000
-# Ours (issue #4): no probe for a higher layer starts while the feedback RTT exceeds its minimum by this much or more
-# (the estimator's `can_probe` allows up to 100 ms). The layer a forwarding SFU sends has the publisher's rate, not
-# the estimate's: a standing queue means it already fills the path, so there is no headroom to find, and the probe's
-# padding lands on that queue. A 700 kbit/s viewer on the ~0.55 Mbit/s middle layer reads 15-100 ms (median 36,
-# tbf's limit 100 ms); its 60 ms probe for the top layer overflowed the queue and the media behind the padding was
-# lost (21 of 39 packets in one feedback), which moved it down. An idle path reads 7-13 ms here (the RTT's own
-# noise: feedback timing, a busy host).
+# Ours (issue #4): no probe for a higher layer starts on a full path: the feedback RTT this much or more above its
+# minimum (the estimator's `can_probe` allows up to 100 ms) while the viewer acknowledges at least PATH_FULL_SHARE of
+# the estimate. The layer a forwarding SFU sends has the publisher's rate, not the estimate's: with a standing queue
+# and the estimate at or below what arrives, it already fills the path, there is no headroom to find, and the probe's
+# padding lands on that queue. A 700 kbit/s viewer on the ~0.55 Mbit/s middle layer read 15-100 ms (median 36, tbf's
+# limit 100 ms), estimate ~510 kbit/s, acknowledged ~650; its 60 ms probe for the top layer overflowed the queue and
+# the media behind the padding was lost (21 of 39 packets in one feedback), which moved it down. An idle path reads
+# 7-13 ms here (the RTT's own noise: feedback timing, a busy host). The queue alone is not enough: on a path whose RTT
+# jitters (Wi-Fi, cellular) its smoothed excess over the minimum can stay above 25 ms with the path far from full, and
+# a queue rule alone would then never let the viewer move up.
 PROBE_MAX_QUEUE_US = 25_000
+PATH_FULL_SHARE = 0.9
 NEXT_SEQ, PROBING = 0, 1  # ViewerBandwidth.counters (gateway/_srtp_send.c COUNTER_*)
 # Ours (issue #6): after a feedback the layer choice runs again at once only when the estimate fell below the one
 # the last choice was made with, or a layer went alive or dead; else at most this often. See `select_due`.
@@ -275,6 +279,11 @@ class ViewerBandwidth:
         e = self.estimator
         return e.state == "increase" and e.signal == "normal" and e.loss < CONGESTED_LOSS
 
+    def _path_full(self) -> bool:
+        """A standing queue while the viewer acknowledges about the estimate or more: no probe (PROBE_MAX_QUEUE_US)."""
+        e = self.estimator
+        return e.queuing_delay_us >= PROBE_MAX_QUEUE_US and e.acknowledged_bps >= PATH_FULL_SHARE * e.estimate_bps
+
     # ---- layer choice ------------------------------------------------------------------------------
     def select_due(self, layers: list["Layer"]) -> bool:
         """Whether the layer choice should run again after this feedback (ours, issue #6). At once when the estimate
@@ -316,9 +325,9 @@ class ViewerBandwidth:
         # layer could start 0.3 s after a switch up (the prober's interval after the probe that proved the layer), and
         # at join with the first keyframe (for 1.86 Mbit/s on the 1 Mbit/s guess): a 700 kbit/s viewer read 45% loss
         # 1.2 s after switching up (CI) and 22 of 32 packets lost in one feedback at join. None on a standing queue
-        # either (PROBE_MAX_QUEUE_US).
+        # either on a full path (`_path_full`).
         if (target and estimator.has_transport_cc and estimator.can_probe and self._draining_since is None
-                and t >= self._probe_after and estimator.queuing_delay_us < PROBE_MAX_QUEUE_US
+                and t >= self._probe_after and not self._path_full()
                 and self.prober.ready(t, target)):
             self.prober.start(target, t)
             self.counters[PROBING] = 1

@@ -1712,10 +1712,16 @@ def test_no_probe_starts_while_a_switch_keyframe_is_on_its_way(monkeypatch: pyte
     assert bw.select(layers)[0] == 0 and bw.probing
 
 
-def test_no_probe_for_a_higher_layer_starts_on_a_standing_queue(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Feedback whose RTT stays PROBE_MAX_QUEUE_US above the minimum (the layer fills the path): select names the
-    probe target but starts no cluster, though the estimator itself would allow one (`can_probe`); once the RTT is
-    back near its minimum, it does."""
+def e_decreased(bw: object) -> bool:
+    return bw.estimator._decreased  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full", "jitter"])
+def test_no_probe_for_a_higher_layer_starts_on_a_full_path(monkeypatch: pytest.MonkeyPatch, full: bool) -> None:
+    """Feedback whose RTT stays PROBE_MAX_QUEUE_US above the minimum. While the viewer acknowledges about the estimate
+    (the layer fills the path) select names the probe target but starts no cluster, though the estimator itself would
+    allow one (`can_probe`), until the RTT is back near its minimum. With far less acknowledged than the estimate
+    (an RTT that jitters on a path with room) the same queue reading does not stop the probe."""
     import simulcast.viewer_bandwidth as vb
 
     clock = _Clock(5 * SECOND)
@@ -1724,30 +1730,44 @@ def test_no_probe_for_a_higher_layer_starts_on_a_standing_queue(monkeypatch: pyt
     bw.counters[0] = 0
     recorder = TwccRecorder()
     seq = 0
+    count, size = (12, 1200) if full else (3, 200)  # ~1.1 Mbit/s (the estimate follows it up) or ~60 kbit/s
 
-    def feedback(rtt_us: int) -> None:
+    def feedback(rtt_us: int, queue_us: int = 0) -> None:
+        """One 60 ms burst of packets and its feedback `rtt_us` after the last one; `queue_us`: the forward path's
+        queue (in the arrival times too), the rest of the RTT above 10 ms is the way back."""
         nonlocal seq
-        for _ in range(3):
-            bw.sent(bw.next_seq(), 200, clock.now)
-            recorder.record(seq, clock.now + 10 * SECOND)
+        start, step = clock.now, 60 * MS // count
+        for k in range(count):
+            bw.sent(bw.next_seq(), size, start + k * step)
+            recorder.record(seq, start + k * step + 10 * SECOND + queue_us)
             seq += 1
-        clock.now += rtt_us
+        clock.now = start + (count - 1) * step + rtt_us
         bw.on_feedback(_fci(recorder))
-        clock.now += 30 * MS
+        clock.now = start + 60 * MS + rtt_us
 
-    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 3_000_000))]
     feedback(10 * MS)
     assert bw.select(layers)[0] == 0
-    for _ in range(20):
-        feedback(10 * MS + vb.PROBE_MAX_QUEUE_US + 5 * MS)
+    standing = 60 * MS if full else vb.PROBE_MAX_QUEUE_US + 5 * MS
+    if full:  # the queue builds (over-use: the estimate goes below what arrives), then stands
+        for _ in range(10):
+            feedback(10 * MS)
+        for step in range(1, 4):
+            feedback(10 * MS + standing * step // 3, standing * step // 3)
+        assert e_decreased(bw)
+    for _ in range(5 if full else 20):  # (on a full path the next over-use comes within a few feedbacks)
+        feedback(10 * MS + standing, standing if full else 0)
     e = bw.estimator
     assert e.queuing_delay_us >= vb.PROBE_MAX_QUEUE_US and e.can_probe
+    assert (e.acknowledged_bps >= vb.PATH_FULL_SHARE * e.estimate_bps) == full
     clock.now += vb.SWITCH_PACING_US  # past the first choice's window
-    assert bw.select(layers)[0] == 0 and bw.selector.probe_target_bps and not bw.probing
-    for _ in range(30):
-        feedback(10 * MS)
-    assert e.queuing_delay_us < vb.PROBE_MAX_QUEUE_US and e.can_probe
-    assert bw.select(layers)[0] == 0 and bw.probing
+    assert bw.select(layers)[0] == 0 and bw.selector.probe_target_bps
+    assert bw.probing != full
+    if full:
+        for _ in range(30):
+            feedback(10 * MS)
+        assert e.queuing_delay_us < vb.PROBE_MAX_QUEUE_US and e.can_probe
+        assert bw.select(layers)[0] == 0 and bw.probing
 
 
 def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_draining() -> None:
