@@ -190,6 +190,8 @@ def padding_cluster(cluster_id: int) -> int:
 def cluster_id(value: int) -> int:
     """The probe cluster of a cluster ring value other than NO_CLUSTER (padding's included)."""
     return value if value >= 0 else -1 - value
+
+
 _DELAY = itemgetter(1)  # the one-way delay of a _recent_arrivals entry (arrival, delay, size)
 
 # SendSideEstimator._groups slots (gateway/_srtp_send.c FeedbackMatcher GROUP_*): the §5.2 group being built, the
@@ -875,12 +877,12 @@ class SendSideEstimator:
                 self._period_last_arrival = last_arrival
             self._period_bytes += received_bytes
         # Ours (issue #4): probe padding is left out of the loss fraction. Padding lost says the path does not carry
-        # the probe's rate, which the prober judges; counted here it read as media loss: a failed 60 ms probe for the
-        # top layer (70 padding packets, half of them dropped) made one feedback's loss 45% at a 700 kbit/s viewer
-        # whose middle layer arrived whole, and the controller moved it down (CI, tests/test_bandwidth.py). RTCP
-        # receiver reports, the loss source §6 names, count media SSRCs only, so padding on RTX never enters them
-        # either. Media lost behind the probe's padding still counts. (A padding packet reported lost and then
-        # received late takes one media loss back here; the period's count stays >= 0.)
+        # the probe's rate, which the prober judges. Counted here, a failed probe for the top layer (60 ms, ~70
+        # padding packets of 255 bytes at a 700 kbit/s viewer) read as tens of percent of media loss, and the loss
+        # controller moved the viewer down from a layer its media arrived on. RTCP receiver reports, the loss source §6
+        # names, count media SSRCs only, so padding on RTX never enters them either. Media lost behind the probe's
+        # padding still counts. (A padding packet reported lost and then received late takes one media loss back
+        # here; the period's count stays >= 0.)
         self._period_received += received - padding_received
         self._period_lost = max(0, self._period_lost + lost - padding_lost)
         total = self._period_received + self._period_lost

@@ -324,8 +324,8 @@ class ViewerBandwidth:
         # overflows the queue that the keyframe alone fits (ours, issue #4). Before this rule a probe for the top
         # layer could start 0.3 s after a switch up (the prober's interval after the probe that proved the layer), and
         # at join with the first keyframe (for 1.86 Mbit/s on the 1 Mbit/s guess): a 700 kbit/s viewer read 45% loss
-        # 1.2 s after switching up (CI) and 22 of 32 packets lost in one feedback at join. None on a standing queue
-        # either on a full path (`_path_full`).
+        # 1.2 s after switching up (CI) and 22 of 32 packets lost in one feedback at join. None either on a full path
+        # (`_path_full`).
         if (target and estimator.has_transport_cc and estimator.can_probe and self._draining_since is None
                 and t >= self._probe_after and not self._path_full()
                 and self.prober.ready(t, target)):
