@@ -826,7 +826,7 @@ class SendSideEstimator:
             for entry in probes:
                 cluster = entry[0]
                 if cluster < NO_CLUSTER:  # padding_cluster(id)
-                    cluster = -1 - cluster
+                    cluster = cluster_id(cluster)
                     if len(entry) == 1:
                         padding_lost += 1
                     else:

@@ -381,8 +381,10 @@ class DownTrack:
         rest = template[2]
         return template[0], template[1], rest[: len(rest) - len(payload)] + bytes(rewritten)
 
-    def _send(self, template: Template, seq: int, timestamp: int, ssrc: int, paced: bool = True) -> int:
-        """Assemble, stamp the transport-wide sequence number when negotiated, send, log for the estimator.
+    def _send(self, template: Template, seq: int, timestamp: int, ssrc: int, paced: bool = True,
+              padding: bool = False) -> int:  # fmt: skip
+        """Assemble, stamp the transport-wide sequence number when negotiated, send, log for the estimator
+        (`padding`: a probe's padding, logged as such).
 
         With transport-cc, video goes through the viewer's pacer (GCC §4): at once while its budget allows,
         else queued and sent by the pacer's timer (one timer per viewer, not a task per packet), so a keyframe
@@ -396,7 +398,7 @@ class DownTrack:
                     bandwidth.enqueue(self, template, seq, timestamp, ssrc, size)
                     return size
                 return self.send_stamped(template, seq, timestamp, ssrc, now)
-            return self.send_stamped(template, seq, timestamp, ssrc)
+            return self.send_stamped(template, seq, timestamp, ssrc, 0, padding)
         return self._send_rtp(assemble(template, seq, timestamp, ssrc))
 
     def send_stamped(self, template: Template, seq: int, timestamp: int, ssrc: int, now_us: int = 0,
@@ -417,15 +419,11 @@ class DownTrack:
         if self.profile.rtx_payload_type is None or self.rtx_ssrc is None or not self.active:
             return 0
         sent = 0
-        bandwidth = self.bandwidth
         while size > 0:
             chunk = min(size, 255)
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            template = self.profile.padding(chunk)
-            if template[1] and bandwidth is not None:  # not paced; logged as padding for the estimator
-                n = self.send_stamped(template, self._rtx_seq, self.munger.last_ts, self.rtx_ssrc, padding=True)
-            else:
-                n = self._send(template, self._rtx_seq, self.munger.last_ts, self.rtx_ssrc, paced=False)
+            n = self._send(self.profile.padding(chunk), self._rtx_seq, self.munger.last_ts, self.rtx_ssrc, paced=False,
+                           padding=True)
             if not n:
                 break
             sent += n
