@@ -23,6 +23,10 @@ RTP counted per SSRC in C, only STUN, media before the first keyframe and 1-in-5
 --python-viewers: every datagram in Python as before; --compare-viewers: both, one after the other.
 --rps: run the gateway and this process in a network namespace whose loopback steers receive processing (RPS)
 to core 0, so the viewers' kernel receive work does not run on the gateway's core (as on a real network).
+--workers N: the gateway as deployed on an N-core machine (`http.workers = N`: a front and N worker processes,
+not pinned; WHEP POSTs go round robin over the workers, the stream is relayed once to each other worker). CPU,
+CPU wait and RSS are then summed over the front and its workers; this process stays on core 0, so on a 2-core
+machine one worker shares its core with the load.
 
 The baseline (bench/load_baseline.py: aiortc RTCPeerConnection + MediaRelay, decode + re-encode per viewer,
 because aiortc has no forwarding path) is measured the same way in the same run, printed beside as ratios.
@@ -120,8 +124,10 @@ class Server:
             cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
         else:
             cmd = [sys.executable, str(ROOT / "bench" / "load_baseline.py"), "--listen", f"127.0.0.1:{self.port}"]
-        if core is not None and have_taskset():
-            cmd = ["taskset", "-c", str(core)] + cmd  # taskset execs the command: same pid
+        if have_taskset():
+            # taskset execs the command: same pid. Not pinned = every core: this process may already have pinned
+            # itself to core 0, and a child inherits that.
+            cmd = ["taskset", "-c", str(core) if core is not None else f"0-{os.cpu_count() - 1}"] + cmd
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
 
@@ -170,7 +176,8 @@ class Step:
     packets: int = 0
     expected: int = 0
     loss: float = 0.0
-    server_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0  # utime + stime over the window, summed over the gateway's processes
+    server_processes: int = 1  # the gateway's processes measured (with --workers N: the front and its N workers)
     server_core_busy: float = 0.0
     load_core_busy: float = 0.0
     us_per_packet: Optional[float] = None
@@ -235,6 +242,7 @@ class Options:
     publisher_pacing: float = 0.0
     drain_interval_ms: float = 10.0
     viewer_feedback_ms: float = 0.0
+    workers: int = 1  # http.workers of the gateway: 1 = one process pinned to core 1 (what "per core" measures)
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     audio: Optional[Clip] = None
 
@@ -267,7 +275,9 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
     steps: list[Step] = []
     # --udp-port: every session on one gateway socket (rtc.udp_port), so a fan-out leaves in sendmmsg batches.
     rtc_config = f"udp_port = {free_udp_port()}\n" if opts.udp_port and server_kind == "whipgate" else ""
-    server = Server(server_kind, opts.workdir, core=1, name=profile, rtc_config=rtc_config)
+    workers = opts.workers if server_kind == "whipgate" else 1
+    server = Server(server_kind, opts.workdir, core=1 if workers == 1 else None, name=profile,
+                    http_config=f"workers = {workers}\n" if workers > 1 else "", rtc_config=rtc_config)
     http = httpx.AsyncClient(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=64))
     viewers: list[Viewer] = []
     publisher: Optional[Publisher] = None
@@ -275,14 +285,15 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                   feedback_interval=opts.viewer_feedback_ms / 1000) \
         if opts.viewer_mode == "c" and server_kind == "whipgate" else None
     try:
-        await server.wait_healthy()
+        await server.wait_healthy(timeout=30.0 if workers == 1 else 90.0)
+        pids = await server_pids(http, server) if workers > 1 else [server.pid]
         layers = opts.clips[profile]
         simulcast = len(layers) > 1
         publisher = Publisher(layers, opts.audio, SIMULCAST_RIDS[: len(layers)] if simulcast else None,
                               pace_factor=opts.publisher_pacing)
         await publisher.start(http, f"{server.base_url}/whip/{STREAM}")
         await asyncio.sleep(2.0)  # the server sees a keyframe (GOP 1 s) and the stream settles
-        rss_alone = proc_rss_bytes(server.pid)
+        rss_alone = sum(map(proc_rss_bytes, pids))
         for n in opts.viewers:
             step = Step(server_kind, profile, n, viewer_mode="c" if drain is not None else "python", rps=opts.rps)
             t_step = time.monotonic()
@@ -309,13 +320,13 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
             before = [v.snapshot() for v in viewers]
             video_before = [v.video_received() for v in viewers]
             counters_before = [(v.verified, v.auth_failures, v.unknown_payloads) for v in viewers]
-            spy = start_py_spy(opts, server, profile, n)
-            wait0, lwait0 = proc_wait_seconds(server.pid), proc_wait_seconds(os.getpid())
+            spy = start_py_spy(opts, server, profile, n, pids[-1])
+            wait0, lwait0 = sum(map(proc_wait_seconds, pids)), proc_wait_seconds(os.getpid())
             rcvbuf0 = udp_receive_buffer_errors()
             drops0 = await read_drops(http, server.base_url) if server_kind == "whipgate" else None
-            cpu0, load0, t0 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
+            cpu0, load0, t0 = sum(map(proc_cpu_seconds, pids)), proc_cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(opts.duration)
-            cpu1, load1, t1 = proc_cpu_seconds(server.pid), proc_cpu_seconds(os.getpid()), time.monotonic()
+            cpu1, load1, t1 = sum(map(proc_cpu_seconds, pids)), proc_cpu_seconds(os.getpid()), time.monotonic()
             step.net_rx_per_s = [(b - a) / (t1 - t0) for a, b in zip(softirq0, net_rx_softirqs())]
             step.softirq_share = [(b - a) / (t1 - t0) for a, b in zip(sitime0, softirq_seconds())]
             step.cpu_busy = [(b - a) / (t1 - t0) for a, b in zip(busy0, cpu_busy_seconds())]
@@ -333,7 +344,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                 step.gateway_drops = {k: v - drops0.get(k, 0) for k, v in drops1.items() if v > drops0.get(k, 0)}
             if opts.viewer_feedback_ms and server_kind == "whipgate":
                 await read_estimates(http, server.base_url, step)
-            step.server_waited = (proc_wait_seconds(server.pid) - wait0) / (t1 - t0)
+            step.server_waited = (sum(map(proc_wait_seconds, pids)) - wait0) / (t1 - t0)
             step.load_waited = (proc_wait_seconds(os.getpid()) - lwait0) / (t1 - t0)
             if spy is not None:
                 await asyncio.get_running_loop().run_in_executor(None, spy.wait)
@@ -350,6 +361,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                 step.packets += received
             step.loss = 1 - step.packets / step.expected if step.expected else 1.0
             step.server_cpu_s = cpu1 - cpu0
+            step.server_processes = len(pids)
             step.server_core_busy = step.server_cpu_s / step.window_s
             step.load_core_busy = (load1 - load0) / step.window_s
             if step.packets:
@@ -368,7 +380,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                 step.auth_failures += v.auth_failures - auth
                 step.unknown_payloads += v.unknown_payloads - unk
             if viewers:
-                step.rss_per_viewer_kb = (proc_rss_bytes(server.pid) - rss_alone) / len(viewers) / 1024
+                step.rss_per_viewer_kb = (sum(map(proc_rss_bytes, pids)) - rss_alone) / len(viewers) / 1024
             step.step_s = time.monotonic() - t_step
             trouble = publisher.trouble()
             if trouble:
@@ -443,15 +455,22 @@ def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
     return sum(drain.states[v.slot].stun for v in viewers if v.slot is not None)
 
 
-def start_py_spy(opts: Options, server: Server, profile: str, n: int) -> Optional[subprocess.Popen]:
-    """py-spy record on the server for the measuring window (collapsed stacks; --nonblocking: the server is not
-    paused to sample it, so its figures stay comparable)."""
+async def server_pids(http: httpx.AsyncClient, server: Server) -> list[int]:
+    """The front's pid and its workers' (GET /api/workers), for a gateway with http.workers > 1."""
+    response = await http.get(server.base_url + "/api/workers")
+    response.raise_for_status()
+    return [server.pid] + [int(w["pid"]) for w in response.json()]
+
+
+def start_py_spy(opts: Options, server: Server, profile: str, n: int, pid: int) -> Optional[subprocess.Popen]:
+    """py-spy record on the server (`pid`: with workers, the last one) for the measuring window (collapsed stacks;
+    --nonblocking: the server is not paused to sample it, so its figures stay comparable)."""
     if opts.py_spy is None:
         return None
     opts.py_spy.mkdir(parents=True, exist_ok=True)
     out = opts.py_spy / f"{server.kind}-{profile}-{n}.txt"
     cmd = ["py-spy", "record", "--nonblocking", "--rate", "100", "--duration", str(max(1, int(opts.duration))),
-           "--format", "raw", "--output", str(out), "--pid", str(server.pid)]
+           "--format", "raw", "--output", str(out), "--pid", str(pid)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -649,6 +668,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--publisher-pacing", type=float, default=0.0, metavar="FACTOR",
                    help="the publisher paces its video at FACTOR x its bitrate, as browsers (libwebrtc, 2.5) do; "
                         "default 0: a whole frame at once, as FFmpeg's WHIP muxer sends (a keyframe is one burst)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="whipgate with http.workers = N (a front and N worker processes, unpinned: the default "
+                        "deployment on an N-core machine); CPU, wait and RSS summed over them; default 1: one "
+                        "process pinned to core 1")
     p.add_argument("--in-netns", metavar="NAME", help=argparse.SUPPRESS)  # set by --rps for the re-run inside
     return p.parse_args(argv)
 
@@ -674,7 +697,10 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
         first_frame_timeout=args.first_frame_timeout, workdir=workdir, py_spy=args.py_spy,
         rps=bool(args.in_netns), drain_interval_ms=args.drain_interval_ms, udp_port=args.udp_port,
         transport_cc=args.transport_cc, publisher_pacing=args.publisher_pacing, viewer_feedback_ms=args.viewer_feedback,
+        workers=args.workers,
     )
+    if args.workers < 1:
+        raise SystemExit("--workers must be >= 1")
     if args.viewer_feedback and (not args.transport_cc or args.python_viewers):
         raise SystemExit("--viewer-feedback needs --transport-cc and the C viewers")
     modes = ["python"] if args.python_viewers else ["c", "python"] if args.compare_viewers else ["c"]
@@ -688,7 +714,8 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
     print(f"# viewers: {' then '.join(modes)}"
           + (f" (C drain interval {args.drain_interval_ms:g} ms)" if "c" in modes else "")
           + f"; RPS: {rps_description(args.in_netns)}", flush=True)
-    print(f"# open files limit {fds}; logs in {workdir}; cores: server 1, load 0"
+    server_cores = "server 1" if args.workers == 1 else f"server: a front + {args.workers} workers, not pinned"
+    print(f"# open files limit {fds}; logs in {workdir}; cores: {server_cores}, load 0"
           f"{'' if have_taskset() else ' (taskset unavailable: not pinned)'}", flush=True)
     for name in profiles:
         opts.clips[name] = [encode_clip(w, h, kbps) for w, h, kbps in PROFILES[name]]

@@ -19,12 +19,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("extra", [[], ["--transport-cc", "--viewer-feedback", "62", "--publisher-pacing", "2.5"]],
-                         ids=["plain", "browser-like"])
+@pytest.mark.parametrize("extra", [[], ["--transport-cc", "--viewer-feedback", "62", "--publisher-pacing", "2.5"],
+                                   ["--workers", "2"]],
+                         ids=["plain", "browser-like", "workers"])
 def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
     """browser-like: the viewers negotiate transport-cc (the gateway stamps, logs and paces what it sends them) and
     send transport-wide feedback every 62 ms as Chromium does, which the gateway matches with what it sent (none
-    unknown) and estimates from; the publisher paces its video as libwebrtc does; the same checks hold."""
+    unknown) and estimates from; the publisher paces its video as libwebrtc does; the same checks hold.
+    workers: the gateway as deployed on a multi-core machine (a front and two workers; the viewers are spread over
+    both, so one worker gets the stream relayed): its CPU is read from all three processes."""
     out_json = tmp_path / "steps.json"
     cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--viewers", "3", "--duration", "3", "--warmup", "1",
            "--no-baseline", "--profiles", "600k", "--json", str(out_json), *extra]
@@ -51,7 +54,10 @@ def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
     assert step["rss_per_viewer_kb"] is not None, step
     assert "| 3 | " in run.stdout and "## 600k" in run.stdout, run.stdout
     assert "loss" in run.stdout and "whipgate" in run.stdout, run.stdout
-    if extra:
+    assert step["server_processes"] == (3 if "--workers" in extra else 1), step
+    if "--workers" in extra:
+        assert "a front + 2 workers" in run.stdout, run.stdout
+    if "--transport-cc" in extra:
         assert "viewers with transport-cc" in run.stdout and "publisher paced at 2.5x" in run.stdout, run.stdout
         assert 12 <= step["feedback_per_viewer_s"] <= 17, step  # one per 62 ms
         assert step["feedback_unknown"] == 0 and step["estimate_kbps_p50"] > 300, step
