@@ -74,7 +74,10 @@ def _liveness(layers: list["Layer"]) -> tuple[bool, ...]:
 class ViewerBandwidth:
     def __init__(self, *, transport_cc: bool) -> None:
         self.transport_cc = transport_cc
-        self.log = SendLog()
+        # Only transport-cc viewers have packets logged (DownTrack._send stamps theirs). The full log is 168 KiB of
+        # rings, most of what a viewer costs beyond its DTLS and SRTP; a viewer without transport-cc gets the
+        # smallest one, which nothing writes.
+        self.log = SendLog() if transport_cc else SendLog(capacity=16)
         # 60 ms clusters: a shorter probe fits inside a shaper's token burst and passes at line rate, which would
         # "prove" a rate the path cannot sustain (seen with tc tbf: a 25 ms probe passed 1.2 Mbit/s on 700 kbit/s).
         # Failed probes back off 1 s, doubling to at most 2 s: while capped a probe every 2 s costs little, and

@@ -604,6 +604,33 @@ def test_send_log_ring() -> None:
         SendLog(capacity=1000)
 
 
+def test_a_viewer_without_transport_cc_allocates_no_send_log() -> None:
+    """Only transport-cc viewers have packets logged, so only they get the full send log (168 KiB of rings); the
+    others estimate from REMB and receiver reports, which still move their estimate."""
+    import tracemalloc
+
+    from simulcast.viewer_bandwidth import ViewerBandwidth
+
+    def kib_each(transport_cc: bool) -> float:
+        tracemalloc.start()
+        try:
+            kept = [ViewerBandwidth(transport_cc=transport_cc) for _ in range(8)]
+            size = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        for bandwidth in kept:
+            bandwidth.close()
+        return size / len(kept) / 1024
+
+    assert kib_each(True) > 150  # the transport-cc viewer's log is all there
+    assert kib_each(False) < 32
+    plain = ViewerBandwidth(transport_cc=False)
+    plain.on_remb(400_000)
+    assert plain.estimator.estimate_bps == 400_000
+    plain.on_receiver_report(128)  # 50 % lost (RFC 3550 §6.4.1 fraction): §6 decreases
+    assert plain.estimator.estimate_bps < 400_000
+
+
 def test_estimator_loss_duplicates_and_unknown() -> None:
     log = SendLog()
     est = SendSideEstimator(log, initial_bps=1_000_000)
