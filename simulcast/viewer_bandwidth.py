@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 INITIAL_BPS = 1_000_000  # the estimate before any feedback: the layer chosen at join must fit it
 MAX_BPS = 20_000_000
+SEND_LOG_SLOTS = 4096  # a transport-cc viewer's send log (see ViewerBandwidth.__init__)
 PACING_FACTOR = 2.5  # GCC §4 / libwebrtc's pacing factor
 CONGESTED_PACING_FACTOR = 1.2  # ours: while over-used, holding or losing more than CONGESTED_LOSS
 CONGESTED_LOSS = 0.02
@@ -74,10 +75,11 @@ def _liveness(layers: list["Layer"]) -> tuple[bool, ...]:
 class ViewerBandwidth:
     def __init__(self, *, transport_cc: bool) -> None:
         self.transport_cc = transport_cc
-        # Only transport-cc viewers have packets logged (DownTrack._send stamps theirs). The full log is 168 KiB of
-        # rings, most of what a viewer costs beyond its DTLS and SRTP; a viewer without transport-cc gets the
-        # smallest one, which nothing writes.
-        self.log = SendLog() if transport_cc else SendLog(capacity=16)
+        # Only transport-cc viewers have packets logged (DownTrack._send stamps theirs); a viewer without transport-cc
+        # gets the smallest log, which nothing writes. The log is 21 bytes a slot, most of what a viewer costs
+        # beyond its DTLS and SRTP: SEND_LOG_SLOTS hold ~2 s at MAX_BPS in 1,200-byte packets (~13 s of a 2.5
+        # Mbit/s layer with audio), where Chromium's feedback comes every 50-250 ms after the path's queue.
+        self.log = SendLog(SEND_LOG_SLOTS if transport_cc else 16)
         # 60 ms clusters: a shorter probe fits inside a shaper's token burst and passes at line rate, which would
         # "prove" a rate the path cannot sustain (seen with tc tbf: a 25 ms probe passed 1.2 Mbit/s on 700 kbit/s).
         # Failed probes back off 1 s, doubling to at most 2 s: while capped a probe every 2 s costs little, and

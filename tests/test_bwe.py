@@ -605,7 +605,7 @@ def test_send_log_ring() -> None:
 
 
 def test_a_viewer_without_transport_cc_allocates_no_send_log() -> None:
-    """Only transport-cc viewers have packets logged, so only they get the full send log (168 KiB of rings); the
+    """Only transport-cc viewers have packets logged, so only they get the full send log (84 KiB of rings); the
     others estimate from REMB and receiver reports, which still move their estimate."""
     import tracemalloc
 
@@ -622,13 +622,32 @@ def test_a_viewer_without_transport_cc_allocates_no_send_log() -> None:
             bandwidth.close()
         return size / len(kept) / 1024
 
-    assert kib_each(True) > 150  # the transport-cc viewer's log is all there
+    assert kib_each(True) > 80  # the transport-cc viewer's log is all there
     assert kib_each(False) < 32
     plain = ViewerBandwidth(transport_cc=False)
     plain.on_remb(400_000)
     assert plain.estimator.estimate_bps == 400_000
     plain.on_receiver_report(128)  # 50 % lost (RFC 3550 §6.4.1 fraction): §6 decreases
     assert plain.estimator.estimate_bps < 400_000
+
+
+def test_a_transport_cc_viewer_send_log_covers_late_feedback_at_the_top_rate() -> None:
+    """A transport-cc viewer's send log still holds what it sent 1.5 s ago at MAX_BPS (1,200-byte packets): feedback
+    that late (a deep queue, then the receiver's feedback interval) matches every packet it reports."""
+    from simulcast.viewer_bandwidth import MAX_BPS, ViewerBandwidth
+
+    bandwidth = ViewerBandwidth(transport_cc=True)
+    gap = 1200 * 8 * SECOND // MAX_BPS
+    start, late = 10 * SECOND, 1_500_000
+    recorder = TwccRecorder()
+    for seq in range(late // gap):
+        bandwidth.sent(seq, 1200, start + seq * gap)
+        if seq < 50:
+            recorder.record(seq, 5 * SECOND + seq * gap + 20 * MS)
+    bandwidth.estimator.on_feedback_fci(_fci(recorder), start + late)
+    assert bandwidth.estimator.unknown_packets == 0
+    assert bandwidth.estimator.last_received == 50 and bandwidth.estimator.last_lost == 0
+    bandwidth.close()
 
 
 def test_estimator_loss_duplicates_and_unknown() -> None:
