@@ -37,6 +37,8 @@ What is private and why:
   "receiver's ufrag:sender's ufrag"), then by remote address.
 - aioice Connection._protocols (StunProtocol.transport): `own_sockets` gives the sockets aioice bound for a
   session, so the gateway can size their receive buffers (`rtc.udp_receive_buffer`).
+- RTCCertificate._create_ssl_context: aiortc builds an OpenSSL context per DTLS session; `share_dtls_context`
+  gives every session of the process's one certificate the same context (see there).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import struct
 from typing import Any, Callable, Optional
 
 import pylibsrtp
+from OpenSSL import SSL
 from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 
 import aioice.candidate
@@ -90,6 +93,7 @@ __all__ = [
     "FeedbackMatcher",
     "set_dtls_role",
     "set_ice_controlling",
+    "share_dtls_context",
 ]
 
 # (owner, attribute name, what it must be): checked by tests/test_aiortc_adapter.py.
@@ -118,6 +122,8 @@ PRIVATE_NAMES: list[tuple[str, str, str]] = [
     ("pylibsrtp", "_binding.lib.srtp_unprotect", "cffi function, same signature as srtp_protect"),
     ("pylibsrtp", "_binding.lib.srtp_unprotect_rtcp", "cffi function, same signature as srtp_protect"),
     ("pylibsrtp.Session instance", "_srtp", "cffi srtp_t * (ffi.gc-owned by the Session)"),
+    ("aiortc.RTCCertificate", "_create_ssl_context", "function (self, srtp_profiles) -> OpenSSL.SSL.Context, called by "
+     "RTCDtlsTransport.start once per session"),
 ]
 
 _shims_installed = False
@@ -186,6 +192,35 @@ def own_sockets(gatherer: RTCIceGatherer) -> list[Any]:
             if sock is not None:
                 sockets.append(sock)
     return sockets
+
+
+def share_dtls_context(certificate: RTCCertificate) -> RTCCertificate:
+    """Make every DTLS session of `certificate` use one OpenSSL context (per SRTP profile list), and return it.
+
+    aiortc builds a context per session (`RTCDtlsTransport.start` -> `_create_ssl_context`): the same certificate,
+    key, cipher list and SRTP profiles each time, ~18 KiB of a viewer's memory and an SSL_CTX set-up per join.
+    OpenSSL contexts are made to be shared by connections; what is per session (the handshake, the peer's
+    certificate, the exported SRTP keys) lives in the connection. On the shared context:
+    - no server-side session cache: WebRTC peers do not resume DTLS sessions, and a shared cache would keep every
+      finished session (and its peer certificate) until it timed out;
+    - SSL_MODE_RELEASE_BUFFERS: a connection frees its record buffers while idle; after the handshake DTLS only
+      carries a close_notify (SRTP is demultiplexed before OpenSSL), so they are idle for the whole session.
+    """
+    create = certificate._create_ssl_context
+    contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+
+    def shared_context(srtp_profiles: list) -> SSL.Context:
+        key = tuple(profile.openssl_profile for profile in srtp_profiles)
+        context = contexts.get(key)
+        if context is None:
+            context = create(srtp_profiles=srtp_profiles)
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+            contexts[key] = context
+        return context
+
+    certificate._create_ssl_context = shared_context  # type: ignore[method-assign]
+    return certificate
 
 
 def set_dtls_role(dtls: RTCDtlsTransport, role: str) -> None:

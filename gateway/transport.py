@@ -38,7 +38,7 @@ def certificate() -> rtc.RTCCertificate:
     """One DTLS certificate per process (RFC 8827 §6.5 allows reuse; peers pin it by fingerprint)."""
     global _certificate
     if _certificate is None:
-        _certificate = rtc.RTCCertificate.generateCertificate()
+        _certificate = rtc.share_dtls_context(rtc.RTCCertificate.generateCertificate())
     return _certificate
 
 

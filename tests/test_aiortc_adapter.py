@@ -8,11 +8,13 @@ import importlib.metadata
 import inspect
 import os
 import socket
+from typing import Optional
 
 import aioice.ice
 import pylibsrtp
 import pytest
 from aiortc import RTCDtlsTransport
+from OpenSSL import SSL
 
 from gateway import aiortc_adapter as adapter
 
@@ -36,6 +38,9 @@ def test_private_methods_exist_with_expected_signatures() -> None:
     ]
     assert list(inspect.signature(aioice.ice.Connection.build_request).parameters) == ["self", "pair", "nominate"]
     assert "self._query_consent_task = asyncio.create_task(" in inspect.getsource(aioice.ice.Connection.connect)
+    # share_dtls_context replaces the certificate's context factory, which start() must still call per session.
+    assert list(inspect.signature(adapter.RTCCertificate._create_ssl_context).parameters) == ["self", "srtp_profiles"]
+    assert "._create_ssl_context(" in inspect.getsource(RTCDtlsTransport.start)
     # The receive loop must still call the hooks we replace.
     source = inspect.getsource(RTCDtlsTransport._recv_next)
     assert "self._handle_rtp_data(" in source and "self._handle_rtcp_data(" in source
@@ -121,18 +126,19 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
     await ia.stop()
 
 
-async def connected_pair() -> tuple:
-    """Two adapter-built transports on loopback, ICE + DTLS connected (A is ICE controlling and DTLS client)."""
+async def connected_pair(certificate_b: Optional[adapter.RTCCertificate] = None) -> tuple:
+    """Two adapter-built transports on loopback, ICE + DTLS connected (A is ICE controlling and DTLS client);
+    B uses `certificate_b` when given (a gateway's one certificate), else its own."""
     adapter.install_shims()
 
-    async def side():
+    async def side(certificate=None):
         gatherer = adapter.RTCIceGatherer(iceServers=[])
         await adapter.gather_host_candidates(gatherer, ["127.0.0.1"])
         ice = adapter.RTCIceTransport(gatherer)
-        dtls = adapter.RTCDtlsTransport(ice, [adapter.RTCCertificate.generateCertificate()])
+        dtls = adapter.RTCDtlsTransport(ice, [certificate or adapter.RTCCertificate.generateCertificate()])
         return gatherer, ice, dtls
 
-    (ga, ia, da), (gb, ib, db) = await side(), await side()
+    (ga, ia, da), (gb, ib, db) = await side(), await side(certificate_b)
     adapter.set_ice_controlling(ia, True)
     adapter.set_dtls_role(da, "client")
     adapter.set_dtls_role(db, "server")
@@ -143,6 +149,37 @@ async def connected_pair() -> tuple:
     await asyncio.wait_for(asyncio.gather(da.start(db.getLocalParameters()), db.start(da.getLocalParameters())), 10)
     assert da.state == db.state == "connected"
     return ia, da, ib, db
+
+
+async def test_sessions_of_one_certificate_share_one_dtls_context() -> None:
+    """share_dtls_context (what the gateway does with its one certificate): two sessions handshake on the same
+    OpenSSL context, which keeps no session cache, each with its own peer certificate and SRTP keys; media flows on
+    both, and on one after the other has closed. (Its mode, SSL_MODE_RELEASE_BUFFERS, cannot be read back: pyOpenSSL
+    has no getter and refuses set_mode on a context in use.)"""
+    certificate = adapter.share_dtls_context(adapter.RTCCertificate.generateCertificate())
+    first, second = await connected_pair(certificate), await connected_pair(certificate)
+    try:
+        context = first[3]._ssl.get_context()
+        assert second[3]._ssl.get_context() is context
+        assert first[1]._ssl.get_context() is not context  # the peers' own certificates: contexts of their own
+        assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+        assert first[3]._ssl.get_peer_certificate().digest("sha256") != second[3]._ssl.get_peer_certificate().digest("sha256")
+        assert first[3]._rx_srtp is not second[3]._rx_srtp
+
+        async def exchange(pair: tuple, seq: int) -> list[bytes]:
+            ia, da, ib, db = pair
+            got: list[bytes] = []
+            adapter.hook_packets(db, lambda data, t: got.append(data), lambda data: None)
+            await deliver([adapter.PacketSender(ia, da)], [rtp_packet(seq)], got)
+            return got
+
+        assert await exchange(first, 1) == [rtp_packet(1)]
+        assert await exchange(second, 2) == [rtp_packet(2)]
+        await close_pair(*first)
+        assert await exchange(second, 3) == [rtp_packet(3)]
+    finally:
+        await close_pair(*second)
+        await close_pair(*first)
 
 
 async def close_pair(ia, da, ib, db) -> None:
