@@ -424,6 +424,7 @@ def test_repeated_nacks_are_answered_once_per_interval_and_within_a_budget() -> 
     out = [parse_rtp(p).sequence_number for p in wire.rtp]
     wire.rtp.clear()
     down._budget._refilled -= 1.0  # a second has passed: the bucket is full
+    assert not down._budget._seq  # no NACK yet: the per-packet slots are not allocated
     down.on_nack(out[:2])  # two 1.1 kB packets fit the floor's 250 ms burst (3,125 bytes)
     down.on_nack(out[:2])  # the same packets again at once: not resent
     assert len(wire.rtp) == 2

@@ -48,8 +48,9 @@ class RetransmissionBudget:
     __slots__ = ("_seq", "_time", "_tokens", "_refilled", "_window_start", "_window_octets", "_rate_bps")
 
     def __init__(self) -> None:
-        self._seq = [-1] * self.SLOTS
-        self._time = [0.0] * self.SLOTS
+        # The per-packet slots (16 KiB) come with the first NACK: most tracks never get one (audio, a clean path).
+        self._seq: list[int] = []
+        self._time: list[float] = []
         self._tokens = self.FLOOR_BPS / 8 * 0.25  # start with a full burst
         self._refilled = time.monotonic()
         self._window_start = self._refilled
@@ -61,6 +62,9 @@ class RetransmissionBudget:
         if elapsed >= 1.0:
             self._rate_bps = (octets_sent - self._window_octets) * 8 / elapsed
             self._window_start, self._window_octets = now, octets_sent
+        if not self._seq:
+            self._seq = [-1] * self.SLOTS
+            self._time = [0.0] * self.SLOTS
         slot = out_seq & (self.SLOTS - 1)
         if self._seq[slot] == out_seq and now - self._time[slot] < self.MIN_INTERVAL:
             return False
