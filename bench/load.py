@@ -552,7 +552,9 @@ def ratio(base: Optional[float], ours: Optional[float]) -> str:
 
 def print_report(steps: list[Step], opts: Options) -> None:
     print()
-    print("Load with real peers: server pinned to core 1, publisher + viewers on core 0; "
+    server = ("server pinned to core 1" if opts.workers == 1 else
+              f"server a front + {opts.workers} workers on every core (CPU summed over them)")
+    print(f"Load with real peers: {server}, publisher + viewers on core 0; "
           f"window {opts.duration:.0f} s per step after {opts.warmup:.0f} s warm-up; "
           f"RPS {'on: the loopback of a bench network namespace steers receive processing to core 0' if opts.rps else 'off: receive processing runs on the sender core (the gateway pays its viewers kernel receive side)'}.")
     print("viewers: c = socket read + RTP counted in C (recvmmsg), Python sees STUN, media before the first "
@@ -615,11 +617,12 @@ def print_report(steps: list[Step], opts: Options) -> None:
                 print(f"µs per forwarded packet, baseline at N={b.viewers} / whipgate at N={o.viewers} (the two rarely "
                       f"carry the same N: the baseline saturates first): {ratio(b.us_per_packet, o.us_per_packet)};"
                       f" RSS per viewer {ratio(b.rss_per_viewer_kb, o.rss_per_viewer_kb)}")
-            print(f"highest N carried on one core (< {LOSS_LIMIT * 100:.1f}% loss, >= {FPS_CARRIED:.0f} fps, "
+            where = "on one core" if opts.workers == 1 else f"by {opts.workers} workers"
+            print(f"highest N carried {where} (< {LOSS_LIMIT * 100:.1f}% loss, >= {FPS_CARRIED:.0f} fps, "
                   f"median latency < {LATENCY_CARRIED_MS:.0f} ms), "
                   f"{mode} viewers: whipgate {mo if mo is not None else '—'} (of the N tried)"
                   + (f", baseline {mb if mb is not None else '—'}" if base else "")
-                  + (f"; ratio {mo / mb:.0f}x" if mo and mb else ""))
+                  + (f"; ratio {mo / mb:.0f}x" if mo and mb and opts.workers == 1 else ""))  # the baseline has one core
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

@@ -56,7 +56,7 @@ def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
     assert "loss" in run.stdout and "whipgate" in run.stdout, run.stdout
     assert step["server_processes"] == (3 if "--workers" in extra else 1), step
     if "--workers" in extra:
-        assert "a front + 2 workers" in run.stdout, run.stdout
+        assert "a front + 2 workers" in run.stdout and "highest N carried by 2 workers" in run.stdout, run.stdout
     if "--transport-cc" in extra:
         assert "viewers with transport-cc" in run.stdout and "publisher paced at 2.5x" in run.stdout, run.stdout
         assert 12 <= step["feedback_per_viewer_s"] <= 17, step  # one per 62 ms
