@@ -1758,10 +1758,6 @@ def test_no_probe_starts_while_a_switch_keyframe_is_on_its_way(monkeypatch: pyte
     assert bw.select(layers)[0] == 0 and bw.probing
 
 
-def e_decreased(bw: object) -> bool:
-    return bw.estimator._decreased  # type: ignore[attr-defined]
-
-
 @pytest.mark.parametrize("full", [True, False], ids=["full", "jitter"])
 def test_no_probe_for_a_higher_layer_starts_on_a_full_path(monkeypatch: pytest.MonkeyPatch, full: bool) -> None:
     """Feedback whose RTT stays PROBE_MAX_QUEUE_US above the minimum. While the viewer acknowledges about the estimate
@@ -1800,7 +1796,7 @@ def test_no_probe_for_a_higher_layer_starts_on_a_full_path(monkeypatch: pytest.M
             feedback(10 * MS)
         for step in range(1, 4):
             feedback(10 * MS + standing * step // 3, standing * step // 3)
-        assert e_decreased(bw)
+        assert bw.estimator._decreased
     for _ in range(5 if full else 20):  # (on a full path the next over-use comes within a few feedbacks)
         feedback(10 * MS + standing, standing if full else 0)
     e = bw.estimator
