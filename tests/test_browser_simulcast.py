@@ -194,8 +194,7 @@ def on_layer(s: Session, page: Any, rid: str, min_frames: int = 30) -> Callable[
         if v.get("framesDecoded", 0) < min_frames:
             return False
         want_w, want_h = layer_size(s, rid)
-        return bool(want_w) and ((v.get("frameWidth") or 0) & ~1, (v.get("frameHeight") or 0) & ~1) == (
-            want_w & ~1, (want_h or 0) & ~1)  # even sizes, as rid_of compares them
+        return bool(want_w) and same_size((v.get("frameWidth") or 0, v.get("frameHeight") or 0), (want_w, want_h or 0))
 
     return check
 
@@ -240,15 +239,20 @@ def longest_stall(samples: list[dict[str, Any]], since: float = 0, until: float 
     return longest
 
 
+def same_size(decoded: tuple[int, int], sent: tuple[int, int]) -> bool:
+    """A decoded frame size and a size the publisher sent, compared rounded down to even: an H.264 encoder (4:2:0)
+    codes an odd size as the even one below it, so the publisher's stats say 240x135 (what it was given, 960x540 / 4
+    after Chromium adapted the sizes) and the decoder says 240x134 (CI, 199c2fd)."""
+    return (decoded[0] & ~1, decoded[1] & ~1) == (sent[0] & ~1, sent[1] & ~1)
+
+
 def rid_of(history: list[dict[str, Any]], width: int, height: int, t: float) -> str | None:
     """The layer a decoded frame size belongs to at time t (Date.now() ms): the layer the publisher sent at that size
-    in its per-second history, nearest in time first, within 1.5 s. Sizes compare rounded down to even: an H.264
-    encoder (4:2:0) codes an odd size as the even one below it, so the publisher's stats say 240x135 (what it was
-    given, 960x540 / 4 after Chromium adapted the sizes) and the decoder says 240x134 (CI, 199c2fd)."""
+    (`same_size`) in its per-second history, nearest in time first, within 1.5 s."""
     near = sorted((h for h in history if abs(h["t"] - t) <= 1500), key=lambda h: abs(h["t"] - t))
     for entry in near:
         for rid, (w, h, _fps, _bitrate) in entry["layers"].items():
-            if w and (w & ~1, h & ~1) == (width & ~1, height & ~1):
+            if w and same_size((width, height), (w, h)):
                 return rid
     return None
 
