@@ -29,7 +29,7 @@ REPLAY_MAX_PACKETS = 400  # longest keyframe-to-now run replayed to a joining vi
 # Replay only a recent keyframe: older pictures would arrive as a burst behind live audio; asking the
 # publisher for a fresh keyframe (one PLI round trip) is then the faster way to a live picture.
 REPLAY_MAX_AGE = 1.0
-LAYER_TIMEOUT = 0.5  # no packet for this long: the encoder dropped the layer (checked every 100 ms)
+LAYER_TIMEOUT = 0.5  # no packet for this long: the encoder dropped the layer (checked every 50 ms)
 RATE_WINDOW = 1.0
 
 
@@ -79,7 +79,13 @@ class Layer:
         self._window_bytes = 0
         self._window_start = time.monotonic()
         self.bitrate = 0  # bits per second over the last RATE_WINDOW
+        self._frame_ts: Optional[int] = None
+        self._window_frames = 0
+        self.frame_rate = 0.0  # pictures (distinct RTP timestamps) per second over the last RATE_WINDOW
         self.last_packet = -1e9
+        # `last_packet` as it was when the track asked the layer below for a keyframe because this one fell silent
+        # (PublishedTrack._prepare_fallback): once per silence.
+        self.fallback_asked_at = -1e9
         self.active = False
         self.spatial_id = 0  # 0 = lowest resolution; set by the track's ordering
         self.subscribers: tuple["DownTrack", ...] = ()
@@ -103,6 +109,9 @@ class Layer:
         self.bytes += size
         self._window_bytes += size
         self.last_packet = now
+        if packet.timestamp != self._frame_ts:
+            self._frame_ts = packet.timestamp
+            self._window_frames += 1
         # A keyframe may begin in several packets (STAP-A with SPS/PPS, then FU-A IDR): only the first packet of a
         # new keyframe picture (a new timestamp) is where a decoder can start.
         if self.kind != "video" or packet.timestamp == self.keyframe_ts:
@@ -148,13 +157,16 @@ class Layer:
         elapsed = now - self._window_start
         if elapsed >= RATE_WINDOW:
             self.bitrate = int(self._window_bytes * 8 / elapsed)
+            self.frame_rate = self._window_frames / elapsed
             self._window_bytes = 0
+            self._window_frames = 0
             self._window_start = now
         alive = now - self.last_packet < LAYER_TIMEOUT
         if alive != self.active:
             self.active = alive
             if not alive:
                 self.bitrate = 0
+                self.frame_rate = 0.0
             return True
         return False
 

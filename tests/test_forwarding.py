@@ -257,6 +257,93 @@ def test_switch_happens_at_the_targets_keyframe_with_continuous_sequence_numbers
     assert down not in top.subscribers  # the dead layer no longer costs this viewer anything
 
 
+def send_for_a_second(track: PublishedTrack, fps: tuple[int, ...]) -> float:
+    """Each layer sends `fps[i]` two-packet pictures a second from T0 + 1.0 (after `simulcast_track`'s keyframes, seq
+    101 on) to T0 + 2.0, and a refresh measures their frame rates; returns that refresh's time."""
+    for i, rate in enumerate(fps):
+        for k in range(1, rate + 1):
+            for part in range(2):
+                feed(track, 100 + 2 * k - 1 + part, VP8_DELTA, ts=9000 + k * 90000 // rate, layer=i, now=T0 + 1.0 + k / rate)
+    track.refresh(T0 + 2.05)
+    return T0 + 2.05
+
+
+def plis_sent(upstream: Wire) -> list[int]:
+    """The media SSRCs of the PLIs sent since the last call."""
+    sent = [p.media_ssrc for data in upstream.rtcp for p in parse_compound(data) if isinstance(p, PictureLossIndication)]
+    upstream.rtcp.clear()
+    return sent
+
+
+def test_a_silent_layer_gets_a_keyframe_below_it_asked_for_and_its_viewer_switches_there_when_it_dies() -> None:
+    """The top layer falls silent (a browser turned it off): after FALLBACK_KEYFRAME_SILENCE, once, the middle layer
+    (the highest live one below) is asked for a keyframe; when the top layer is declared dead the viewer switches at
+    that keyframe at once, replayed from the held packets, with no further request and no wait."""
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    assert down.current is top
+    t = send_for_a_second(track, (30, 30, 30))  # the top layer's last packet at T0 + 2.0
+    assert all(28 < l.frame_rate < 31 for l in track.layers)  # 30 pictures (+ the keyframe) in ~1.05 s
+    plis_sent(upstream)
+    for now in (t, T0 + 2.2):
+        mid.last_packet = low.last_packet = now
+        track.refresh(now)  # silent for 0.05, 0.2 s: nothing yet
+    assert plis_sent(upstream) == []
+    mid.last_packet = low.last_packet = T0 + 2.3
+    track.refresh(T0 + 2.3)  # 0.3 s: the middle layer is asked, the top one still alive and forwarded
+    assert plis_sent(upstream) == [mid.ssrc] and top.active and down.current is top and down.target is top
+    track.refresh(T0 + 2.35)
+    assert plis_sent(upstream) == []  # once per silence
+    before = len(wire.rtp)
+    feed(track, 300, vp8_key(640, 360), ts=300000, layer=1, now=T0 + 2.4)
+    feed(track, 301, VP8_DELTA, ts=303000, layer=1, now=T0 + 2.43)
+    assert len(wire.rtp) == before  # the viewer is still on the top layer: nothing of the middle one yet
+    mid.last_packet = low.last_packet = T0 + 2.55
+    track.refresh(T0 + 2.6)  # the top layer is dead: the viewer switches at the held keyframe
+    assert not top.active and down.current is mid and down.switches == 1
+    assert plis_sent(upstream) == []  # no request: the keyframe is here
+    replayed = [parse_rtp(p) for p in wire.rtp[before:]]
+    assert [p.payload for p in replayed] == [vp8_key(640, 360), VP8_DELTA]
+    feed(track, 302, VP8_DELTA, ts=306000, layer=1, now=T0 + 2.63)
+    out = [parse_rtp(p) for p in wire.rtp]
+    seqs = [p.sequence_number for p in out]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]  # one continuous stream across the switch
+    assert all(0 <= (b.timestamp - a.timestamp) & 0xFFFFFFFF < 0x80000000 for a, b in zip(out, out[1:]))
+    assert 0 < (out[before].timestamp - out[before - 1].timestamp) & 0xFFFFFFFF < 0x80000000  # on, not back
+    assert down not in top.subscribers and down not in track.switching
+
+
+def test_a_layer_of_few_pictures_a_second_is_not_suspected_between_them() -> None:
+    """A top layer at 5 pictures a second (a screen share of still content) with a viewer on it: 0.45 s without a
+    packet is ~2 of its picture intervals, not an encoder that stopped: nothing is asked of the layer below."""
+    upstream, wire = Wire(), Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    down = viewer(track, wire)
+    down.start()
+    send_for_a_second(track, (30, 30, 5))
+    assert 4 < top.frame_rate < 6.5 and down.current is top
+    plis_sent(upstream)
+    for now in (T0 + 2.3, T0 + 2.4, T0 + 2.45):
+        mid.last_packet = low.last_packet = now
+        track.refresh(now)
+    assert top.active and plis_sent(upstream) == []
+
+
+def test_a_silent_layer_nobody_receives_asks_for_nothing() -> None:
+    upstream = Wire()
+    track = simulcast_track(upstream)
+    low, mid, top = track.ordered_layers
+    send_for_a_second(track, (30, 30, 30))
+    plis_sent(upstream)
+    mid.last_packet = low.last_packet = T0 + 2.3
+    track.refresh(T0 + 2.3)  # the top layer silent for 0.3 s, but no viewer on it
+    assert top.active and plis_sent(upstream) == []
+
+
 def test_pinned_layer_and_return_to_automatic() -> None:
     from whep.layer_request import LayerRequest
 

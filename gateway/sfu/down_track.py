@@ -150,13 +150,32 @@ class DownTrack:
             return
         run = target.keyframe_run() if self.kind == "video" else None
         if run:
-            parse = self.source.parse_descriptor
-            for i, packet in enumerate(run):
-                payload = packet.data[packet.payload_offset : packet.payload_end]
-                descriptor = parse(payload) if parse else None
-                self.forward(self.profile.build(packet), packet, target, i == 0, descriptor, payload)
+            self._replay(target, run)
         elif self.kind == "video":
             target.request_keyframe()
+
+    def _replay(self, layer: "Layer", run: list[RtpPacket]) -> None:
+        """Forward `layer`'s held packets from its last keyframe (`Layer.keyframe_run`): the viewer starts or switches
+        there now."""
+        parse = self.source.parse_descriptor
+        for i, packet in enumerate(run):
+            payload = packet.data[packet.payload_offset : packet.payload_end]
+            descriptor = parse(payload) if parse else None
+            self.forward(self.profile.build(packet), packet, layer, i == 0, descriptor, payload)
+
+    def _resume_at_held_keyframe(self, layer: "Layer") -> bool:
+        """Switch to `layer` now if it holds a keyframe newer than the last packet of the layer this viewer is on.
+        That happens only when the current layer fell silent (its encoder turned it off) and the track asked `layer`
+        for a keyframe while it was silent (PublishedTrack._prepare_fallback): every frame replayed from it is newer
+        than anything the viewer decoded, so nothing goes back in time. True if the viewer is now on `layer`."""
+        current = self.current
+        if self.kind != "video" or not self.active or current is None or layer.keyframe_time <= current.last_packet:
+            return False
+        run = layer.keyframe_run()
+        if not run:
+            return False
+        self._replay(layer, run)
+        return self.current is layer
 
     def stop(self) -> None:
         self.active = False
@@ -298,7 +317,7 @@ class DownTrack:
             if new is not self.current:
                 self.target_since = time.monotonic()
                 self.source.switching.add(self)
-                if request_keyframe:
+                if not self._resume_at_held_keyframe(new) and request_keyframe:
                     new.request_keyframe()
             else:
                 self.source.switching.discard(self)

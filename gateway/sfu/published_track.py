@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 # between (video/encoder_rtcp_feedback.cc kMinKeyframeSendIntervalMs, one time_last_intra_request_ms_); with a
 # margin for the requests' jitter on the way.
 PUBLISHER_KEYFRAME_GAP = 0.35
+# A layer that viewers receive and that has sent nothing for this long, and for FALLBACK_KEYFRAME_FRAMES of its
+# usual picture intervals, has probably been turned off by its encoder (a browser drops its top layer when its own
+# estimate falls, or on RTCRtpSender.setParameters active=false). Half of simulcast/layer.py's LAYER_TIMEOUT, after
+# which it is declared dead: see `_prepare_fallback`. Under 12 pictures a second a layer is suspected only after 3
+# of its picture intervals, and under 6 (a screen share of still content) never: its gaps are its frame rate, not
+# an encoder that stopped.
+FALLBACK_KEYFRAME_SILENCE = 0.25
+FALLBACK_KEYFRAME_FRAMES = 3
 SR_SLICE = 32  # viewers sent a translated sender report per event-loop turn (on_sender_report)
 
 
@@ -221,6 +229,8 @@ class PublishedTrack:
         for layer in self.layers:
             changed |= layer.refresh(now)
         changed |= self._order_layers()
+        if self.simulcast:
+            self._prepare_fallback(now)
         if changed:
             for down in self.down_tracks:
                 down.retarget()
@@ -231,6 +241,32 @@ class PublishedTrack:
             if target is not None and target.active and not target.request_keyframe(now):
                 self._ask_again_if_ignored(target, now)
         return changed
+
+    def _prepare_fallback(self, now: float) -> None:
+        """A layer with viewers that has been silent for FALLBACK_KEYFRAME_SILENCE and FALLBACK_KEYFRAME_FRAMES of its
+        picture intervals (not yet LAYER_TIMEOUT, when it is declared dead): ask the highest live layer below it for a
+        keyframe now, once per silence. When the silent layer is declared dead its viewers switch at that keyframe at
+        once (DownTrack._resume_at_held_keyframe) instead of asking only then and waiting a round trip plus the
+        encoder's keyframe: the freeze is about LAYER_TIMEOUT, not LAYER_TIMEOUT plus a keyframe. If the layer was
+        only pausing, this cost one keyframe on the layer below."""
+        for layer in self.layers:
+            silent_since = layer.last_packet
+            silence = now - silent_since
+            if (
+                not layer.active
+                or not layer.subscribers
+                or silence < FALLBACK_KEYFRAME_SILENCE
+                or silence * layer.frame_rate < FALLBACK_KEYFRAME_FRAMES
+                or layer.fallback_asked_at == silent_since
+            ):
+                continue
+            layer.fallback_asked_at = silent_since
+            below = [
+                l for l in self.layers
+                if l.active and l.spatial_id < layer.spatial_id and now - l.last_packet < FALLBACK_KEYFRAME_SILENCE
+            ]
+            if below:
+                max(below, key=lambda l: l.spatial_id).request_keyframe(now)
 
     def _ask_again_if_ignored(self, layer: Layer, now: float) -> None:
         """A publisher makes at most one keyframe per PUBLISHER_KEYFRAME_GAP for all its layers (libwebrtc's
