@@ -111,3 +111,57 @@ def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: Ne
         print(f"\ndowngrade after cut: decided after {decision} (gateway log), decoded at 320x180 after {downgrade:.2f} s; "
               f"loss from the cut until then {loss:.1%} ({lost} of {lost + received}); upgrade after lift: {upgrade:.1f} s")
         assert gw.codec_violations() == ""
+
+
+HIGH_KBIT = 8000  # one layer far above 2.5x the 1 Mbit/s every viewer's estimate starts at
+
+
+def test_a_single_layer_stream_far_above_the_initial_estimate_plays_from_its_first_keyframe(
+    lab: NetLab, tmp_path: pathlib.Path
+) -> None:
+    """FFmpeg's WHIP muxer publishes one 8 Mbit/s H.264 layer (as OBS does at high quality); a Chromium viewer on a
+    free link watches it. The viewer's estimate starts at 1 Mbit/s, and a pacer at 2.5x that would queue the video,
+    then drop it (ViewerBandwidth._pace). From its first decoded frame the viewer must get every frame at the full
+    rate, lose nothing, and the gateway's pacer must drop nothing."""
+    import imageio_ffmpeg
+
+    host = lab.add_host("viewer")
+    with LabBrowsers(lab, tmp_path / "browsers") as browsers:
+        gw = lab.start_gateway(tmp_path / "gw")
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+            "-re", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+            "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+            "-t", "40", "-map", "0:v", "-map", "1:a",
+            "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast", "-tune", "zerolatency",
+            "-b:v", f"{HIGH_KBIT}k", "-maxrate", f"{HIGH_KBIT}k", "-bufsize", f"{HIGH_KBIT // 2}k",
+            "-g", "60", "-bf", "0", "-pix_fmt", "yuv420p",
+            "-c:a", "libopus", "-ar", "48000", "-ac", "2", "-b:a", "64k",
+            "-f", "whip", gw.url_for(None, "/whip/high"),
+        ]
+        ffmpeg = lab.popen_in(lab.gateway_ns, cmd)
+        try:
+            def publishing_fast() -> bool:
+                status, body = gw.get("/api/streams")
+                streams = json.loads(body) if status == 200 else []
+                rates = [l["bitrate"] for s in streams for t in s["tracks"] if t["kind"] == "video" for l in t["layers"]]
+                return bool(rates) and max(rates) > 0.7 * HIGH_KBIT * 1000
+
+            wait_for(publishing_fast, 20, lambda: "FFmpeg's layer never reached its bitrate\n" + report(gw, {}))
+            page = browsers.open_viewer(host, gw, "high")
+            wait_for(lambda: (video(page).get("framesDecoded") or 0) > 0, 20, lambda: "no frame decoded\n" + report(gw, {"viewer": page}))
+            first = video(page)
+            time.sleep(3)
+            after = video(page)
+        finally:
+            ffmpeg.terminate()
+            ffmpeg.wait(timeout=10)  # its WHIP DELETE reaches the gateway before the lab stops it
+        seconds = (after["timestamp"] - first["timestamp"]) / 1000
+        fps = (after["framesDecoded"] - first["framesDecoded"]) / seconds
+        pacer_drops = gw.metric("whipgate_dropped_total", 'reason="pacer_queue_full"')
+        print(f"\n{HIGH_KBIT} kbit/s single layer: {fps:.1f} fps over the {seconds:.1f} s after the first frame, "
+              f"{after.get('packetsLost')} packets lost, {pacer_drops:.0f} pacer drops")
+        assert pacer_drops == 0, report(gw, {"viewer": page})
+        assert (after.get("packetsLost") or 0) <= 2, report(gw, {"viewer": page})
+        assert fps >= 25, report(gw, {"viewer": page})
+        assert gw.codec_violations() == ""

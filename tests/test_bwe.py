@@ -1733,6 +1733,53 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
     assert calm.probing and not bw.probing
 
 
+def _video_through_pacer(pacer: Pacer, bps: int, seconds: float, start_us: int) -> tuple[int, int]:
+    """`bps` of 1,000-byte video packets, evenly spaced, through `pacer` (sent when it allows, else queued and sent
+    when `poll`ed at the next packet's time): (packets dropped, longest wait in the queue, µs)."""
+    gap = 8_000 * 1_000_000 // bps
+    waiting: deque = deque()
+    longest = 0
+    t = start_us
+    for _ in range(int(seconds * 1_000_000) // gap):  # bounded: one iteration per packet
+        for sent_at in pacer.poll(t):
+            longest = max(longest, t - sent_at)
+        if not pacer.can_send_now(1000, t):
+            pacer.enqueue(t, 1000)
+        t += gap
+    if pacer.queued_packets:
+        longest = max(longest, t - min(entry[0] for entry in pacer._queue))
+    return pacer.dropped, longest
+
+
+def test_the_pacer_never_paces_below_the_forwarded_video_except_while_a_drop_drains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer forwarded one 6 Mbit/s layer (OBS, FFmpeg) on the 1 Mbit/s initial estimate: the pacer runs at 2.5x
+    the video's rate, so the video passes with no wait; paced at 2.5x the estimate it would wait ever longer, then be
+    dropped. While a capacity drop's queue drains the estimate rules all the same."""
+    import simulcast.viewer_bandwidth as vb
+
+    clock = _Clock(5 * SECOND)
+    monkeypatch.setattr(vb, "now_us", clock)
+    unfloored = vb.ViewerBandwidth(transport_cc=True)
+    unfloored.repace()
+    assert unfloored.pacer.rate_bps == pytest.approx(vb.PACING_FACTOR * vb.INITIAL_BPS, rel=0.01)
+    dropped, longest = _video_through_pacer(unfloored.pacer, 6_000_000, 3.0, clock.now)
+    assert dropped > 0 and longest > 500_000  # what the floor prevents
+
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.forwarded_bps = lambda: 6_000_000
+    bw.repace()
+    assert bw.pacer.rate_bps == pytest.approx(vb.PACING_FACTOR * 6_000_000, rel=0.01)
+    assert _video_through_pacer(bw.pacer, 6_000_000, 3.0, clock.now) == (0, 0)
+    bw.forwarded_bps = lambda: 300_000  # video below the estimate: the estimate sets the pace
+    bw.repace()
+    assert bw.pacer.rate_bps == pytest.approx(vb.PACING_FACTOR * vb.INITIAL_BPS, rel=0.01)
+    bw.forwarded_bps = lambda: 6_000_000
+    bw._draining_since = clock.now  # a capacity drop's queue drains: at the estimate, whatever the video
+    bw.repace()
+    assert bw.pacer.factor == vb.DRAIN_PACING_FACTOR
+    assert bw.pacer.rate_bps == pytest.approx(bw.estimator.estimate_bps, rel=0.01)
+
+
 def test_no_probe_starts_while_a_switch_keyframe_is_on_its_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """From a spatial switch's decision (the first choice included) until SWITCH_PACING_US after its keyframe began
     to leave (`on_switch`), select names the probe target but starts no cluster; afterwards it does."""

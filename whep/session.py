@@ -61,6 +61,7 @@ class ViewerSession(PeerSession):
         # Per-viewer bandwidth estimation (send-side, from transport-wide CC feedback; REMB/RR as fallback).
         transport_cc = any(d.profile.transport_cc_id is not None for d in self.down_tracks)
         self.bandwidth = ViewerBandwidth(transport_cc=transport_cc)
+        self.bandwidth.forwarded_bps = self._video_bps
         self._estimate_layers = config.rtc.bandwidth_estimation and not self.relay
         for down in self.down_tracks:
             down.bandwidth = self.bandwidth
@@ -78,6 +79,18 @@ class ViewerSession(PeerSession):
             self.video.on_switch = self._switched
             self.video.source.on_layers_changed.append(self._layers_changed)
         self.events.publish("active", {})
+
+    def _video_bps(self) -> int:
+        """The measured bitrate of the video this viewer is forwarded (ViewerBandwidth's pacing floor): per video
+        track the lower of its current and target layers, so a downgrade counts from its decision, an upgrade from
+        its switch."""
+        total = 0
+        for down in self.down_tracks:
+            if down.kind == "video":
+                rates = [layer.bitrate for layer in (down.current, down.target) if layer is not None]
+                if rates:
+                    total += min(rates)
+        return total
 
     def _down_args(self, plan: "DownTrackPlan") -> dict:
         return dict(ssrc=plan.ssrc, rtx_ssrc=plan.rtx_ssrc, cname=self.cname,
@@ -120,6 +133,7 @@ class ViewerSession(PeerSession):
                 )
                 down.set_temporal_target(choice[1])
                 down.retarget()
+                self.bandwidth.repace()
                 self.publish_layers()
         if self.bandwidth.probing and (self._probe_task is None or self._probe_task.done()):
             self._probe_task = asyncio.create_task(self._send_probe())
@@ -175,6 +189,7 @@ class ViewerSession(PeerSession):
             raise ValueError(f"temporal layer selection needs VP8 or VP9; this stream sends {self.video.source.codec.name}")
         self.video.source.pinned_layer(request)  # validates: raises for an unknown rid / spatial layer
         self.video.pin(request)
+        self.bandwidth.repace()
         self.publish_layers()
 
     # ---- the publisher leaves and another takes its place (gateway/sfu/stream.py) ----------------------
