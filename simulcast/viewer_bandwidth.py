@@ -147,15 +147,19 @@ class ViewerBandwidth:
         at that keyframe anyway: the packets are dropped and returned, in the order they were mapped, so that the
         caller hands their sequence numbers to the new layer (`RtpMunger.unsend`): the viewer never saw them and
         must not count them lost. The pacer's queue is first in, first out and a track's later packets queue
-        behind its earlier ones, so what is dropped is the newest the track mapped. At other switches the old
-        layer's queued frames still go out (the viewer decodes them until the new keyframe comes)."""
+        behind its earlier ones, so what is dropped is the newest the track mapped. Retransmissions (RTX) of the old
+        layer waiting there are dropped as well (DownTrack.on_nack no longer sends those once the switch happened);
+        they are not returned: the media sequence numbers are not theirs. At other switches the old layer's queued
+        frames still go out (the viewer decodes them until the new keyframe comes)."""
         if not self.pacer.queued_packets or self._draining_since is None:
             return []
-        ssrc = down.ssrc
-        dropped = self.pacer.discard(lambda packet: packet[0] is down and packet[4] == ssrc)  # type: ignore[index]
+        ssrc, rtx_ssrc = down.ssrc, down.rtx_ssrc
+        dropped = self.pacer.discard(
+            lambda packet: packet[0] is down and (packet[4] == ssrc or packet[4] == rtx_ssrc)  # type: ignore[index]
+        )
         if dropped:
             metrics.count_drop("pacer_before_switch", len(dropped))
-        return dropped
+        return [packet for packet in dropped if packet[4] == ssrc]
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         now = now_us()

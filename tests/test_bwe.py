@@ -1862,13 +1862,15 @@ def test_no_probe_for_a_higher_layer_starts_on_a_full_path(monkeypatch: pytest.M
 def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_draining() -> None:
     """At a switch while a capacity drop's queue drains, the track's queued media leaves the pacer, oldest first
     in what is returned, and the munger hands those never-sent sequence numbers to the new layer: the viewer sees
-    the new keyframe right after the last packet that really left. RTX and other tracks' packets stay queued; at
-    an ordinary switch nothing is dropped and the new layer follows the queued packets."""
+    the new keyframe right after the last packet that really left. The track's queued RTX (retransmissions of the
+    layer it leaves) is dropped too but not returned (those sequence numbers are not the media's); other tracks'
+    packets stay queued. At an ordinary switch nothing is dropped and the new layer follows the queued packets."""
     from simulcast.rtp_munger import RtpMunger
     from simulcast.viewer_bandwidth import ViewerBandwidth
 
     class Down:
         ssrc = 0x1234
+        rtx_ssrc = 0x9999
 
         def __init__(self) -> None:
             self.munger = RtpMunger()
@@ -1880,7 +1882,7 @@ def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_drai
         queued = [down.munger.map(103 + i, 12000, 0.0)[0] for i in range(5)]
         for seq in queued:
             bw.pacer.enqueue((down, None, seq, 0, Down.ssrc), 1000)
-        bw.pacer.enqueue((down, None, 7, 0, 0x9999), 300)  # an RTX packet: not the layer's media, kept
+        bw.pacer.enqueue((down, None, 7, 0, Down.rtx_ssrc), 300)  # a retransmission of the layer's media, on RTX
         bw.pacer.enqueue((other, None, queued[0], 0, Down.ssrc), 300)  # another track's: kept
         return down, other, sent + queued
 
@@ -1900,8 +1902,7 @@ def test_discard_before_switch_drops_only_the_old_layers_queued_media_while_drai
     down.munger.switch_to(5000, 77000, 0.1, 1)  # the new layer, from its keyframe
     first_new = down.munger.map(5000, 77000, 0.1)[0]
     assert first_new == (mapped[2] + 1) & 0xFFFF  # no gap after the last packet that left
-    assert [(p[0] is down, p[2], p[4]) for p in bw.pacer.poll(10**12)] == [
-        (True, 7, 0x9999), (False, mapped[3], Down.ssrc)]
+    assert [(p[0] is down, p[2], p[4]) for p in bw.pacer.poll(10**12)] == [(False, mapped[3], Down.ssrc)]
     # A NACK for the new layer's packets finds them; one from before the switch maps to the old layer.
     assert down.munger.unmap(first_new)[:2] == (1, 5000)
     assert down.munger.unmap(mapped[1])[:2] == (0, 101)

@@ -680,16 +680,19 @@ async def test_a_switch_while_a_capacity_drop_drains_leaves_no_gap_for_what_neve
     for seq in range(102, 105):
         feed(track, seq, VP8_DELTA + bytes(900), ts=15000, layer=2, now=T0 + 1.06)
     assert len(wire.rtp) == on_wire and bandwidth.pacer.queued_packets == 3  # held
+    down.on_nack([parse_rtp(wire.rtp[-1]).sequence_number])  # the viewer lost packet 101: its RTX waits there too
+    assert len(wire.rtp) == on_wire and bandwidth.pacer.queued_packets == 4
     before = drops("pacer_before_switch")
     down.pin(LayerRequest(rid="q"))
     feed(track, 300, vp8_key(320, 180), ts=30000, layer=0, now=T0 + 1.1)  # the switch
     feed(track, 301, b"\x10\x00\x00low-delta", ts=33000, layer=0, now=T0 + 1.13)
-    assert down.current is low and drops("pacer_before_switch") == before + 3
+    assert down.current is low and drops("pacer_before_switch") == before + 4  # the RTX of the old layer too
     assert bandwidth.pacer.factor == DRAIN_PACING_FACTOR  # the drain's pacing wins over the switch's
     bandwidth.pacer.release(now_us())
     bandwidth._send_due(asyncio.get_running_loop())
     bandwidth.close()
     out = [parse_rtp(p) for p in wire.rtp]
+    assert {p.ssrc for p in out} == {0x5555}  # no retransmission of the layer left behind
     assert [p.payload[:3] for p in out[on_wire:]] == [vp8_key(320, 180)[:3], b"\x10\x00\x00"]
     seqs = [p.sequence_number for p in out]
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(out))]  # no gap where the dropped packets were
