@@ -5,8 +5,8 @@ with 3 VP8 simulcast layers, a Chromium viewer in its own namespace, tests/netla
 from unlimited to 300 kbit/s `--cuts` times (each for ~6 s, then lifted until the viewer is back on 1280x720).
 Per cut it polls the shaper's drop counter (`tc -s qdisc`, every few ms for 1.5 s) and prints: the gateway's
 decision to move the viewer down (its log line choosing layer 0), the tbf drops before and after that decision,
-the time until the viewer decodes the lower layer, and the viewer's video packets lost over the ~6 s (its
-`packetsLost`). Drops after the decision are what the gateway itself sent into a full queue (a keyframe, a
+the time until the viewer decodes the lower layer, the viewer's video packets lost over the ~6 s (its
+`packetsLost`) and what the gateway itself dropped meanwhile (whipgate_dropped_total by reason). Drops after the decision are what the gateway itself sent into a full queue (a keyframe, a
 probe, retransmissions); drops before it are what was on its way when the cut came.
 
     sudo python3 bench/bwe_cuts.py [--cuts 8] [--buffer-ms 100]   (root for namespaces; Debian chromium)
@@ -33,6 +33,16 @@ from netlab import LabBrowsers, NetLab, lab_unavailable, make_fake_video, wait_f
 def log_time(line: str) -> float | None:
     match = re.match(r"(\d+-\d+-\d+ \d+:\d+:\d+,\d+)", line)
     return datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if match else None
+
+
+def gateway_drops(gw) -> dict[str, int]:  # noqa: ANN001 (tests/netlab.py LabGateway)
+    """The gateway's whipgate_dropped_total by reason (what it dropped on purpose, or refused: pacer, NACK budget)."""
+    drops = {}
+    for line in gw.metrics().splitlines():
+        match = re.match(r'whipgate_dropped_total\{reason="([^"]+)"\} ([0-9.e+]+)', line)
+        if match:
+            drops[match.group(1)] = int(float(match.group(2)))
+    return drops
 
 
 def main() -> int:
@@ -62,6 +72,7 @@ def main() -> int:
                 wait_for(lambda: video(page).get("frameWidth") == 1280, 60, "viewer never (re)reached 1280x720")
                 time.sleep(4)
                 before = video(page)
+                dropped_before = gateway_drops(gw)
                 wall_cut, t_cut = time.time(), time.monotonic()
                 viewer_host.shape(CAP_KBIT, latency_ms=args.buffer_ms)
                 drops: list[tuple[float, int]] = []
@@ -74,6 +85,7 @@ def main() -> int:
                     if decoded is None and len(drops) % 5 == 0 and (video(page).get("frameWidth") or 9999) < 640:
                         decoded = time.monotonic() - t_cut
                 after = video(page)
+                dropped = {reason: n - dropped_before.get(reason, 0) for reason, n in gateway_drops(gw).items()}
                 total = viewer_host.qdisc_stats().get("drops") or 0
                 viewer_host.shape(None)
                 decided = next((t for line in gw.log().splitlines()
@@ -87,11 +99,13 @@ def main() -> int:
                     "drops_after": total - before_decision,
                     "lost": lost,
                     "loss": lost / max(1, lost + received),
+                    "gateway_drops": {reason: n for reason, n in dropped.items() if n},
                 }
                 rows.append(row)
                 print(f"cut {cut}: decision {row['decision_ms']} ms, lower layer decoded after {row['decoded_s']} s, "
                       f"tbf drops before / after the decision {row['drops_before']} / {row['drops_after']}, "
-                      f"video lost {lost} of {lost + received} ({row['loss']:.1%})", flush=True)
+                      f"video lost {lost} of {lost + received} ({row['loss']:.1%}); the gateway dropped "
+                      f"{row['gateway_drops'] or 'nothing'}", flush=True)
                 for line in gw.log().splitlines():  # the layer choices of the cut's first 1.5 s, with their reasons
                     t = log_time(line)
                     if t is None or not wall_cut <= t < wall_cut + 1.5:
