@@ -106,13 +106,16 @@ def main() -> int:
                       f"tbf drops before / after the decision {row['drops_before']} / {row['drops_after']}, "
                       f"video lost {lost} of {lost + received} ({row['loss']:.1%}); the gateway dropped "
                       f"{row['gateway_drops'] or 'nothing'}", flush=True)
-                for line in gw.log().splitlines():  # the layer choices of the cut's first 1.5 s, with their reasons
+                # The layer choices of the cut's first 1.5 s, with their reasons; with --trace each feedback's estimate
+                # until the decision, or over the whole cut when the pacer dropped video (its queue overflowed).
+                whole = args.trace and row["gateway_drops"].get("pacer_queue_full")
+                for line in gw.log().splitlines():
                     t = log_time(line)
-                    if t is None or not wall_cut <= t < wall_cut + 1.5:
+                    if t is None or not wall_cut <= t < wall_cut + (6 if whole else 1.5):
                         continue
                     if ": layer " in line:
                         print(f"    +{1000 * (t - wall_cut):.0f} ms {line.split(': layer ', 1)[1]}")
-                    elif args.trace and ": estimate " in line and (decided is None or t <= decided + 0.05):
+                    elif args.trace and ": estimate " in line and (whole or decided is None or t <= decided + 0.05):
                         print(f"    +{1000 * (t - wall_cut):.0f} ms feedback: {line.split(': estimate ', 1)[1]}")
                 time.sleep(6)
     print(f"\n{len(rows)} cuts to {CAP_KBIT} kbit/s, tbf queue {args.buffer_ms} ms: mean tbf drops before / after the "

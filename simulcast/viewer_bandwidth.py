@@ -40,7 +40,14 @@ CONGESTED_LOSS = 0.02
 # Ours (issue #4): after a capacity drop, video waits until the feedback shows that what was sent before it has
 # left the bottleneck's queue (a packet sent after the drop was received), at most this long. See `_drain_queue`.
 DRAIN_HOLD_MAX_US = 300_000
-DRAIN_PACING_FACTOR = 1.0  # ... and what waited then leaves at the estimate, not above it
+DRAIN_PACING_FACTOR = 1.0  # ... and what waited then leaves at the estimate, not above it...
+# ... until the pacer's queue is empty, or this long after the drop at the latest. When the video still forwarded runs
+# above the estimate (the estimate fell below even the lowest layer) the queue never empties at the estimate, and a
+# drain without an end would let it outgrow the pacer's limit and lose its oldest packets, which the viewer counts
+# lost. (bench/bwe_cuts.py once showed 34 such drops in a cut after a two-step downgrade, its viewer losing 22% of
+# its video; this is the one way found for that queue to grow so long.) After it the pacer runs at least at the
+# forwarded layer's rate (`_pace`).
+DRAIN_MAX_US = 1_000_000
 # Ours (issue #4): after a layer switch (the viewer's first layer included) the new layer's keyframe, often ten or
 # more times a frame, leaves at CONGESTED_PACING_FACTOR x the estimate for this long. See `on_switch`.
 SWITCH_PACING_US = 500_000
@@ -217,8 +224,8 @@ class ViewerBandwidth:
         received (audio, which is never held, or the first video after the hold), everything sent before it has
         left the queue. Until then video waits in the pacer (the C lanes defer to it), at most DRAIN_HOLD_MAX_US.
         Then what waited leaves at the estimate itself (DRAIN_PACING_FACTOR; `_pace`) until the pacer's queue is
-        empty. The keyframe would have waited behind the old queue anyway, so the hold costs the picture about one
-        feedback interval, not the queue's length."""
+        empty, or DRAIN_MAX_US after the drop. The keyframe would have waited behind the old queue anyway, so the
+        hold costs the picture about one feedback interval, not the queue's length."""
         pacer = self.pacer
         if self.estimator.capacity_drop_us == now:  # this feedback found the drop
             self._draining_since = now
@@ -233,7 +240,7 @@ class ViewerBandwidth:
                       (now - self._draining_since) // 1000, pacer.queued_bytes)  # type: ignore[operator]
             pacer.release(now)
             return True
-        if not pacer.queued_packets:
+        if not pacer.queued_packets or now - self._draining_since >= DRAIN_MAX_US:  # type: ignore[operator]
             self._draining_since = None
         return False
 

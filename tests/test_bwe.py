@@ -1733,6 +1733,41 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
     assert calm.probing and not bw.probing
 
 
+def test_a_drain_whose_queue_never_empties_ends_after_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a capacity drop the video still forwarded can run above the estimate (the estimate fell below the
+    lowest layer): at the estimate the pacer's queue then never empties. The drain ends DRAIN_MAX_US after the drop
+    all the same, and the pacer goes back to at least the forwarded rate. Without the limit it stayed at the
+    estimate, the queue outgrew the pacer's 2 s and lost its oldest packets, which the viewer counted lost."""
+    import simulcast.viewer_bandwidth as vb
+
+    clock = _Clock(5 * SECOND)
+    monkeypatch.setattr(vb, "now_us", clock)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.forwarded_bps = lambda: 3_000_000  # far above the 1 Mbit/s estimate
+    bw.counters[0] = 0
+    recorder = TwccRecorder()
+    drop = clock.now
+    bw._draining_since = drop  # a capacity drop's feedback, its hold already over
+    bw.pacer.enqueue("waiting", 1000)
+    seq = 0
+
+    def feedback_at(now: int) -> None:
+        nonlocal seq
+        clock.now = now
+        for _ in range(3):  # the path shows no queue
+            bw.sent(bw.next_seq(), 200, now - 20 * MS)
+            recorder.record(seq, now - 10 * MS)
+            seq += 1
+        bw.on_feedback(_fci(recorder))
+
+    feedback_at(drop + vb.DRAIN_MAX_US // 2)
+    assert bw._draining_since == drop and bw.pacer.factor == vb.DRAIN_PACING_FACTOR  # still draining, queue not empty
+    assert bw.pacer.rate_bps == pytest.approx(bw.estimator.estimate_bps, rel=0.01)
+    feedback_at(drop + vb.DRAIN_MAX_US)
+    assert bw._draining_since is None and bw.pacer.queued_packets == 1
+    assert bw.pacer.rate_bps >= vb.CONGESTED_PACING_FACTOR * 3_000_000 * 0.99
+
+
 def _video_through_pacer(pacer: Pacer, bps: int, seconds: float, start_us: int) -> tuple[int, int]:
     """`bps` of 1,000-byte video packets, evenly spaced, through `pacer` (sent when it allows, else queued and sent
     when `poll`ed at the next packet's time): (packets dropped, longest wait in the queue, µs)."""
