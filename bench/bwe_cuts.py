@@ -6,8 +6,9 @@ from unlimited to 300 kbit/s `--cuts` times (each for ~6 s, then lifted until th
 Per cut it polls the shaper's drop counter (`tc -s qdisc`, every few ms for 1.5 s) and prints: the gateway's
 decision to move the viewer down (its log line choosing layer 0), the tbf drops before and after that decision,
 the time until the viewer decodes the lower layer, the viewer's video packets lost over the ~6 s (its
-`packetsLost`) and what the gateway itself dropped meanwhile (whipgate_dropped_total by reason). Drops after the decision are what the gateway itself sent into a full queue (a keyframe, a
-probe, retransmissions); drops before it are what was on its way when the cut came.
+`packetsLost`) and what the gateway itself dropped meanwhile (whipgate_dropped_total by reason). Drops after the
+decision are what the gateway itself sent into a full queue (a keyframe, a probe, retransmissions); drops
+before it are what was on its way when the cut came.
 
     sudo python3 bench/bwe_cuts.py [--cuts 8] [--buffer-ms 100]   (root for namespaces; Debian chromium)
 """

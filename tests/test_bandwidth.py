@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
 import time
 from typing import Any
 
@@ -123,23 +124,13 @@ def test_a_single_layer_stream_far_above_the_initial_estimate_plays_from_its_fir
     free link watches it. The viewer's estimate starts at 1 Mbit/s, and a pacer at 2.5x that would queue the video,
     then drop it (ViewerBandwidth._pace). From its first decoded frame the viewer must get every frame at the full
     rate, lose nothing, and the gateway's pacer must drop nothing."""
-    import imageio_ffmpeg
+    from test_ffmpeg import ffmpeg_whip_command
 
     host = lab.add_host("viewer")
-    with LabBrowsers(lab, tmp_path / "browsers") as browsers:
+    with LabBrowsers(lab, tmp_path / "browsers") as browsers, open(tmp_path / "ffmpeg.log", "wb") as ffmpeg_log:
         gw = lab.start_gateway(tmp_path / "gw")
-        cmd = [
-            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
-            "-re", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
-            "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-            "-t", "40", "-map", "0:v", "-map", "1:a",
-            "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast", "-tune", "zerolatency",
-            "-b:v", f"{HIGH_KBIT}k", "-maxrate", f"{HIGH_KBIT}k", "-bufsize", f"{HIGH_KBIT // 2}k",
-            "-g", "60", "-bf", "0", "-pix_fmt", "yuv420p",
-            "-c:a", "libopus", "-ar", "48000", "-ac", "2", "-b:a", "64k",
-            "-f", "whip", gw.url_for(None, "/whip/high"),
-        ]
-        ffmpeg = lab.popen_in(lab.gateway_ns, cmd)
+        cmd = ffmpeg_whip_command(gw.url_for(None, "/whip/high"), None, 40, size="1280x720", gop=60, video_kbps=HIGH_KBIT)
+        ffmpeg = lab.popen_in(lab.gateway_ns, cmd, stdout=ffmpeg_log, stderr=subprocess.STDOUT)
         try:
             def publishing_fast() -> bool:
                 status, body = gw.get("/api/streams")

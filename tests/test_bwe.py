@@ -1772,7 +1772,6 @@ def _video_through_pacer(pacer: Pacer, bps: int, seconds: float, start_us: int) 
     """`bps` of 1,000-byte video packets, evenly spaced, through `pacer` (sent when it allows, else queued and sent
     when `poll`ed at the next packet's time): (packets dropped, longest wait in the queue, µs)."""
     gap = 8_000 * 1_000_000 // bps
-    waiting: deque = deque()
     longest = 0
     t = start_us
     for _ in range(int(seconds * 1_000_000) // gap):  # bounded: one iteration per packet

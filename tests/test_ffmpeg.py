@@ -37,15 +37,19 @@ def _loopback_candidates():
         yield
 
 
-def ffmpeg_whip_command(url: str, token: Optional[str], seconds: int = 20) -> list[str]:
+def ffmpeg_whip_command(url: str, token: Optional[str], seconds: int = 20, *, size: str = "640x360", gop: int = 30,
+                        video_kbps: Optional[int] = None) -> list[str]:
+    """FFmpeg's WHIP muxer publishing H.264 (libx264) from testsrc2 at 30 fps + Opus; `video_kbps`: a constant
+    video rate (-b:v = -maxrate), else libx264's own."""
+    rate = ["-b:v", f"{video_kbps}k", "-maxrate", f"{video_kbps}k", "-bufsize", f"{video_kbps // 2}k"] if video_kbps else []
     cmd = [
         FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "info",
-        "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+        "-re", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
         "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
         "-t", str(seconds),
         "-map", "0:v", "-map", "1:a",
-        "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast", "-tune", "zerolatency",
-        "-g", "30", "-bf", "0", "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast", "-tune", "zerolatency", *rate,
+        "-g", str(gop), "-bf", "0", "-pix_fmt", "yuv420p",
         "-c:a", "libopus", "-ar", "48000", "-ac", "2", "-b:a", "64k",
         "-f", "whip",
     ]

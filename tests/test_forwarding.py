@@ -623,11 +623,7 @@ def test_a_keyframe_request_the_publisher_ignored_is_repeated_after_its_gap() ->
         """The PLIs sent so far (by SSRC); the layers are kept alive up to `now`."""
         for layer in track.layers:
             layer.last_packet = now
-        sent = []
-        for data in upstream.rtcp:
-            sent += [p.media_ssrc for p in parse_compound(data) if isinstance(p, PictureLossIndication)]
-        upstream.rtcp.clear()
-        return sent
+        return plis_sent(upstream)
 
     t = T0 + 2.0
     plis(t)
