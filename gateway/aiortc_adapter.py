@@ -15,7 +15,9 @@ What is private and why:
   origin, gateway/relay.py) it is the ICE controlling agent (RFC 8445 §6.1.1); aiortc sets this only inside
   RTCPeerConnection.
 - RTCIceGatherer._connection, aioice Connection._local_candidates(_start/_end), _nominated: we gather host
-  candidates only on configured addresses, and read the nominated pair to send on it.
+  candidates only on configured addresses, and read the nominated pair to send on it. With a port range
+  (`rtc.udp_port_min..udp_port_max`) we bind the sockets ourselves and hand each to a StunProtocol of the
+  connection (Connection._protocols), as aioice's own gathering does with port 0.
 - aioice Connection._query_consent_task, build_request: aioice ends a connection when its consent checks fail;
   FFmpeg 9 answers no STUN after its handshake, so whipgate runs the checks itself (check_consent) and
   decides liveness from consent *and* received media (gateway/transport.py).
@@ -46,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 import struct
 from typing import Any, Callable, Optional
 
@@ -55,6 +58,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 
 import aioice.candidate
 import aioice.ice
+import aioice.turn
 from aioice import stun
 from aioice.candidate import candidate_priority
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, clock
@@ -173,12 +177,54 @@ async def check_consent(ice: RTCIceTransport) -> bool:
     return True
 
 
-async def gather_host_candidates(gatherer: RTCIceGatherer, addresses: list[str]) -> None:
-    """Gather host candidates on exactly these addresses (no STUN, no interface discovery)."""
+async def gather_host_candidates(
+    gatherer: RTCIceGatherer, addresses: list[str], bind: Optional[Callable[[str], Optional[socket.socket]]] = None
+) -> None:
+    """Gather host candidates on exactly these addresses (no STUN, no interface discovery).
+
+    `bind(address)`: a UDP socket bound on `address` (`rtc.udp_port_min..udp_port_max`), or None when it has no
+    free port; aioice then gets the socket instead of binding port 0 itself. An address without a socket (None, or
+    OSError from `bind`) gets no candidate, as aioice skips an address it cannot bind."""
     connection = gatherer._connection
     connection._local_candidates_start = True
-    connection._local_candidates += await connection.get_component_candidates(component=1, addresses=addresses)
+    if bind is None:
+        connection._local_candidates += await connection.get_component_candidates(component=1, addresses=addresses)
+    else:
+        loop = asyncio.get_running_loop()
+        for address in addresses:
+            try:
+                sock = bind(address)
+            except OSError as exc:  # not an address of this host, say: skipped, as aioice skips it
+                log.info("could not bind a UDP socket on %s: %s", address, exc)
+                continue
+            if sock is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)  # as aioice
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda: aioice.ice.StunProtocol(connection), sock=sock
+                )
+            except OSError:
+                sock.close()
+                raise
+            # Appended at once: the connection's close() closes what it lists, whatever happens next.
+            connection._protocols.append(protocol)
+            protocol.local_candidate = host_candidate(address, sock.getsockname()[1])
+            connection._local_candidates.append(protocol.local_candidate)
     connection._local_candidates_end = True
+
+
+def host_candidate(address: str, port: int) -> aioice.candidate.Candidate:
+    """The host candidate aioice gives a socket of its own on (address, port) (RFC 8445 §5.1.1.1, §5.1.2)."""
+    return aioice.candidate.Candidate(
+        foundation=aioice.candidate.candidate_foundation("host", "udp", address),
+        component=1,
+        transport="udp",
+        priority=candidate_priority(1, "host"),
+        host=address,
+        port=port,
+        type="host",
+    )
 
 
 def own_sockets(gatherer: RTCIceGatherer) -> list[Any]:
@@ -610,15 +656,7 @@ class SharedUdpPort(asyncio.DatagramProtocol):
         protocol = aioice.ice.StunProtocol(connection)
         protocol.connection_made(_PortView(self, protocol))
         self._by_ufrag[local_ufrag] = protocol
-        protocol.local_candidate = aioice.candidate.Candidate(
-            foundation=aioice.candidate.candidate_foundation("host", "udp", self.address),
-            component=1,
-            transport="udp",
-            priority=candidate_priority(1, "host"),
-            host=self.address,
-            port=self.port,
-            type="host",
-        )
+        protocol.local_candidate = host_candidate(self.address, self.port)
         return protocol
 
     def forget(self, protocol: Any) -> None:

@@ -67,6 +67,9 @@ class RtcConfig:
     bandwidth_estimation: bool = True
     # One UDP port for every session (demultiplexed by ICE ufrag, then remote address); 0: a port per session.
     udp_port: int = 0
+    # Without udp_port: each session's own port comes from udp_port_min..udp_port_max (both 0: any free port).
+    udp_port_min: int = 0
+    udp_port_max: int = 0
     # SO_RCVBUF of the gateway's UDP sockets, bytes (capped by net.core.rmem_max); 0: leave it as bound.
     udp_receive_buffer: int = 4 * 1024 * 1024
 
@@ -255,6 +258,8 @@ def _parse_rtc(table: _Table) -> RtcConfig:
         "packet_history",
         "bandwidth_estimation",
         "udp_port",
+        "udp_port_min",
+        "udp_port_max",
         "udp_receive_buffer",
     )
     table.reject_unknown(fields)
@@ -276,6 +281,21 @@ def _parse_rtc(table: _Table) -> RtcConfig:
     if packet_history & (packet_history - 1):
         raise table.error("packet_history", f"must be a power of two (64, 128, ... 65536), got {packet_history}")
 
+    udp_port = table.integer("udp_port", defaults.udp_port, minimum=0, maximum=65535)
+    port_min = table.integer("udp_port_min", defaults.udp_port_min, minimum=0, maximum=65535)
+    port_max = table.integer("udp_port_max", defaults.udp_port_max, minimum=0, maximum=65535)
+    if (port_min == 0) != (port_max == 0):
+        name = "udp_port_max" if port_min else "udp_port_min"
+        raise table.error(name, "must be set with the other end of the range (both 0: any free port)")
+    if port_min > port_max:
+        raise table.error("udp_port_max", f"must be >= udp_port_min ({port_min}), got {port_max}")
+    if port_min and udp_port:
+        raise table.error(
+            "udp_port_min",
+            f"a port range is for sessions with ports of their own; udp_port ({udp_port}) puts every session on one "
+            "port: set one or the other",
+        )
+
     return RtcConfig(
         ice_addresses=tuple(addresses),
         announced_ip=announced_ip,
@@ -287,7 +307,9 @@ def _parse_rtc(table: _Table) -> RtcConfig:
         ),
         packet_history=packet_history,
         bandwidth_estimation=table.boolean("bandwidth_estimation", defaults.bandwidth_estimation),
-        udp_port=table.integer("udp_port", defaults.udp_port, minimum=0, maximum=65535),
+        udp_port=udp_port,
+        udp_port_min=port_min,
+        udp_port_max=port_max,
         udp_receive_buffer=table.integer(
             "udp_receive_buffer", defaults.udp_receive_buffer, minimum=0, maximum=1 << 30
         ),

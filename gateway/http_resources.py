@@ -29,6 +29,7 @@ from gateway.ice_servers import ice_server_links
 from gateway.peer_session import PeerSession
 from gateway.sdp import OfferRejected, SdpError
 from gateway.sessions import OverCapacity, SessionManager, StreamBusy, StreamElsewhere, StreamNotLive
+from gateway.transport import PortRangeExhausted
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,11 @@ async def create_session(
             f"stream {stream!r} has no publisher yet",
             [("Retry-After", str(config.whep_retry_after))],
         )
+    except PortRangeExhausted as exc:
+        log.error("session refused: %s", exc)
+        return problem(config, 503, "Service Unavailable",
+                       "no free UDP port for this session: every port of rtc.udp_port_min..udp_port_max is in use",
+                       [("Retry-After", "5")])
     except OSError as exc:
         log.error("cannot open ICE sockets: %s", exc)
         return problem(config, 503, "Service Unavailable", "the gateway cannot open media sockets", [("Retry-After", "5")])

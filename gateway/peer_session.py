@@ -40,6 +40,7 @@ class PeerSession:
             consent_interval=config.rtc.consent_interval,
             consent_failures=config.rtc.consent_failures,
             udp_port=config.rtc.udp_port,
+            port_range=(config.rtc.udp_port_min, config.rtc.udp_port_max) if config.rtc.udp_port_min else None,
             receive_buffer=config.rtc.udp_receive_buffer,
             on_rtp=self.on_rtp,
             on_rtcp=self.on_rtcp,

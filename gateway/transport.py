@@ -15,6 +15,7 @@ handshake: a consent-only rule would drop every FFmpeg publisher after 30 s whil
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import random
@@ -89,6 +90,59 @@ async def shared_ports(addresses: list[str], port: int, receive_buffer: int = 0)
         return out
 
 
+class PortRangeExhausted(OSError):
+    """No port of `rtc.udp_port_min..udp_port_max` was free on any host address: the session gets a 503."""
+
+
+class PortRange:
+    """Ports of sessions with sockets of their own from `rtc.udp_port_min..udp_port_max`, so that operators open
+    that range in their firewall instead of every ephemeral port (what mediasoup's rtcMinPort/rtcMaxPort and
+    Janus's rtp_port_range do). The kernel is the allocator: a port is free when bind() succeeds, so a session's
+    port returns to the range when its socket closes, and worker processes (http.workers) share the range
+    without talking to each other. The search starts after the port handed out last (from a random place at start),
+    so a port just freed is not reused at once while its old peer may still send to it."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first = first
+        self.last = last
+        self._next = random.randint(first, last)
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+    def bind(self, address: str) -> Optional[socket.socket]:
+        """A non-blocking UDP socket bound on `address` at a free port of the range, or None when every port is
+        taken. Raises OSError for anything else (the address is not this host's, say)."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        size = self.size
+        for step in range(size):
+            port = self.first + (self._next - self.first + step) % size
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((address, port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise
+            self._next = self.first + (port + 1 - self.first) % size
+            sock.setblocking(False)
+            return sock
+        return None
+
+
+_port_ranges: dict[tuple[int, int], PortRange] = {}
+
+
+def port_range(first: int, last: int) -> PortRange:
+    """The process's allocator for this range (its search position is shared by every session)."""
+    found = _port_ranges.get((first, last))
+    if found is None:
+        found = _port_ranges[(first, last)] = PortRange(first, last)
+    return found
+
+
 def host_addresses(configured: tuple[str, ...]) -> list[str]:
     """The addresses host candidates are gathered on: the configured ones, else every non-loopback IPv4."""
     if configured:
@@ -118,6 +172,7 @@ class PeerTransport:
         consent_interval: float,
         consent_failures: int,
         udp_port: int = 0,
+        port_range: Optional[tuple[int, int]] = None,
         receive_buffer: int = 0,
         on_rtp: Callable[[bytes, int], None],
         on_rtcp: Callable[[bytes], None],
@@ -126,6 +181,7 @@ class PeerTransport:
     ) -> None:
         self._addresses = addresses
         self._udp_port = udp_port  # one shared socket per address for every session; 0: sockets of our own
+        self._port_range = port_range  # (first, last) ports of our own sockets; None: any free port
         self._receive_buffer = receive_buffer  # SO_RCVBUF bytes for our sockets (rtc.udp_receive_buffer); 0: default
         self._announced_ip = announced_ip
         self._on_connected = on_connected
@@ -176,9 +232,23 @@ class PeerTransport:
             ports = await shared_ports(self._addresses, self._udp_port, self._receive_buffer)
             rtc.gather_on_shared_port(self._gatherer, ports)
         else:
-            await rtc.gather_host_candidates(self._gatherer, self._addresses)
+            allocator = port_range(*self._port_range) if self._port_range else None
+            full: list[str] = []  # addresses on which every port of the range was taken
+
+            def bind(address: str) -> Optional[socket.socket]:
+                sock = allocator.bind(address)  # type: ignore[union-attr]
+                if sock is None:
+                    full.append(address)
+                return sock
+
+            await rtc.gather_host_candidates(self._gatherer, self._addresses, bind if allocator else None)
             for sock in rtc.own_sockets(self._gatherer):
                 set_receive_buffer(sock, self._receive_buffer)
+            if full and allocator is not None and not self._gatherer.getLocalCandidates():
+                raise PortRangeExhausted(
+                    f"no free UDP port in rtc.udp_port_min..udp_port_max ({allocator.first}-{allocator.last}) on "
+                    f"{', '.join(full)}: every one of its {allocator.size} ports is in use"
+                )
         if not self._gatherer.getLocalCandidates():
             raise OSError(f"could not bind a UDP socket on any of {self._addresses}")
         # Every datagram of our sockets passes our demultiplexer: media straight to the handlers once DTLS is up.

@@ -98,6 +98,8 @@ consent_failures = 4
 keyframe_request_interval = 1
 packet_history = 64
 udp_receive_buffer = 0
+udp_port_min = 50000
+udp_port_max = 50000
 
 [[ice_servers]]
 urls = ["stun:stun.example.net", "stuns:stun.example.net:5349"]
@@ -141,6 +143,8 @@ def test_full_config(tmp_path):
         keyframe_request_interval=1.0,
         packet_history=64,
         udp_receive_buffer=0,
+        udp_port_min=50000,
+        udp_port_max=50000,
     )
     assert config.ice_servers == (
         IceServer(urls=("stun:stun.example.net", "stuns:stun.example.net:5349")),
@@ -320,6 +324,12 @@ ERRORS = [
         "ice_servers[1].urls[0]",
         "need username+credential",
     ),
+    # rtc.udp_port_min..udp_port_max
+    ("[rtc]\nudp_port_min = 50000\n", "rtc.udp_port_max", "must be set with the other end of the range"),
+    ("[rtc]\nudp_port_max = 50000\n", "rtc.udp_port_min", "must be set with the other end of the range"),
+    ("[rtc]\nudp_port_min = 50010\nudp_port_max = 50000\n", "rtc.udp_port_max", "must be >= udp_port_min (50010)"),
+    ("[rtc]\nudp_port_min = 50000\nudp_port_max = 70000\n", "rtc.udp_port_max", "between 0 and 65535"),
+    ("[rtc]\nudp_port = 40000\nudp_port_min = 50000\nudp_port_max = 50100\n", "rtc.udp_port_min", "set one or the other"),
     # streams
     ('[streams."a/b"]\n', 'streams."a/b"', "a stream name may contain only"),
     ('[streams.".."]\n', 'streams.".."', "not only dots"),
