@@ -6,6 +6,8 @@ import logging
 from typing import Optional
 
 from litestar import Litestar, Request, get
+from litestar.exceptions import HTTPException
+from litestar.types import Scope
 from litestar.response.base import ASGIResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -72,12 +74,18 @@ def create_app(config: Config, worker: Optional[WorkerRole] = None) -> Litestar:
         await manager.close_all()
         await manager.registry.close()
 
+    async def log_unexpected(exception: Exception, scope: Scope) -> None:
+        """A 500 must say why in the log: with `logging_config=None` Litestar logs no exception itself."""
+        if not isinstance(exception, HTTPException):
+            log.error("%s %s failed", scope.get("method", ""), scope.get("path", ""), exc_info=exception)
+
     app = Litestar(
         route_handlers=[*whip_handlers, *whep_handlers, healthz, readyz, metrics_endpoint, list_streams, list_viewers, pages_router],
         on_startup=[startup],
         on_shutdown=[shutdown],
         openapi_config=None,
         logging_config=None,  # the CLI configured logging ([log] level); Litestar would reset it to INFO
+        after_exception=[log_unexpected],
     )
     app.state.manager = manager
     return app
