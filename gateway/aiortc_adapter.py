@@ -19,7 +19,7 @@ What is private and why:
   (`rtc.udp_port_min..udp_port_max`) we bind the sockets ourselves and hand each to a StunProtocol of the
   connection (Connection._protocols), as aioice's own gathering does with port 0.
 - aioice Connection._query_consent_task, build_request: aioice ends a connection when its consent checks fail;
-  FFmpeg 9 answers no STUN after its handshake, so whipgate runs the checks itself (check_consent) and
+  FFmpeg 9 answers no STUN after its handshake, so whipgate runs the checks itself (ConsentChecks) and
   decides liveness from consent *and* received media (gateway/transport.py).
 - aioice Connection.request_received: a shim that tolerates STUN binding requests without PRIORITY
   (FFmpeg 8.0 sends them; aioice 0.13 raises KeyError while learning the peer-reflexive candidate).
@@ -50,6 +50,8 @@ import errno
 import logging
 import socket
 import struct
+import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 import pylibsrtp
@@ -81,7 +83,7 @@ __all__ = [
     "candidate_from_sdp",
     "candidate_to_sdp",
     "PRIVATE_NAMES",
-    "check_consent",
+    "ConsentChecks",
     "demultiplex",
     "SharedUdpPort",
     "gather_on_shared_port",
@@ -115,6 +117,7 @@ PRIVATE_NAMES: list[tuple[str, str, str]] = [
     ("aioice.Connection", "request_received", "function (self, message, addr, protocol)"),
     ("aioice.Connection instance", "_query_consent_task", "asyncio.Task | None, set by connect()"),
     ("aioice.Connection", "build_request", "function (self, pair, nominate)"),
+    ("aioice.ice.StunProtocol", "send_stun", "function (self, message, addr): one datagram, no transaction"),
     ("aioice.ice.CandidatePair instance", "protocol.transport", "asyncio.DatagramTransport"),
     ("aioice.Connection instance", "_protocols", "list[StunProtocol] after gathering"),
     ("aioice.ice.StunProtocol", "datagram_received", "function (self, data, addr)"),
@@ -153,7 +156,7 @@ def install_shims() -> None:
 
 
 def stop_aioice_consent(ice: RTCIceTransport) -> None:
-    """Cancel aioice's own consent task (it would close the connection on failed checks; see check_consent)."""
+    """Cancel aioice's own consent task (it would close the connection on failed checks; see ConsentChecks)."""
     connection = ice._connection
     task = connection._query_consent_task
     if task is not None:
@@ -161,20 +164,63 @@ def stop_aioice_consent(ice: RTCIceTransport) -> None:
         connection._query_consent_task = None
 
 
-async def check_consent(ice: RTCIceTransport) -> bool:
-    """One RFC 7675 §5.1 consent check (a STUN binding request) on the nominated pair; True if answered."""
-    connection = ice._connection
-    pair = connection._nominated.get(1)
-    if pair is None or connection.remote_password is None:
-        return False
-    request = connection.build_request(pair, nominate=False)
-    try:
-        await pair.protocol.request(
-            request, pair.remote_addr, integrity_key=connection.remote_password.encode("utf8"), retransmissions=0
-        )
-    except (stun.TransactionError, ConnectionError, OSError):
-        return False
-    return True
+CONSENT_CHECKS_KEPT = 8  # recent consent checks whose response still counts (8 x the 5 s default: 40 s)
+
+
+class ConsentChecks:
+    """RFC 7675 §5.1 consent freshness on the nominated pair, as the RFC has it: each check is one STUN binding
+    request with a new transaction id, sent once and never retransmitted, and "a response might be for a previous
+    request (rather than for the most recently sent request)": an authenticated binding success response from the
+    checked address to any of the last CONSENT_CHECKS_KEPT checks refreshes consent (`last_response`).
+
+    aioice's STUN transaction (what `check_consent` used) gave each check 0.5 s and then forgot its transaction id,
+    so a response that took longer was dropped. A gateway whose event loop is behind reads responses late: with
+    `rtc.udp_port`, 1,000 viewers joining a saturated core had their responses read 0.6-1.9 s (median) after the
+    check left, 60-67% of the checks failed, and 62-87% of the viewers were ended as gone while they answered every
+    check (bench/load.py, 8 runs; BENCHMARKS.md). Responses reach `on_response` from the Demultiplexer before aioice sees them."""
+
+    __slots__ = ("_ice", "_sent", "last_response")
+
+    def __init__(self, ice: RTCIceTransport) -> None:
+        self._ice = ice
+        self._sent: deque[bytes] = deque(maxlen=CONSENT_CHECKS_KEPT)
+        self.last_response: Optional[float] = None  # time.monotonic() of the last response that counted
+
+    def send(self) -> bool:
+        """Send one check; False when there is no nominated pair or remote password yet (nothing sent)."""
+        connection = self._ice._connection
+        pair = connection._nominated.get(1)
+        if pair is None or connection.remote_password is None:
+            return False
+        request = connection.build_request(pair, nominate=False)
+        request.add_message_integrity(connection.remote_password.encode("utf8"))  # + FINGERPRINT
+        self._sent.append(request.transaction_id)
+        try:
+            pair.protocol.send_stun(request, pair.remote_addr)
+        except OSError:
+            return False
+        return True
+
+    def on_response(self, data: bytes, addr: Any) -> bool:
+        """A STUN binding success response arrived: True when it answers one of our recent checks and counts."""
+        transaction_id = data[8:20]
+        if transaction_id not in self._sent:
+            return False
+        connection = self._ice._connection
+        pair = connection._nominated.get(1)
+        if pair is None or connection.remote_password is None or (addr[0], addr[1]) != tuple(pair.remote_addr):
+            return False  # consent is per address pair (RFC 7675 §5.1)
+        try:
+            message = stun.parse_message(data)
+        except (ValueError, *STUN_PARSE_ESCAPES):
+            return False
+        if message.message_class != stun.Class.RESPONSE or not message.check_message_integrity(
+            connection.remote_password.encode("utf8")
+        ):
+            return False
+        self._sent.remove(transaction_id)
+        self.last_response = time.monotonic()
+        return True
 
 
 async def gather_host_candidates(
@@ -308,13 +354,14 @@ class Demultiplexer:
     counted through `on_drop`); `start_media(dtls)` once DTLS has connected switches SRTP/SRTCP to the
     synchronous path."""
 
-    __slots__ = ("_on_rtp", "_on_rtcp", "_on_drop", "_unprotect", "_unprotect_rtcp")
+    __slots__ = ("_on_rtp", "_on_rtcp", "_on_drop", "_unprotect", "_unprotect_rtcp", "_consent")
 
     def __init__(self, ice: RTCIceTransport, on_rtp: Callable[[bytes, int], None], on_rtcp: Callable[[bytes], None],
-                 on_drop: Callable[[str], None]) -> None:
+                 on_drop: Callable[[str], None], consent: Optional[ConsentChecks] = None) -> None:
         self._on_rtp = on_rtp
         self._on_rtcp = on_rtcp
         self._on_drop = on_drop
+        self._consent = consent  # binding success responses go to it first (its checks' late answers count)
         self._unprotect: Optional[Callable[[bytes], bytes]] = None
         self._unprotect_rtcp: Optional[Callable[[bytes], bytes]] = None
         for protocol in ice._connection._protocols:
@@ -337,6 +384,9 @@ class Demultiplexer:
                 except (pylibsrtp.Error, ValueError):  # refused; ValueError: pylibsrtp's own > 1,500 bytes
                     self._on_drop("srtp_unprotect_failed")
                 return
+            consent = self._consent
+            if consent is not None and data[:2] == b"\x01\x01" and len(data) >= 20:  # a binding success response
+                consent.on_response(data, addr)
             try:
                 original(data, addr)
             except STUN_PARSE_ESCAPES:
@@ -346,8 +396,8 @@ class Demultiplexer:
 
 
 def demultiplex(ice: RTCIceTransport, on_rtp: Callable[[bytes, int], None], on_rtcp: Callable[[bytes], None],
-                on_drop: Callable[[str], None]) -> Demultiplexer:
-    return Demultiplexer(ice, on_rtp, on_rtcp, on_drop)
+                on_drop: Callable[[str], None], consent: Optional[ConsentChecks] = None) -> Demultiplexer:
+    return Demultiplexer(ice, on_rtp, on_rtcp, on_drop, consent)
 
 
 # ---- egress: SRTP protect + send (issue #6 fast path) ---------------------------------------------------------

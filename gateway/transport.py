@@ -192,6 +192,7 @@ class PeerTransport:
         self.last_received = time.monotonic()
         self._gatherer = rtc.RTCIceGatherer(iceServers=[])  # never a default STUN server
         self._ice = rtc.RTCIceTransport(self._gatherer)
+        self._consent = rtc.ConsentChecks(self._ice)  # RFC 7675 consent freshness, once connected (_watch_liveness)
         self._dtls = rtc.RTCDtlsTransport(self._ice, [certificate()])
         self._handle_rtp, self._handle_rtcp = self._guard(on_rtp), self._guard(on_rtcp)
         rtc.hook_packets(self._dtls, self._handle_rtp, self._handle_rtcp)
@@ -252,7 +253,7 @@ class PeerTransport:
         if not self._gatherer.getLocalCandidates():
             raise OSError(f"could not bind a UDP socket on any of {self._addresses}")
         # Every datagram of our sockets passes our demultiplexer: media straight to the handlers once DTLS is up.
-        self._demux = rtc.demultiplex(self._ice, self._handle_rtp, self._handle_rtcp, metrics.count_drop)
+        self._demux = rtc.demultiplex(self._ice, self._handle_rtp, self._handle_rtcp, metrics.count_drop, self._consent)
 
     @property
     def ice_ufrag(self) -> str:
@@ -340,12 +341,12 @@ class PeerTransport:
 
     async def _watch_liveness(self) -> None:
         timeout = self._consent_interval * self._consent_failures
-        last_consent = time.monotonic()
+        connected_at = time.monotonic()
+        consent = self._consent
         while not self._closing:
             await asyncio.sleep(self._consent_interval * (0.8 + 0.4 * random.random()))  # RFC 7675 §5.1
-            if await rtc.check_consent(self._ice):
-                last_consent = time.monotonic()
-            silent = time.monotonic() - max(last_consent, self.last_received)
+            consent.send()  # its response, whenever it comes, refreshes consent (ConsentChecks)
+            silent = time.monotonic() - max(consent.last_response or connected_at, self.last_received)
             if silent > timeout and not self._closing:
                 await self.close(f"peer gone: no consent response and no packets for {silent:.1f} s (RFC 7675)")
                 return

@@ -8,9 +8,11 @@ import importlib.metadata
 import inspect
 import os
 import socket
-from typing import Optional
+import time
+from typing import Any, Optional
 
 import aioice.ice
+import aioice.stun
 import pylibsrtp
 import pytest
 from aiortc import RTCDtlsTransport
@@ -118,12 +120,81 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
     assert not protocol.transport.is_closing()
     adapter.stop_aioice_consent(ia)
     assert ia._connection._query_consent_task is None
-    assert await adapter.check_consent(ia)  # the peer answers a consent check
+    consent = adapter.ConsentChecks(ia)
+    adapter.demultiplex(ia, lambda data, t: None, lambda data: None, drops.append, consent)
+    assert consent.send() and await _consent_within(consent, 2.0)  # the peer answers a consent check
     await ib.stop()
-    assert not await adapter.check_consent(ia)  # ...and no longer once it is gone
+    answered = consent.last_response
+    assert consent.send() and not await _consent_within(consent, 1.0, after=answered)  # ...and no longer once gone
     for t in (da, db):
         await t.stop()
     await ia.stop()
+
+
+async def _consent_within(consent: "adapter.ConsentChecks", seconds: float, after: Optional[float] = None) -> bool:
+    """Whether a response refreshing `consent` arrives within `seconds` (later than `after`)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if consent.last_response is not None and (after is None or consent.last_response > after):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_consent_response_that_comes_late_still_counts() -> None:
+    """RFC 7675 §5.1: a check is sent once and "a response might be for a previous request". The peer answers each
+    check 1.2 s late (a gateway whose event loop is behind reads it that late): aioice's transaction, which the
+    gateway used until now, gave up after 0.5 s, so no check ever counted; ConsentChecks counts the response when it
+    comes, for an earlier check too, but not one with a bad MESSAGE-INTEGRITY, from another address, or twice."""
+    ia, da, ib, db = await connected_pair()
+    try:
+        adapter.stop_aioice_consent(ia)
+        adapter.stop_aioice_consent(ib)
+        consent = adapter.ConsentChecks(ia)
+        adapter.demultiplex(ia, lambda data, t: None, lambda data: None, lambda reason: None, consent)
+        loop = asyncio.get_running_loop()
+        [protocol_b] = ib._connection._protocols
+        send_b = protocol_b.transport.sendto
+        answered: list[bytes] = []
+
+        def late_sendto(data: bytes, addr: Any = None) -> None:
+            if data[:2] == b"\x01\x01":  # B's binding success responses leave 1.2 s late
+                answered.append(data)
+                loop.call_later(1.2, send_b, data, addr)
+            else:
+                send_b(data, addr)
+
+        protocol_b.transport.sendto = late_sendto  # type: ignore[method-assign]
+        pair = ia._connection._nominated[1]
+        # What aioice's own check did: one transaction of 0.5 s, no retransmission. It times out.
+        with pytest.raises(aioice.stun.TransactionTimeout):
+            request = ia._connection.build_request(pair, nominate=False)
+            await pair.protocol.request(request, pair.remote_addr,
+                                        integrity_key=ia._connection.remote_password.encode(), retransmissions=0)
+        assert consent.send()
+        await asyncio.sleep(0.3)
+        assert consent.send()  # a second check before the first one's answer: both answers count when they come
+        assert await _consent_within(consent, 2.0) and len(answered) >= 3
+        first = consent.last_response
+        assert await _consent_within(consent, 1.0, after=first)  # the second check's answer, later still
+
+        # A replayed answer, one from another address, one with a bad MESSAGE-INTEGRITY: none counts.
+        late = answered[-1]
+        assert not consent.on_response(late, pair.remote_addr)  # already counted
+        assert consent.send()
+        [txid] = [consent._sent[-1]]
+        response = aioice.stun.Message(message_method=aioice.stun.Method.BINDING,
+                                       message_class=aioice.stun.Class.RESPONSE, transaction_id=txid)
+        response.add_message_integrity(b"not the password")
+        assert not consent.on_response(bytes(response), pair.remote_addr)
+        response.add_message_integrity(ia._connection.remote_password.encode())
+        assert not consent.on_response(bytes(response), ("127.0.0.1", 9))
+        assert consent.on_response(bytes(response), pair.remote_addr)
+    finally:
+        for t in (da, db):
+            await t.stop()
+        await ia.stop()
+        await ib.stop()
 
 
 async def connected_pair(certificate_b: Optional[adapter.RTCCertificate] = None) -> tuple:
