@@ -176,7 +176,7 @@ class ConsentChecks:
     aioice's STUN transaction (what `check_consent` used) gave each check 0.5 s and then forgot its transaction id,
     so a response that took longer was dropped. A gateway whose event loop is behind reads responses late: with
     `rtc.udp_port`, 1,000 viewers joining a saturated core had their responses read 0.6-1.9 s (median) after the
-    check left, 60-67% of the checks failed, and 62-87% of the viewers were ended as gone while they answered every
+    check left, 59-73% of the checks failed, and 62-87% of the viewers were ended as gone while they answered every
     check (bench/load.py, 8 runs; BENCHMARKS.md). Responses reach `on_response` from the Demultiplexer before aioice sees them."""
 
     __slots__ = ("_ice", "_sent", "last_response")
