@@ -173,11 +173,12 @@ class ConsentChecks:
     request (rather than for the most recently sent request)": an authenticated binding success response from the
     checked address to any of the last CONSENT_CHECKS_KEPT checks refreshes consent (`last_response`).
 
-    aioice's STUN transaction (what `check_consent` used) gave each check 0.5 s and then forgot its transaction id,
-    so a response that took longer was dropped. A gateway whose event loop is behind reads responses late: with
-    `rtc.udp_port`, 1,000 viewers joining a saturated core had their responses read 0.6-1.9 s (median) after the
-    check left, 59-73% of the checks failed, and 62-87% of the viewers were ended as gone while they answered every
-    check (bench/load.py, 8 runs; BENCHMARKS.md). Responses reach `on_response` from the Demultiplexer before aioice sees them."""
+    The gateway used to run each check as an aioice STUN transaction, which gives up after 0.5 s and forgets its
+    transaction id, so a response that took longer was dropped. A gateway whose event loop is behind reads responses
+    late: with `rtc.udp_port`, 1,000 viewers joining a saturated core had their responses read 0.6-1.9 s (median)
+    after the check left, 59-73% of the checks failed, and 62-87% of the viewers were ended as gone while they
+    answered every check (bench/load.py, 8 runs; BENCHMARKS.md). Responses reach `on_response` from the
+    Demultiplexer before aioice sees them."""
 
     __slots__ = ("_ice", "_sent", "last_response")
 
@@ -208,7 +209,7 @@ class ConsentChecks:
             return False
         connection = self._ice._connection
         pair = connection._nominated.get(1)
-        if pair is None or connection.remote_password is None or (addr[0], addr[1]) != tuple(pair.remote_addr):
+        if pair is None or connection.remote_password is None or (addr[0], addr[1]) != (pair.remote_addr[0], pair.remote_addr[1]):
             return False  # consent is per address pair (RFC 7675 §5.1)
         try:
             message = stun.parse_message(data)
