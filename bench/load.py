@@ -200,6 +200,9 @@ class Step:
     feedback_unknown: int = 0  # feedback entries the gateway matched with nothing it sent (all viewers; should be 0)
     video_pps_per_viewer: float = 0.0
     fps_per_viewer: float = 0.0
+    # Viewers that received no video at all in the window: a session the server ended (or never fed) shows here,
+    # where the averages above only dip (a 1,000-viewer step once lost 75% of its sessions at "0.00% loss").
+    silent_viewers: int = 0
     server_waited: float = 0.0
     load_waited: float = 0.0
     udp_rcvbuf_drops: int = 0
@@ -354,6 +357,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
                 per_viewer_s = len(viewers) * (t1 - t0)
                 step.video_pps_per_viewer = sum(a[0] - b[0] for a, b in zip(video_after, video_before)) / per_viewer_s
                 step.fps_per_viewer = sum(a[1] - b[1] for a, b in zip(video_after, video_before)) / per_viewer_s
+                step.silent_viewers = sum(1 for a, b in zip(video_after, video_before) if a[0] == b[0])
             step.window_s = t1 - t0
             for b, a in zip(before, after):
                 expected, received = loss_between(b, a)
@@ -505,7 +509,8 @@ def print_step(s: Step, flush: bool = False) -> None:
     print(
         f"# {s.server:8s} {s.profile:10s} {s.viewer_mode + '-viewers':14s} rps={'on' if s.rps else 'off'} "
         f"N={s.viewers:<5d} pkts={s.packets:<8d} loss={s.loss * 100:.2f}% "
-        f"video pkts/s/viewer={s.video_pps_per_viewer:.0f} fps/viewer={s.fps_per_viewer:.1f} µs/pkt={fmt(s.us_per_packet, '.2f')} pkts/s/core={fmt(s.packets_per_core_s, ',.0f')} "
+        f"video pkts/s/viewer={s.video_pps_per_viewer:.0f} fps/viewer={s.fps_per_viewer:.1f} "
+        f"silent viewers={s.silent_viewers} µs/pkt={fmt(s.us_per_packet, '.2f')} pkts/s/core={fmt(s.packets_per_core_s, ',.0f')} "
         f"server busy/waiting={s.server_core_busy * 100:.0f}%/{s.server_waited * 100:.0f}% "
         f"load busy/waiting={s.load_core_busy * 100:.0f}%/{s.load_waited * 100:.0f}% "
         f"udp-rcvbuf-drops={s.udp_rcvbuf_drops} "
@@ -529,14 +534,16 @@ def print_step(s: Step, flush: bool = False) -> None:
 
 
 def carried(s: Step) -> bool:
-    """Every viewer connected, loss under 0.5%, the source's frame rate delivered (a server that drops whole
+    """Every viewer connected and receiving (none silent through the window), loss under 0.5%, the source's frame
+    rate delivered (a server that drops whole
     frames, as aiortc's relay does under load, loses no packets but does not carry the stream), and the server
     keeping up: median latency under LATENCY_CARRIED_MS (a saturated server that loses nothing yet, because
     socket buffers hold its backlog, shows latency growing to seconds; kernel-time latency with C viewers, the
     Python-side figure otherwise; the baseline has none, its frame rate shows its backlog)."""
     latency = s.kernel_latency_ms_p50 if s.kernel_latency_ms_p50 is not None else s.latency_ms_p50
     keeping_up = latency is None or latency < LATENCY_CARRIED_MS
-    return s.packets > 0 and s.failed == 0 and s.loss < LOSS_LIMIT and s.fps_per_viewer >= FPS_CARRIED and keeping_up
+    return (s.packets > 0 and s.failed == 0 and s.silent_viewers == 0 and s.loss < LOSS_LIMIT
+            and s.fps_per_viewer >= FPS_CARRIED and keeping_up)
 
 
 def max_viewers(steps: list[Step], server: str, profile: str) -> Optional[int]:
@@ -587,7 +594,7 @@ def print_report(steps: list[Step], opts: Options) -> None:
             if s is None:
                 return ["—"] * (10 if ours else 7)
             out = [fmt(s.us_per_packet, ".2f"), fmt(s.packets_per_core_s, ",.0f"), f"{s.loss * 100:.2f}%",
-                   f"{s.fps_per_viewer:.1f}"]
+                   f"{s.fps_per_viewer:.1f}" + (f" ({s.silent_viewers} silent)" if s.silent_viewers else "")]
             if ours:
                 out += [f"{fmt(s.kernel_latency_ms_p50, '.2f')} / {fmt(s.kernel_latency_ms_p99, '.2f')}",
                         f"{fmt(s.latency_ms_p50, '.2f')} / {fmt(s.latency_ms_p99, '.2f')}",

@@ -44,6 +44,7 @@ def test_load_tool_tiny_run(tmp_path: pathlib.Path, extra: list[str]) -> None:
     assert step["expected"] >= step["packets"] > 0, step
     assert 0.0 <= step["loss"] < 0.05, step
     assert 60 <= step["video_pps_per_viewer"] <= 140, step
+    assert step["silent_viewers"] == 0, step  # every viewer received video in the window
     assert step["server_cpu_s"] > 0 and step["us_per_packet"] > 0 and step["packets_per_core_s"] > 0, step
     assert step["latency_samples"] > 0, step
     assert 0 < step["latency_ms_p50"] <= step["latency_ms_p99"] < 2000, step
@@ -83,3 +84,17 @@ def test_feedback_bench_runs() -> None:
         per_second, total_us, estimate = float(cells[0]), float(cells[5]), cells[-1]
         assert 15 <= per_second <= 17 and total_us > 0, run.stdout
         assert estimate.endswith("kbit/s") and "unknown" not in estimate and int(estimate.split()[0]) > 300, run.stdout
+
+
+def test_a_step_with_a_silent_viewer_is_not_carried() -> None:
+    """A step whose averages look fine but where one viewer received nothing in the window (its session ended, say)
+    does not count as carried: the averages alone once read a 1,000-viewer step with 75% of its sessions ended as
+    "0.00% loss"."""
+    sys.path.insert(0, str(ROOT))
+    from bench.load import Step, carried
+
+    fine = Step(server="whipgate", profile="600k", viewers=10, connected=10, packets=10_000, expected=10_000,
+                fps_per_viewer=30.0, kernel_latency_ms_p50=2.0)
+    assert carried(fine)
+    fine.silent_viewers = 1
+    assert not carried(fine)
