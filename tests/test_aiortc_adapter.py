@@ -8,7 +8,6 @@ import importlib.metadata
 import inspect
 import os
 import socket
-import time
 from typing import Any, Optional
 
 import aioice.ice
@@ -18,6 +17,7 @@ import pytest
 from aiortc import RTCDtlsTransport
 from OpenSSL import SSL
 
+from clients import wait_for
 from gateway import aiortc_adapter as adapter
 
 
@@ -122,23 +122,13 @@ async def test_two_transports_connect_and_exchange_srtp_through_the_adapter() ->
     assert ia._connection._query_consent_task is None
     consent = adapter.ConsentChecks(ia)
     adapter.demultiplex(ia, lambda data, t: None, lambda data: None, drops.append, consent)
-    assert consent.send() and await _consent_within(consent, 2.0)  # the peer answers a consent check
+    assert consent.send() and await wait_for(lambda: consent.last_response is not None, 2.0)  # the peer answers
     await ib.stop()
     answered = consent.last_response
-    assert consent.send() and not await _consent_within(consent, 1.0, after=answered)  # ...and no longer once gone
+    assert consent.send() and not await wait_for(lambda: consent.last_response != answered, 1.0)  # ...not once gone
     for t in (da, db):
         await t.stop()
     await ia.stop()
-
-
-async def _consent_within(consent: "adapter.ConsentChecks", seconds: float, after: Optional[float] = None) -> bool:
-    """Whether a response refreshing `consent` arrives within `seconds` (later than `after`)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if consent.last_response is not None and (after is None or consent.last_response > after):
-            return True
-        await asyncio.sleep(0.02)
-    return False
 
 
 async def test_a_consent_response_that_comes_late_still_counts() -> None:
@@ -174,9 +164,9 @@ async def test_a_consent_response_that_comes_late_still_counts() -> None:
         assert consent.send()
         await asyncio.sleep(0.3)
         assert consent.send()  # a second check before the first one's answer: both answers count when they come
-        assert await _consent_within(consent, 2.0) and len(answered) >= 3
+        assert await wait_for(lambda: consent.last_response is not None, 2.0) and len(answered) >= 3
         first = consent.last_response
-        assert await _consent_within(consent, 1.0, after=first)  # the second check's answer, later still
+        assert await wait_for(lambda: consent.last_response != first, 1.0)  # the second check's answer, later still
 
         # A replayed answer, one from another address, one with a bad MESSAGE-INTEGRITY: none counts.
         late = answered[-1]
