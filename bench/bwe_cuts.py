@@ -28,6 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from bwe import CAP_KBIT, loss_between, video  # noqa: E402
+from bench.load import parse_drops  # noqa: E402
 from netlab import LabBrowsers, NetLab, lab_unavailable, make_fake_video, wait_for  # noqa: E402
 
 
@@ -38,12 +39,7 @@ def log_time(line: str) -> float | None:
 
 def gateway_drops(gw) -> dict[str, int]:  # noqa: ANN001 (tests/netlab.py LabGateway)
     """The gateway's whipgate_dropped_total by reason (what it dropped on purpose, or refused: pacer, NACK budget)."""
-    drops = {}
-    for line in gw.metrics().splitlines():
-        match = re.match(r'whipgate_dropped_total\{reason="([^"]+)"\} ([0-9.e+]+)', line)
-        if match:
-            drops[match.group(1)] = int(float(match.group(2)))
-    return drops
+    return {reason: int(count) for reason, count in parse_drops(gw.metrics()).items()}
 
 
 def main() -> int:

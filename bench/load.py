@@ -449,10 +449,13 @@ async def read_drops(http: httpx.AsyncClient, base_url: str) -> Optional[dict[st
         response.raise_for_status()
     except httpx.HTTPError:
         return None
-    drops = {}
-    for match in re.finditer(r'^whipgate_dropped_total\{reason="([^"]+)"\} (\S+)$', response.text, re.M):
-        drops[match.group(1)] = float(match.group(2))
-    return drops
+    return parse_drops(response.text)
+
+
+def parse_drops(metrics_text: str) -> dict[str, float]:
+    """whipgate_dropped_total by reason, from the text of /metrics (also bench/bwe_cuts.py's)."""
+    return {match.group(1): float(match.group(2))
+            for match in re.finditer(r'^whipgate_dropped_total\{reason="([^"]+)"\} (\S+)$', metrics_text, re.M)}
 
 
 def drain_stun(drain: Drain, viewers: list[Viewer]) -> int:
