@@ -6,6 +6,7 @@ import logging
 from typing import Optional
 
 from litestar import Litestar, Request, get
+from litestar.params import FromPath
 from litestar.exceptions import HTTPException
 from litestar.types import Scope
 from litestar.response.base import ASGIResponse
@@ -50,7 +51,7 @@ def list_streams(request: Request) -> list[dict]:
 
 
 @get("/api/streams/{name:str}/viewers", sync_to_thread=False)
-def list_viewers(request: Request, name: str) -> list[dict]:
+def list_viewers(request: Request, name: FromPath[str]) -> list[dict]:
     """Each viewer of a stream on this node: its tracks with layer, reason, bandwidth estimate and counters."""
     return request.app.state.manager.viewer_list(name)
 

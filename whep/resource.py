@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from litestar import Request, route
+from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 
 from gateway.auth import stream_tokens
@@ -18,7 +19,7 @@ from whep.session import ViewerSession
 
 
 @route("/whep/{stream:str}", http_method=["POST", "OPTIONS"], status_code=201)
-async def whep_endpoint(request: Request, stream: str) -> ASGIResponse:
+async def whep_endpoint(request: Request, stream: FromPath[str]) -> ASGIResponse:
     if request.method == "OPTIONS":
         return options(request)
     token = stream_tokens(request.app.state.manager.config, stream).play_token
@@ -35,7 +36,7 @@ async def whep_endpoint(request: Request, stream: str) -> ASGIResponse:
 
 
 @route("/whep/{stream:str}/{session_id:str}", http_method=["PATCH", "DELETE", "OPTIONS"], status_code=200)
-async def whep_session(request: Request, stream: str, session_id: str) -> ASGIResponse:
+async def whep_session(request: Request, stream: FromPath[str], session_id: FromPath[str]) -> ASGIResponse:
     if request.method == "OPTIONS":
         return session_options(request)
     if request.method == "PATCH":
@@ -57,7 +58,7 @@ def _no_session(request: Request) -> ASGIResponse:
 
 
 @route("/whep/{stream:str}/{session_id:str}/sse", http_method=["POST", "OPTIONS"], status_code=201)
-async def whep_sse(request: Request, stream: str, session_id: str) -> ASGIResponse:
+async def whep_sse(request: Request, stream: FromPath[str], session_id: FromPath[str]) -> ASGIResponse:
     if request.method == "OPTIONS":
         return extension_options(request, "POST, OPTIONS")
     session = _viewer(request, stream, session_id)
@@ -67,7 +68,9 @@ async def whep_sse(request: Request, stream: str, session_id: str) -> ASGIRespon
 
 
 @route("/whep/{stream:str}/{session_id:str}/sse/{event_stream:str}", http_method=["GET", "DELETE", "OPTIONS"], status_code=200)
-async def whep_event_stream(request: Request, stream: str, session_id: str, event_stream: str) -> ASGIResponse:
+async def whep_event_stream(
+    request: Request, stream: FromPath[str], session_id: FromPath[str], event_stream: FromPath[str]
+) -> ASGIResponse:
     if request.method == "OPTIONS":
         return extension_options(request, "GET, DELETE, OPTIONS")
     session = _viewer(request, stream, session_id)
@@ -79,7 +82,7 @@ async def whep_event_stream(request: Request, stream: str, session_id: str, even
 
 
 @route("/whep/{stream:str}/{session_id:str}/layer", http_method=["POST", "OPTIONS"], status_code=200)
-async def whep_layer(request: Request, stream: str, session_id: str) -> ASGIResponse:
+async def whep_layer(request: Request, stream: FromPath[str], session_id: FromPath[str]) -> ASGIResponse:
     """§4.9.2: pin a layer ({"rid": "h"}, {"spatialLayerId": 0}, {"maxWidth": 640, ...}); {} = automatic."""
     if request.method == "OPTIONS":
         return extension_options(request, "POST, OPTIONS")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, route
+from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 
 from gateway.auth import bearer_token, stream_tokens
@@ -11,7 +12,7 @@ from gateway.sessions import SessionManager
 
 
 @route("/whip/{stream:str}", http_method=["POST", "OPTIONS"], status_code=201)
-async def whip_endpoint(request: Request, stream: str) -> ASGIResponse:
+async def whip_endpoint(request: Request, stream: FromPath[str]) -> ASGIResponse:
     if request.method == "OPTIONS":
         return options(request)
     token = stream_tokens(request.app.state.manager.config, stream).publish_token
@@ -24,7 +25,7 @@ async def whip_endpoint(request: Request, stream: str) -> ASGIResponse:
 
 
 @route("/whip/{stream:str}/{session_id:str}", http_method=["PATCH", "DELETE", "OPTIONS"], status_code=200)
-async def whip_session(request: Request, stream: str, session_id: str) -> ASGIResponse:
+async def whip_session(request: Request, stream: FromPath[str], session_id: FromPath[str]) -> ASGIResponse:
     if request.method == "OPTIONS":
         return session_options(request)
     if request.method == "PATCH":
