@@ -1559,7 +1559,7 @@ ALL_TEMPORAL = 7  # temporal id meaning "every temporal layer": >= every codec's
 class LayerSelector:
     """Chooses the (spatial, temporal) layer one viewer receives from its bandwidth estimate.
 
-    `layers` is [(spatial_id, bitrate_bps, active)]. With `temporal_fractions` (cumulative share of a spatial
+    `layers` is [(spatial_id, bitrate_bps, active)] or [(spatial_id, bitrate_bps, active, settled)]. With `temporal_fractions` (cumulative share of a spatial
     layer's bitrate carried by temporal layers 0..N-1, e.g. (0.6, 1.0) or (0.4, 0.6, 1.0)), each spatial
     layer offers N options and temporal layers are dropped before spatial ones; without, each spatial layer
     is one option and the temporal id returned is `all_temporal`.
@@ -1583,6 +1583,14 @@ class LayerSelector:
       recent successful probe measured >= it (`probe_ok_bps`) or the acknowledged rate reached it.
     - The first call picks the highest option with up_factor x bitrate <= estimate (the initial estimate is a
       configured guess, so no proof is asked), else the lowest.
+    - A layer may carry a fourth field, `settled` (default True): False while it is younger than
+      simulcast/layer.py LAYER_SETTLE (it just started or resumed, and its encoder is still ramping it up). The
+      first choice, an upgrade and the move after the current layer went away take only settled layers, or the
+      lowest spatial layer; the estimate's hold for a young layer counts meanwhile. Ours (issue #4): a 700 kbit/s
+      viewer that joined as a Chromium publisher started was put on its top layer, measured at 278 kbit/s in its
+      first second; the publisher then paused that layer, moved the bitrate to the middle one (661-735 kbit/s for
+      2 s, its target being 500), and the viewer, moved there, lost 44% of a feedback's packets and froze 0.94 s
+      before it went down (BENCHMARKS.md, "Joining a stream that has just started").
     `probe_target_bps` (after each select): up_factor x the bitrate of the lowest option above the current one
     that lacks proof, capped at `probe_step` x the estimate (big jumps are probed in steps, so a probe on a
     constrained path is a small burst), or None: what the caller should probe next.
@@ -1646,24 +1654,30 @@ class LayerSelector:
         self._last_down_us: int | None = None
         self._last_bitrate = 0
 
-    def _options(self, layers: Iterable[tuple[int, int, bool]]) -> list[tuple[int, int, int]]:
-        """Active options as (spatial, temporal, bitrate), in (spatial, temporal) order."""
+    def _options(self, layers: Iterable[tuple]) -> list[tuple[int, int, int, bool]]:
+        """Active options as (spatial, temporal, bitrate, eligible), in (spatial, temporal) order; `eligible`: the
+        layer is settled, or it is the lowest spatial layer (see the class doc)."""
         options = []
         fractions = self.temporal_fractions
-        for spatial, bitrate, active in layers:
+        for layer in layers:
+            spatial, bitrate, active = layer[0], layer[1], layer[2]
             if not active:
                 continue
+            settled = layer[3] if len(layer) > 3 else True
             if fractions is None:
-                options.append((spatial, self.all_temporal, int(bitrate)))
+                options.append((spatial, self.all_temporal, int(bitrate), settled))
             else:
                 for temporal, fraction in enumerate(fractions):
-                    options.append((spatial, temporal, int(bitrate * fraction)))
+                    options.append((spatial, temporal, int(bitrate * fraction), settled))
         options.sort()
+        if options and not options[0][3]:
+            lowest = options[0][0]
+            options = [option if option[3] or option[0] != lowest else option[:3] + (True,) for option in options]
         return options
 
     def select(
         self,
-        layers: Iterable[tuple[int, int, bool]],
+        layers: Iterable[tuple],
         estimate_bps: int,
         now_us: int,
         *,
@@ -1691,7 +1705,7 @@ class LayerSelector:
         if current is None:
             index = 0
             for candidate, option in enumerate(options):
-                if up * option[2] <= estimate:
+                if up * option[2] <= estimate and option[3]:
                     index = candidate
             reason = "initial"
             return self._switch(options, index, now_us, reason, estimate, acknowledged_bps, probe_ok_bps)
@@ -1700,7 +1714,7 @@ class LayerSelector:
             # The current layer went away: the highest active option that fits, else the lowest.
             index = 0
             for candidate, option in enumerate(options):
-                if option[2] <= estimate * (1 + self.down_tolerance):
+                if option[2] <= estimate * (1 + self.down_tolerance) and option[3]:
                     index = candidate
             return self._switch(
                 options, index, now_us, "layer inactive", estimate, acknowledged_bps, probe_ok_bps
@@ -1729,7 +1743,8 @@ class LayerSelector:
             rate = options[candidate][2]
             if up * rate <= estimate:
                 start = since.setdefault(key, now_us)
-                if now_us - start >= hold and (probe_ok_bps >= rate or acknowledged_bps >= rate):
+                if (now_us - start >= hold and (probe_ok_bps >= rate or acknowledged_bps >= rate)
+                        and options[candidate][3]):
                     chosen = candidate
             else:
                 since.pop(key, None)
@@ -1748,7 +1763,7 @@ class LayerSelector:
 
     def _switch(
         self,
-        options: list[tuple[int, int, int]],
+        options: list[tuple[int, int, int, bool]],
         index: int,
         now_us: int,
         reason: str,
@@ -1756,7 +1771,7 @@ class LayerSelector:
         acknowledged_bps: int,
         probe_ok_bps: int,
     ) -> tuple[int, int, str]:
-        spatial, temporal, bitrate = options[index]
+        spatial, temporal, bitrate = options[index][:3]
         previous = self.current
         previous_bitrate = self._last_bitrate
         if previous is not None and previous != (spatial, temporal):
@@ -1781,7 +1796,7 @@ class LayerSelector:
 
     def _set_probe_target(
         self,
-        options: list[tuple[int, int, int]],
+        options: list[tuple[int, int, int, bool]],
         position: int,
         estimate: int,
         acknowledged_bps: int,

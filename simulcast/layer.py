@@ -31,6 +31,10 @@ REPLAY_MAX_PACKETS = 400  # longest keyframe-to-now run replayed to a joining vi
 REPLAY_MAX_AGE = 1.0
 LAYER_TIMEOUT = 0.5  # no packet for this long: the encoder dropped the layer (checked every 50 ms)
 RATE_WINDOW = 1.0
+# A layer that started or resumed this recently is still ramping (libwebrtc brings a new or resumed simulcast
+# encoding up from its minimum bitrate over seconds, and moves bitrate between encodings meanwhile): its measured
+# rate says little of what it will send. Viewers are not put on it before then (LayerSelector, simulcast/bwe.py).
+LAYER_SETTLE = 3.0
 
 
 class Layer:
@@ -87,6 +91,7 @@ class Layer:
         # (PublishedTrack._prepare_fallback): once per silence.
         self.fallback_asked_at = -1e9
         self.active = False
+        self.active_since = 0.0  # when it last went alive (monotonic seconds)
         self.spatial_id = 0  # 0 = lowest resolution; set by the track's ordering
         self.subscribers: tuple["DownTrack", ...] = ()
 
@@ -164,11 +169,17 @@ class Layer:
         alive = now - self.last_packet < LAYER_TIMEOUT
         if alive != self.active:
             self.active = alive
-            if not alive:
+            if alive:
+                self.active_since = now
+            else:
                 self.bitrate = 0
                 self.frame_rate = 0.0
             return True
         return False
+
+    def settled(self, now: float) -> bool:
+        """Alive for LAYER_SETTLE or longer."""
+        return self.active and now - self.active_since >= LAYER_SETTLE
 
     # ---- feedback upstream -------------------------------------------------------------------------
     def _detect_loss(self, seq: int, now: float) -> None:
@@ -246,6 +257,7 @@ class Layer:
             "rid": self.rid,
             "spatial_id": self.spatial_id,
             "active": self.active,
+            "settled": self.settled(time.monotonic()),  # LAYER_SETTLE: viewers are moved onto it only once settled
             "width": self.size[0] if self.size else None,
             "height": self.size[1] if self.size else None,
             "bitrate": self.bitrate,

@@ -336,6 +336,7 @@ class ViewerBandwidth:
     def select(self, layers: list["Layer"]) -> tuple[int, int, str]:
         """The spatial and temporal layer the estimate carries; starts a probe before an upgrade."""
         t = now_us()
+        now = time.monotonic()  # the layers' clock
         estimator = self.estimator
         before = self.choice
         self._selected_at = t
@@ -343,7 +344,7 @@ class ViewerBandwidth:
         self._selected_alive = _liveness(layers)
         proof = self.prober.success_bps(t) if estimator.has_transport_cc else estimator.estimate_bps
         self.choice = self.selector.select(
-            [(layer.spatial_id, layer.bitrate, layer.active) for layer in layers],
+            [(layer.spatial_id, layer.bitrate, layer.active, layer.settled(now)) for layer in layers],
             estimator.estimate_bps,
             t,
             acknowledged_bps=estimator.acknowledged_bps,

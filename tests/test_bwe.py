@@ -584,6 +584,46 @@ def test_selector_inactive_layers() -> None:
     assert selector.select(LAYERS, 5_000_000, 3 + 2 * SECOND, probe_ok_bps=5_000_000)[0] == 2
 
 
+
+def test_selector_keeps_viewers_off_layers_that_have_not_settled() -> None:
+    """A layer younger than LAYER_SETTLE (fourth field False) is neither the first choice, nor an upgrade, nor
+    where a viewer goes when its layer dies, unless it is the lowest; the estimate's hold for it counts meanwhile."""
+    young = [(0, 150_000, True, False), (1, 500_000, True, False), (2, 278_000, True, False)]
+    selector = LayerSelector()
+    assert selector.select(young, 1_000_000, 0) == (0, ALL_TEMPORAL, "initial")  # every layer young: the lowest
+    h_settled = [(0, 150_000, True, False), (1, 500_000, True, True), (2, 278_000, True, False)]
+    assert LayerSelector().select(h_settled, 1_000_000, 0)[0] == 1
+    # Upgrades: proven and supported for longer than the hold, but the top layer is young: the middle one.
+    for step in range(1, 30):
+        assert selector.select(h_settled, 5_000_000, step * 100 * MS, probe_ok_bps=5_000_000)[0] == (
+            0 if step <= 20 else 1  # support counted from 0.1 s: held 2 s at 2.1 s
+        )
+    # The top layer settles: it goes there at once (its hold counted while it was young).
+    settled = [(0, 150_000, True, True), (1, 500_000, True, True), (2, 1_500_000, True, True)]
+    spatial, _, reason = selector.select(settled, 5_000_000, 3 * SECOND, probe_ok_bps=5_000_000)
+    assert spatial == 2 and reason.startswith("up:")
+    # The top layer dies while the middle one has just resumed: the lowest.
+    gone = [(0, 150_000, True, True), (1, 500_000, True, False), (2, 0, False, False)]
+    assert selector.select(gone, 5_000_000, 4 * SECOND) == (0, ALL_TEMPORAL, "layer inactive")
+
+
+def test_a_layer_settles_after_layer_settle_seconds_alive_and_again_after_a_pause() -> None:
+    from simulcast.layer import LAYER_SETTLE, LAYER_TIMEOUT, Layer
+
+    layer = Layer(kind="video", codec_key="vp8", clock_rate=90000, rid="f", offer_index=2, history_size=16,
+                  nack_enabled=False, pli_enabled=False, fir_enabled=False, keyframe_interval=0.0, local_ssrc=1,
+                  send_rtcp=lambda data: 0)
+    assert not layer.settled(100.0)  # never alive
+    layer.last_packet = 100.0
+    assert layer.refresh(100.0) and layer.active
+    assert not layer.settled(100.0 + LAYER_SETTLE - 0.1)
+    assert layer.settled(100.0 + LAYER_SETTLE)
+    layer.refresh(100.0 + LAYER_SETTLE + LAYER_TIMEOUT)  # no packet since: dead
+    assert not layer.active and not layer.settled(100.0 + LAYER_SETTLE + LAYER_TIMEOUT)
+    layer.last_packet = 110.0  # resumes
+    assert layer.refresh(110.0) and not layer.settled(110.0 + LAYER_SETTLE - 0.1) and layer.settled(110.0 + LAYER_SETTLE)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Estimator units
 
@@ -1710,7 +1750,7 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
     assert bw.pacer.poll(clock.now + vb.DRAIN_HOLD_MAX_US - 1) == []
     assert bw.pacer.poll(clock.now + vb.DRAIN_HOLD_MAX_US) == ["keyframe"] and not bw.pacer.held
     # While what waited drains, select names a probe target but starts no cluster; a viewer not draining does.
-    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True, "settled": lambda self, now: True})() for s, b in ((0, 150_000), (1, 1_500_000))]
     bw.pacer.enqueue("delta frame", 1000)
     calm = vb.ViewerBandwidth(transport_cc=True)
     clock.now += vb.DRAIN_HOLD_MAX_US
@@ -1829,7 +1869,7 @@ def test_no_probe_starts_while_a_switch_keyframe_is_on_its_way(monkeypatch: pyte
         recorder.record(index, 10 * SECOND + index * MS)
     clock.now += 10 * MS
     bw.on_feedback(_fci(recorder))
-    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True, "settled": lambda self, now: True})() for s, b in ((0, 150_000), (1, 1_500_000))]
     assert bw.select(layers)[0] == 0 and bw.selector.probe_target_bps and not bw.probing  # decided: no probe
     clock.now += 300 * MS
     bw.on_switch()  # the keyframe arrived 0.3 s later and leaves now
@@ -1868,7 +1908,7 @@ def test_no_probe_for_a_higher_layer_starts_on_a_full_path(monkeypatch: pytest.M
         bw.on_feedback(_fci(recorder))
         clock.now = start + 60 * MS + rtt_us
 
-    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True})() for s, b in ((0, 150_000), (1, 3_000_000))]
+    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True, "settled": lambda self, now: True})() for s, b in ((0, 150_000), (1, 3_000_000))]
     feedback(10 * MS)
     assert bw.select(layers)[0] == 0
     standing = 60 * MS if full else vb.PROBE_MAX_QUEUE_US + 5 * MS
@@ -1952,6 +1992,9 @@ def test_the_layer_choice_runs_again_at_once_only_when_it_may_have_to_go_down(mo
         def __init__(self, spatial_id: int, bitrate: int) -> None:
             self.spatial_id, self.bitrate, self.active = spatial_id, bitrate, True
 
+        def settled(self, now: float) -> bool:
+            return self.active
+
     clock = [10 * SECOND]
     monkeypatch.setattr(viewer_bandwidth, "now_us", lambda: clock[0])
     layers = [Layer(0, 150_000), Layer(1, 500_000), Layer(2, 1_500_000)]
@@ -2007,6 +2050,9 @@ def test_the_path_is_clear_only_without_over_use_or_loss() -> None:
     class Layer:
         def __init__(self, spatial_id: int, bitrate: int) -> None:
             self.spatial_id, self.bitrate, self.active = spatial_id, bitrate, True
+
+        def settled(self, now: float) -> bool:
+            return self.active
 
     seen: list[bool] = []
 
