@@ -1559,10 +1559,10 @@ ALL_TEMPORAL = 7  # temporal id meaning "every temporal layer": >= every codec's
 class LayerSelector:
     """Chooses the (spatial, temporal) layer one viewer receives from its bandwidth estimate.
 
-    `layers` is [(spatial_id, bitrate_bps, active)] or [(spatial_id, bitrate_bps, active, settled)]. With `temporal_fractions` (cumulative share of a spatial
-    layer's bitrate carried by temporal layers 0..N-1, e.g. (0.6, 1.0) or (0.4, 0.6, 1.0)), each spatial
-    layer offers N options and temporal layers are dropped before spatial ones; without, each spatial layer
-    is one option and the temporal id returned is `all_temporal`.
+    `layers` is [(spatial_id, bitrate_bps, active)] or [(spatial_id, bitrate_bps, active, settled)]. With
+    `temporal_fractions` (cumulative share of a spatial layer's bitrate carried by temporal layers 0..N-1, e.g.
+    (0.6, 1.0) or (0.4, 0.6, 1.0)), each spatial layer offers N options and temporal layers are dropped before
+    spatial ones; without, each spatial layer is one option and the temporal id returned is `all_temporal`.
 
     Options are ordered by (spatial, temporal). Rules:
     - Down at once when the current option's bitrate > estimate x (1 + down_tolerance): to the highest option
