@@ -41,6 +41,9 @@ class FakeLayer:
         self.bitrate = bitrate
         self.active = True
 
+    def settled(self, now: float) -> bool:
+        return True  # alive for longer than simulcast/layer.py LAYER_SETTLE
+
 
 def stream(seconds: float, video_pps: int = 81, audio_pps: int = 50) -> list[tuple[int, int]]:
     """(send time µs, size bytes) of a 600 kbit/s video (~81 packets/s in frames of 2-3) + Opus stream."""
