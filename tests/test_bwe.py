@@ -47,6 +47,16 @@ SECOND = 1_000_000
 LAYERS = [(0, 150_000, True), (1, 500_000, True), (2, 1_500_000, True)]
 
 
+class StandInLayer:
+    """What ViewerBandwidth.select reads of a simulcast layer (simulcast/layer.py Layer): alive, and settled."""
+
+    def __init__(self, spatial_id: int, bitrate: int) -> None:
+        self.spatial_id, self.bitrate, self.active = spatial_id, bitrate, True
+
+    def settled(self, now: float) -> bool:
+        return self.active
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The simulator
 
@@ -582,7 +592,6 @@ def test_selector_inactive_layers() -> None:
     # A layer coming back is an upgrade like any other (hold + proof).
     assert selector.select(LAYERS, 5_000_000, 3, probe_ok_bps=5_000_000)[0] == 1
     assert selector.select(LAYERS, 5_000_000, 3 + 2 * SECOND, probe_ok_bps=5_000_000)[0] == 2
-
 
 
 def test_selector_keeps_viewers_off_layers_that_have_not_settled() -> None:
@@ -1750,7 +1759,7 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
     assert bw.pacer.poll(clock.now + vb.DRAIN_HOLD_MAX_US - 1) == []
     assert bw.pacer.poll(clock.now + vb.DRAIN_HOLD_MAX_US) == ["keyframe"] and not bw.pacer.held
     # While what waited drains, select names a probe target but starts no cluster; a viewer not draining does.
-    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True, "settled": lambda self, now: True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    layers = [StandInLayer(s, b) for s, b in ((0, 150_000), (1, 1_500_000))]
     bw.pacer.enqueue("delta frame", 1000)
     calm = vb.ViewerBandwidth(transport_cc=True)
     clock.now += vb.DRAIN_HOLD_MAX_US
@@ -1869,7 +1878,7 @@ def test_no_probe_starts_while_a_switch_keyframe_is_on_its_way(monkeypatch: pyte
         recorder.record(index, 10 * SECOND + index * MS)
     clock.now += 10 * MS
     bw.on_feedback(_fci(recorder))
-    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True, "settled": lambda self, now: True})() for s, b in ((0, 150_000), (1, 1_500_000))]
+    layers = [StandInLayer(s, b) for s, b in ((0, 150_000), (1, 1_500_000))]
     assert bw.select(layers)[0] == 0 and bw.selector.probe_target_bps and not bw.probing  # decided: no probe
     clock.now += 300 * MS
     bw.on_switch()  # the keyframe arrived 0.3 s later and leaves now
@@ -1908,7 +1917,7 @@ def test_no_probe_for_a_higher_layer_starts_on_a_full_path(monkeypatch: pytest.M
         bw.on_feedback(_fci(recorder))
         clock.now = start + 60 * MS + rtt_us
 
-    layers = [type("L", (), {"spatial_id": s, "bitrate": b, "active": True, "settled": lambda self, now: True})() for s, b in ((0, 150_000), (1, 3_000_000))]
+    layers = [StandInLayer(s, b) for s, b in ((0, 150_000), (1, 3_000_000))]
     feedback(10 * MS)
     assert bw.select(layers)[0] == 0
     standing = 60 * MS if full else vb.PROBE_MAX_QUEUE_US + 5 * MS
@@ -1988,16 +1997,9 @@ def test_the_layer_choice_runs_again_at_once_only_when_it_may_have_to_go_down(mo
     from simulcast import viewer_bandwidth
     from simulcast.viewer_bandwidth import RESELECT_INTERVAL_US, ViewerBandwidth
 
-    class Layer:
-        def __init__(self, spatial_id: int, bitrate: int) -> None:
-            self.spatial_id, self.bitrate, self.active = spatial_id, bitrate, True
-
-        def settled(self, now: float) -> bool:
-            return self.active
-
     clock = [10 * SECOND]
     monkeypatch.setattr(viewer_bandwidth, "now_us", lambda: clock[0])
-    layers = [Layer(0, 150_000), Layer(1, 500_000), Layer(2, 1_500_000)]
+    layers = [StandInLayer(0, 150_000), StandInLayer(1, 500_000), StandInLayer(2, 1_500_000)]
     bw = ViewerBandwidth(transport_cc=True)
     assert bw.select_due(layers)  # never chosen yet
     bw.estimator._delay_bps = bw.estimator._loss_bps = 2_600_000.0
@@ -2047,13 +2049,6 @@ def test_the_path_is_clear_only_without_over_use_or_loss() -> None:
     under 2% loss; any of decrease / hold, over-use or loss is not."""
     from simulcast.viewer_bandwidth import ViewerBandwidth
 
-    class Layer:
-        def __init__(self, spatial_id: int, bitrate: int) -> None:
-            self.spatial_id, self.bitrate, self.active = spatial_id, bitrate, True
-
-        def settled(self, now: float) -> bool:
-            return self.active
-
     seen: list[bool] = []
 
     class Spy(LayerSelector):
@@ -2063,7 +2058,7 @@ def test_the_path_is_clear_only_without_over_use_or_loss() -> None:
 
     bw = ViewerBandwidth(transport_cc=True)
     bw.selector = Spy(up_hold_us=1 * SECOND)
-    layers = [Layer(0, 150_000), Layer(1, 590_000)]
+    layers = [StandInLayer(0, 150_000), StandInLayer(1, 590_000)]
     e = bw.estimator
     bw.select(layers)  # a new estimator: increase, normal, no loss
     e._state = "hold"
