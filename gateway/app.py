@@ -6,10 +6,10 @@ import logging
 from typing import Optional
 
 from litestar import Litestar, Request, get
-from litestar.params import FromPath
 from litestar.exceptions import HTTPException
-from litestar.types import Scope
+from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
+from litestar.types import Scope
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import aiortc_adapter
