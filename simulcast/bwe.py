@@ -1881,6 +1881,11 @@ class Pacer:
         return self._queued_bytes
 
     @property
+    def limit_bytes(self) -> float:
+        """What the queue holds before `enqueue` drops its oldest packets: `max_queue_us` of the rate."""
+        return self.bucket[_RATE] * self.max_queue_us
+
+    @property
     def held(self) -> bool:
         return self.bucket[_HOLD] > 0
 
@@ -1936,7 +1941,7 @@ class Pacer:
         queue = self._queue
         queue.append((packet, size))
         self._queued_bytes += size
-        limit = self.bucket[_RATE] * self.max_queue_us
+        limit = self.limit_bytes
         while self._queued_bytes > limit and len(queue) > 1:
             _, dropped_size = queue.popleft()
             self._queued_bytes -= dropped_size

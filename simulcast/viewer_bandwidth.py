@@ -106,6 +106,7 @@ class ViewerBandwidth:
         self.forwarded_bps: Optional[Callable[[], int]] = None
         self._drain: Optional[asyncio.TimerHandle] = None
         self._draining_since: Optional[int] = None  # the capacity drop whose queue is draining (µs), see `_drain_queue`
+        self.drains_ended_at_limit = 0  # see `_end_drain`
         self._switch_paced_until = 0  # µs; see `on_switch`
         self._probe_after = 0  # µs: no probe cluster starts before this (a layer switch's keyframe is on its way)
         self._switch_timer: Optional[asyncio.TimerHandle] = None
@@ -139,9 +140,13 @@ class ViewerBandwidth:
         except RuntimeError:  # no event loop (pure unit use): nothing could drain a queue, so send now
             down.send_stamped(template, seq, timestamp, ssrc)
             return
-        before = self.pacer.dropped
-        self.pacer.enqueue((down, template, seq, timestamp, ssrc), size)
-        if self.pacer.dropped != before:
+        pacer = self.pacer
+        if (self._draining_since is not None and pacer.queued_bytes + size > pacer.limit_bytes
+                and self.forwarded_bps is not None and self.forwarded_bps() > self.estimator.estimate_bps):
+            self._end_drain(now_us())
+        before = pacer.dropped
+        pacer.enqueue((down, template, seq, timestamp, ssrc), size)
+        if pacer.dropped != before:
             metrics.count_drop("pacer_queue_full")
         if self._drain is None:
             self._schedule(loop)
@@ -243,6 +248,26 @@ class ViewerBandwidth:
         if not pacer.queued_packets or now - self._draining_since >= DRAIN_MAX_US:  # type: ignore[operator]
             self._draining_since = None
         return False
+
+    def _end_drain(self, now: int) -> None:
+        """A capacity drop's drain ends before it costs the viewer a packet (ours, issue #4): its queue is at the
+        pacer's limit, where `Pacer.enqueue` would drop the oldest packets, already numbered for the viewer, which
+        counts them lost, and the video the viewer is forwarded, or is about to be (`forwarded_bps`: the lower of
+        its current and target layers), runs above the estimate. Nothing can move the viewer lower (one layer, as
+        OBS and FFmpeg send; the lowest; a pinned one), so at the estimate the queue only grows and the drain could
+        only lose video; or the drop was not one (a delay spike on a busy host). The pacer goes back to at least
+        the forwarded rate (`_pace`), and what waited leaves at once (the timer that waited for the hold is
+        replaced). When a lower layer that fits the estimate is on its way, the drain goes on: the switch drops the
+        old layer's queue (`discard_before_switch`), and the new keyframe must not meet a full bottleneck."""
+        log.debug("capacity drop's drain ended at the pacer's limit after %d ms: %d bytes waiting",
+                  (now - self._draining_since) // 1000, self.pacer.queued_bytes)  # type: ignore[operator]
+        self.drains_ended_at_limit += 1
+        self._draining_since = None
+        self.pacer.release(now)
+        self._pace()
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
 
     def on_remb(self, bitrate: int) -> None:
         self.estimator.on_remb(bitrate, now_us())
@@ -387,6 +412,7 @@ class ViewerBandwidth:
             "loss": round(e.loss, 4),
             "estimator_reason": e.reason,
             "pacer_queue_bytes": self.pacer.queued_bytes,
+            "drains_ended_at_pacer_limit": self.drains_ended_at_limit,
             "feedback_unknown": e.unknown_packets,  # feedback about packets not in the send log (should stay 0)
             "transport_cc": self.transport_cc,
         }

@@ -18,6 +18,7 @@ Section numbers refer to draft-ietf-rmcat-gcc-02.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import heapq
 import random
@@ -2119,3 +2120,70 @@ async def test_the_switch_window_ends_by_itself_for_a_viewer_that_sends_no_feedb
     assert bw._switch_timer is None
     await asyncio.sleep(0.1)
     assert bw.pacer.factor == CONGESTED_PACING_FACTOR  # closed: nothing runs any more
+
+
+class _CountingDownTrack:
+    """Stands in for the DownTrack a ViewerBandwidth sends its queued packets through: counts them."""
+
+    active = True
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send_stamped(self, template: object, seq: int, timestamp: int, ssrc: int) -> None:
+        self.sent += 1
+
+
+async def test_a_drain_never_costs_the_viewer_a_packet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer forwarded one 8 Mbit/s layer (FFmpeg, OBS: nothing lower to move to) on a free link; a delay
+    spike (a busy host) reads as a capacity drop to 1.5 Mbit/s. The drain holds the video, then paces it at that
+    estimate, and its queue grows at 6.5 Mbit/s: past the pacer's limit (2 s of the drain's rate) the pacer
+    would lose its oldest packets, numbered for the viewer, which counts them lost (tests/test_bandwidth.py's
+    single-layer viewer once lost 373 packets, 363 of them `pacer_queue_full`). At that limit the drain ends
+    instead: the pacer goes back to at least the forwarded rate, and sends what waited."""
+    import simulcast.viewer_bandwidth as vb
+
+    clock = _Clock(5 * SECOND)
+    monkeypatch.setattr(vb, "now_us", clock)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.forwarded_bps = lambda: 8_000_000
+    bw.estimator._loss_bps = 1_500_000  # what the spike's feedback left
+    assert bw.estimator.estimate_bps == 1_500_000
+    drop = clock.now
+    bw._draining_since = drop  # the capacity drop's feedback (`_drain_queue`)
+    bw.pacer.hold(drop + vb.DRAIN_HOLD_MAX_US)
+    bw._pace()
+    assert bw.pacer.rate_bps == pytest.approx(1_500_000, rel=0.01)
+    down = _CountingDownTrack()
+    loop = asyncio.get_running_loop()
+    size, gap = 1_200, 1_200  # 1,200-byte packets every 1.2 ms: 8 Mbit/s
+    packets = (vb.DRAIN_MAX_US + 200 * MS) // gap
+    try:
+        for n in range(packets):  # bounded; the timers never run: the loop is not yielded to
+            clock.now = drop + n * gap
+            bw._send_due(loop)
+            if bw.pacer.can_send_now(size, clock.now):
+                down.sent += 1
+            else:
+                bw.enqueue(down, None, n, 0, 0x1234, size)  # type: ignore[arg-type]
+        assert bw.pacer.dropped == 0
+        assert bw._draining_since is None and not bw.pacer.held  # ended by its queue, before DRAIN_MAX_US
+        assert bw.drains_ended_at_limit == 1 and bw.stats()["drains_ended_at_pacer_limit"] == 1
+        assert bw.pacer.rate_bps >= vb.CONGESTED_PACING_FACTOR * 8_000_000 * 0.99
+        assert down.sent + bw.pacer.queued_packets == packets
+        assert bw.pacer.queued_bytes < 8_000_000 // 8 // 10  # what waited is leaving: under 100 ms of the video
+    finally:
+        bw.close()
+
+    # A viewer on its way down to a layer that fits the estimate: the drain goes on, the switch empties the queue.
+    moving_down = vb.ViewerBandwidth(transport_cc=True)
+    moving_down.forwarded_bps = lambda: 1_000_000  # the target layer's rate, under the estimate
+    moving_down.estimator._loss_bps = 1_500_000
+    moving_down._draining_since = clock.now = drop
+    moving_down._pace()
+    try:
+        for n in range(int(moving_down.pacer.limit_bytes) // size + 2):  # bounded: just past the pacer's limit
+            moving_down.enqueue(down, None, n, 0, 0x1234, size)  # type: ignore[arg-type]
+        assert moving_down._draining_since == drop and moving_down.drains_ended_at_limit == 0
+    finally:
+        moving_down.close()
