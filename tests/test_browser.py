@@ -405,3 +405,29 @@ def test_pages_send_bearer_tokens(netns_gateway: Gateway, browser: Any) -> None:
     )
     context.close()
     assert gw.codec_violations() == ""
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_publish_page_sets_the_degradation_preference(netns_gateway: Gateway, browser: Any) -> None:
+    """?degradation= reaches the video sender (RTCRtpSendParameters.degradationPreference); a value the WebRTC
+    enum does not have stops the page with an error, before it captures or connects anything."""
+    base = f"http://127.0.0.1:{NETNS_PORT}"
+    context = browser.new_context()
+    publisher = context.new_page()
+    log = PageLog(publisher, "publish")
+
+    def pub_stats() -> dict[str, Any]:
+        return publisher.evaluate("window.whipgatePublishStats")
+
+    def report(what: str) -> str:
+        return f"{what}\npublisher: {json.dumps(pub_stats())}\n{log}\n{netns_gateway.log()[-3000:]}"
+
+    publisher.goto(f"{base}/publish?stream=degradation&autostart=1&degradation=sharpest")
+    wait_for(lambda: pub_stats()["state"] == "error", 10, lambda: report("an unknown preference gave no error"))
+    assert "degradation= must be one of" in publisher.inner_text("#status")
+
+    publisher.goto(f"{base}/publish?stream=degradation&autostart=1&simulcast=1&degradation=maintain-resolution")
+    wait_for(lambda: pub_stats()["state"] == "live", MEDIA_DEADLINE, lambda: report("publisher not live"))
+    assert pub_stats()["degradation"] == "maintain-resolution", report("preference not kept")
+    context.close()

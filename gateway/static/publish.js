@@ -36,6 +36,10 @@ for (const [name, el] of [["source", els.source], ["codec", els.codec]]) {
   if ([...el.options].some((o) => o.value === wanted)) el.value = wanted;
 }
 const ridsParam = params.get("rids").trim();
+// ?degradation=: what the browser's encoder gives up when the CPU or the network cannot keep up (RTCDegradationPreference).
+// Chromium's default scales the resolution down, every simulcast layer with it; maintain-resolution drops frames instead.
+const DEGRADATION_PREFERENCES = ["maintain-framerate", "maintain-resolution", "balanced"];
+const degradation = params.get("degradation").trim();
 els.simulcast.checked = params.flag("simulcast") || ridsParam !== "";
 
 /** The sendEncodings for a simulcast publication: the defaults, or ?rids= (full resolution first). */
@@ -55,8 +59,9 @@ function simulcastEncodings() {
 // Latest outbound stats, for people and for tests (tests/test_browser.py and test_browser_simulcast.py read this).
 // `layers` (simulcast only): one entry per encoding, in sendEncodings order.
 // `history` (simulcast only): one entry per second with the bandwidth estimate and each layer's size, fps, bitrate.
+// `degradation`: the video sender's degradationPreference when ?degradation= asked for one (null otherwise).
 window.whipgatePublishStats = {
-  state: "idle", simulcast: false, video: {}, audio: {}, layers: [], transport: {}, history: [],
+  state: "idle", simulcast: false, degradation: null, video: {}, audio: {}, layers: [], transport: {}, history: [],
 };
 const HISTORY_SIZE = 600;
 window.whipgatePublisher = null;
@@ -141,10 +146,14 @@ async function start() {
   out.transport = {};
   out.history = [];
   out.simulcast = els.simulcast.checked;
+  out.degradation = null;
   els.layersSection.hidden = !out.simulcast;
   els.layers.replaceChildren();
   try {
     if (out.simulcast) run.encodings = simulcastEncodings();
+    if (degradation && !DEGRADATION_PREFERENCES.includes(degradation)) {
+      throw new Error(`degradation= must be one of ${DEGRADATION_PREFERENCES.join(", ")}, got ${JSON.stringify(degradation)}`);
+    }
     run.media = await capture(els.source.value);
     if (run !== current) throw new SessionClosed();
     els.preview.srcObject = run.media;
@@ -164,6 +173,7 @@ async function start() {
       }
     }
     if (run.encodings) checkEncodings(run);
+    if (degradation && run.sender) await setDegradation(run.sender, degradation);
     window.whipgatePublisher = { pc, sender: run.sender };
     await session.connect(pc);
     run.timer = setInterval(() => updateStats(run, pc), 1000);
@@ -177,6 +187,16 @@ async function start() {
     teardown(run);
     setState("error", describeError(err));
   }
+}
+
+/** Ask the video sender for `preference` (checked against DEGRADATION_PREFERENCES before capture). */
+async function setDegradation(sender, preference) {
+  const parameters = sender.getParameters();
+  parameters.degradationPreference = preference;
+  await sender.setParameters(parameters);
+  const kept = sender.getParameters().degradationPreference ?? null;
+  window.whipgatePublishStats.degradation = kept;
+  if (kept !== preference) console.warn(`degradation: the browser did not keep ${preference}`);
 }
 
 // A browser may silently drop encodings it cannot send (e.g. too few pixels for three layers): say so.
