@@ -22,6 +22,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.netns]
 
 SIZES = {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
 LIMITED_KBIT = 800  # a link that carries the middle layer and not the top one
+# Issue #4 asks the tests to assert on loss. On a layer its link carries a viewer loses little: at most 5% over
+# STEADY_SECONDS (seen: 0 in 7 runs of 8, 5 of 226 packets in one). A layer the link does not carry loses more:
+# 12-36% per loss period at a 700 kbit/s viewer on the middle layer (BENCHMARKS.md), 77-84% for the top-layer-only
+# baseline of bench/bwe.py. The loss of the downgrade itself is bench/bwe.py's figure (target < 2%), not asserted.
+STEADY_SECONDS, STEADY_MAX_LOSS = 3.0, 0.05
 
 
 @pytest.fixture
@@ -52,6 +57,18 @@ def decoding(page: Any, want: tuple[int, int], seconds: float = 1.0) -> bool:
     return size(page) == want and (video(page).get("framesDecoded") or 0) > before
 
 
+def counts(page: Any) -> tuple[int, int]:
+    """The viewer's video packets (lost, received) so far."""
+    v = video(page)
+    return v.get("packetsLost") or 0, v.get("packetsReceived") or 0
+
+
+def loss_since(page: Any, before: tuple[int, int]) -> tuple[float, int, int]:
+    """Video loss at the viewer since `before` (a `counts`): (fraction, lost, lost + received)."""
+    lost, received = (now - then for now, then in zip(counts(page), before))
+    return lost / max(1, lost + received), lost, lost + received
+
+
 def report(gw: Any, pages: dict[str, Any]) -> str:
     lines = [f"{name}: {json.dumps(video(p))}" for name, p in pages.items()]
     status, streams = gw.get("/api/streams")
@@ -60,7 +77,11 @@ def report(gw: Any, pages: dict[str, Any]) -> str:
 
 def start(lab: NetLab, tmp_path: pathlib.Path, browsers: LabBrowsers) -> tuple[Any, Any]:
     gw = lab.start_gateway(tmp_path / "gw")
-    publisher = browsers.open_publisher(gw, "bwe", simulcast=True, codec="VP8")
+    # Chromium's encoder, starved of CPU (a publisher and three viewers on two cores), scales every layer down by
+    # default: the top layer then ran at 960x540 and ~0.6 Mbit/s, which the 800 kbit/s viewer's link carried, and
+    # the sizes below no longer named the layers. It drops frames instead with maintain-resolution.
+    publisher = browsers.open_publisher(gw, "bwe", simulcast=True, codec="VP8",
+                                        extra_query="&degradation=maintain-resolution")
 
     def top_layer_live() -> bool:
         status, body = gw.get("/api/streams")
@@ -69,6 +90,8 @@ def start(lab: NetLab, tmp_path: pathlib.Path, browsers: LabBrowsers) -> tuple[A
         return any(l["width"] == 1280 and l["active"] for l in layers) and len(layers) == 3
 
     wait_for(top_layer_live, 30, lambda: "publisher never sent its top layer\n" + report(gw, {"publisher": publisher}))
+    degradation = publisher.evaluate("window.whipgatePublishStats.degradation")
+    assert degradation == "maintain-resolution", f"the publisher's degradationPreference: {degradation}"
     return gw, publisher
 
 
@@ -88,17 +111,27 @@ def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: Ne
         wait_for(lambda: decoding(pages["free"], SIZES["f"]), 40, lambda: "free viewer not on 720p\n" + report(gw, pages))
         wait_for(lambda: decoding(pages["changing"], SIZES["f"]), 40, lambda: "changing viewer not on 720p\n" + report(gw, pages))
         wait_for(lambda: decoding(pages["limited"], SIZES["h"], 2.0), 40, lambda: f"{LIMITED_KBIT} kbit viewer not on 360p\n" + report(gw, pages))
+        # Settled, each viewer's layer fits its link: (almost) nothing lost.
+        settled = {name: counts(page) for name, page in pages.items()}
+        time.sleep(STEADY_SECONDS)
+        steady = {name: loss_since(page, settled[name]) for name, page in pages.items()}
+        for name, (loss, lost, sent) in steady.items():
+            assert loss <= STEADY_MAX_LOSS, f"{name} viewer lost {lost} of {sent} on its layer\n" + report(gw, pages)
         # Cut one link to 300 kbit/s: that viewer moves down, the others stay where they are.
-        lost_before = video(pages["changing"]).get("packetsLost") or 0
-        received_before = video(pages["changing"]).get("packetsReceived") or 0
+        before_cut = counts(pages["changing"])
         t_cut, wall_cut = time.monotonic(), time.time()
         changing.shape(300)
         wait_for(lambda: size(pages["changing"])[0] < 640, 20, lambda: "cut viewer did not move down\n" + report(gw, pages), 0.05)
         downgrade = time.monotonic() - t_cut
         decided = decided_at(gw.log(), wall_cut)
         wait_for(lambda: decoding(pages["changing"], SIZES["q"]), 20, lambda: "cut viewer not decoding 180p\n" + report(gw, pages))
-        lost = (video(pages["changing"]).get("packetsLost") or 0) - lost_before
-        received = (video(pages["changing"]).get("packetsReceived") or 0) - received_before
+        loss, lost, sent = loss_since(pages["changing"], before_cut)
+        # Capped, on the lowest layer: (almost) nothing lost.
+        on_lowest = counts(pages["changing"])
+        time.sleep(STEADY_SECONDS)
+        capped = loss_since(pages["changing"], on_lowest)
+        assert size(pages["changing"]) == SIZES["q"], report(gw, pages)
+        assert capped[0] <= STEADY_MAX_LOSS, f"cut viewer lost {capped[1]} of {capped[2]} on 180p\n" + report(gw, pages)
         # The others stay where they are (waiting out a moment where a CPU-starved publisher pauses its top layer).
         wait_for(lambda: decoding(pages["free"], SIZES["f"]), 15, lambda: "free viewer left 720p\n" + report(gw, pages))
         wait_for(lambda: decoding(pages["limited"], SIZES["h"]), 15, lambda: "limited viewer left 360p\n" + report(gw, pages))
@@ -107,11 +140,17 @@ def test_each_viewer_gets_the_layer_its_link_carries_and_follows_changes(lab: Ne
         changing.shape(None)
         wait_for(lambda: size(pages["changing"]) == SIZES["f"], 40, lambda: "lifted viewer not back on 720p\n" + report(gw, pages), 0.05)
         upgrade = time.monotonic() - t_lift
-        assert decoding(pages["changing"], SIZES["f"]), report(gw, pages)
-        loss = lost / max(1, lost + received)
+        back_on_top = counts(pages["changing"])
+        assert decoding(pages["changing"], SIZES["f"], STEADY_SECONDS), report(gw, pages)
+        lifted = loss_since(pages["changing"], back_on_top)
         decision = f"{decided - wall_cut:.2f} s" if decided is not None else "not seen"
-        print(f"\ndowngrade after cut: decided after {decision} (gateway log), decoded at 320x180 after {downgrade:.2f} s; "
-              f"loss from the cut until then {loss:.1%} ({lost} of {lost + received}); upgrade after lift: {upgrade:.1f} s")
+        print(f"\nloss on settled layers over {STEADY_SECONDS} s: "
+              + ", ".join(f"{name} {l:.1%} ({n} of {t})" for name, (l, n, t) in steady.items())
+              + f"\ndowngrade after cut: decided after {decision} (gateway log), decoded at 320x180 after {downgrade:.2f} s; "
+              f"loss from the cut until then {loss:.1%} ({lost} of {sent}); then capped on 180p {capped[0]:.1%} "
+              f"({capped[1]} of {capped[2]})\nupgrade after lift: {upgrade:.1f} s; then on 720p {lifted[0]:.1%} "
+              f"({lifted[1]} of {lifted[2]})")
+        assert lifted[0] <= STEADY_MAX_LOSS, f"lifted viewer lost {lifted[1]} of {lifted[2]} on 720p\n" + report(gw, pages)
         assert gw.codec_violations() == ""
 
 
