@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.netns]
 SIZES = {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
 LIMITED_KBIT = 800  # a link that carries the middle layer and not the top one
 # Issue #4 asks the tests to assert on loss. On a layer its link carries a viewer loses little: at most 5% over
-# STEADY_SECONDS (seen: 0 in 7 runs of 8, 5 of 226 packets in one). A layer the link does not carry loses more:
+# STEADY_SECONDS (seen in ten runs: 0 in most windows, at most 5 of 226 packets). A layer the link does not carry loses more:
 # 12-36% per loss period at a 700 kbit/s viewer on the middle layer (BENCHMARKS.md), 77-84% for the top-layer-only
 # baseline of bench/bwe.py. The loss of the downgrade itself is bench/bwe.py's figure (target < 2%), not asserted.
 STEADY_SECONDS, STEADY_MAX_LOSS = 3.0, 0.05
