@@ -237,7 +237,9 @@ def test_a_single_layer_viewer_whose_link_dips_loses_only_what_the_dip_drops(lab
     decoded = (after.get("framesDecoded") or 0) - (first.get("framesDecoded") or 0)
     seconds = (after["timestamp"] - first["timestamp"]) / 1000
     print(f"\n{DIPS} dips to {DIP_KBIT} kbit/s for {DIP_SECONDS} s: {lost} packets lost of {lost + received}, "
-          f"{pacer_drops:.0f} pacer drops, {decoded / seconds:.1f} fps, drains ended at the pacer's limit: "
+          f"{pacer_drops:.0f} pacer drops, {decoded / seconds:.1f} fps, freezes "
+          f"{(after.get('freezeCount') or 0) - (first.get('freezeCount') or 0)} "
+          f"({(after.get('totalFreezesDuration') or 0) - (first.get('totalFreezesDuration') or 0):.2f} s), drains ended at the pacer's limit: "
           f"{[t.get('drains_ended_at_pacer_limit') for t in tracks]}")
     why = lambda: f"viewer: {json.dumps(after)}\ngateway's viewers before FFmpeg left: {viewers}\n" + report(gw, {})  # noqa: E731
     assert pacer_drops == 0, why()
