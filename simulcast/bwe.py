@@ -1885,6 +1885,10 @@ class Pacer:
         """What the queue holds before `enqueue` drops its oldest packets: `max_queue_us` of the rate."""
         return self.bucket[_RATE] * self.max_queue_us
 
+    def would_drop(self, size: int) -> bool:
+        """True when `enqueue` of a packet of `size` bytes would drop the oldest queued packet (the queue's limit)."""
+        return bool(self._queue) and self._queued_bytes + size > self.limit_bytes
+
     @property
     def held(self) -> bool:
         return self.bucket[_HOLD] > 0

@@ -141,7 +141,7 @@ class ViewerBandwidth:
             down.send_stamped(template, seq, timestamp, ssrc)
             return
         pacer = self.pacer
-        if (self._draining_since is not None and pacer.queued_bytes + size > pacer.limit_bytes
+        if (self._draining_since is not None and pacer.would_drop(size)
                 and self.forwarded_bps is not None and self.forwarded_bps() > self.estimator.estimate_bps):
             self._end_drain(now_us())
         before = pacer.dropped
