@@ -10,6 +10,7 @@ business (gateway/sessions.py: `whep.publisher_grace`, WHIP takeover).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Optional, Protocol
 
@@ -38,6 +39,10 @@ class Stream:
         # False while an upstream source reports its own publisher gone (a relay's origin sent SSE `inactive`):
         # the source is connected but carries nothing; viewers joining meanwhile start `inactive`.
         self.source_active = True
+        # SessionManager's throttle of the viewer count it publishes (gateway/sessions.py VIEWER_COUNT_INTERVAL):
+        # when it last went out (event-loop time) and the timer of the next publication, if one is due.
+        self.viewer_count_sent_at = float("-inf")
+        self.viewer_count_timer: Optional[asyncio.TimerHandle] = None
 
     def track(self, kind: str) -> Optional["PublishedTrack"]:
         if self.publisher is None:
