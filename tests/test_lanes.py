@@ -218,16 +218,21 @@ async def test_closed_sender_hands_back_to_python(pair) -> None:
     assert len(group) == 0 and lane_down.armed_in is None
 
 
-async def test_late_joiner_armed_during_keyframe_replay(pair) -> None:
-    """start() replays the held keyframe run through forward(); the first replayed packet arms the lane, so the
-    next forward() must take the lane's state back first (not arm twice, not map from a stale state)."""
+async def test_late_joiner_armed_after_keyframe_replay(pair, monkeypatch) -> None:
+    """start() replays the held keyframe run through forward() and arms the lane once, after the last packet (not
+    after each one, with a settle before the next: two lane changes per replayed packet), and the lane goes on
+    from the replay's state."""
     track, viewers, _ = pair
     feed(track, [packet(200 + i, 3000 * (i // 5), keyframe=i < 5, marker=i % 5 == 4) for i in range(12)])
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
     late = [Viewer(transport), Viewer(transport)]
+    lane_changes = []
+    lane_changed = track.lane_changed
+    monkeypatch.setattr(track, "lane_changed", lambda down: (lane_changes.append(down.armed_in), lane_changed(down)))
     downs = start_downs(track, late, ssrc_base=0xB000)  # start() replays what was held since the keyframe (12 packets)
     assert downs[1].armed_in is not None
+    assert lane_changes == [downs[1].armed_in], f"{len(lane_changes)} lane changes for one replay"
     feed(track, [packet(212 + i, 3000 * ((12 + i) // 5)) for i in range(30)])
     python_side, lane_side = await drained(late)
     assert len(python_side) == 42 and lane_side == python_side

@@ -107,6 +107,7 @@ class DownTrack:
         # state is forwarded by a C lane of its layer (see `_arm`); `armed_in` is the LaneGroup it is armed in.
         self._native_sender = native_sender if LaneGroup is not None else None
         self.armed_in: Optional[object] = None
+        self._replaying = False  # `_replay` is forwarding a keyframe run: `forward` leaves the arming to it
         # Video opens a munger segment at every layer switch and every packet dropped on purpose (a temporal layer
         # above the target, padding), and NACKs map back through them: 256. Audio opens one when its source changes
         # (a publisher replaced, a relay re-pulled) or a packet is dropped while the viewer's socket is congested:
@@ -156,12 +157,20 @@ class DownTrack:
 
     def _replay(self, layer: "Layer", run: list[RtpPacket]) -> None:
         """Forward `layer`'s held packets from its last keyframe (`Layer.keyframe_run`): the viewer starts or switches
-        there now."""
+        there now. The C lane is armed once, after the last of them: `forward` arms it after each packet, and the
+        next `forward` settles it again, which for a run of ~40 packets was most of a join's replay."""
         parse = self.source.parse_descriptor
-        for i, packet in enumerate(run):
-            payload = packet.data[packet.payload_offset : packet.payload_end]
-            descriptor = parse(payload) if parse else None
-            self.forward(self.profile.build(packet), packet, layer, i == 0, descriptor, payload)
+        sent = 0
+        self._replaying = True
+        try:
+            for i, packet in enumerate(run):
+                payload = packet.data[packet.payload_offset : packet.payload_end]
+                descriptor = parse(payload) if parse else None
+                sent += self.forward(self.profile.build(packet), packet, layer, i == 0, descriptor, payload)
+        finally:
+            self._replaying = False
+        if sent and self._native_sender is not None and layer is self.current and layer is self.target and self.active:
+            self._arm(layer)
 
     def _resume_at_held_keyframe(self, layer: "Layer") -> bool:
         """Switch to `layer` now if it holds a keyframe newer than the last packet of the layer this viewer is on.
@@ -381,7 +390,7 @@ class DownTrack:
             return 0
         self._packets_sent += 1
         self._octets_sent += packet.payload_end - packet.payload_offset
-        if self._native_sender is not None and layer is self.target and self.active:
+        if self._native_sender is not None and layer is self.target and self.active and not self._replaying:
             self._arm(layer)
         return 1
 
