@@ -157,9 +157,9 @@ class DownTrack:
 
     def _replay(self, layer: "Layer", run: list[RtpPacket]) -> None:
         """Forward `layer`'s held packets from its last keyframe (`Layer.keyframe_run`): the viewer starts or switches
-        there now. The C lane is armed once, after the last of them: `forward` arms it after each packet, and the
-        next `forward` settles it again: two lane changes per replayed packet, about half of what a join's replay cost
-        (py-spy, 600 viewers joining; BENCHMARKS.md)."""
+        there now. The C lane is armed once, after the last of them (`_replaying`). Were `forward` to arm it after
+        each packet, as it does for live ones, the next `forward` would settle it again: two lane changes per replayed
+        packet, about half of what a join's replay cost (py-spy, 600 viewers joining; BENCHMARKS.md)."""
         parse = self.source.parse_descriptor
         sent = 0
         self._replaying = True
