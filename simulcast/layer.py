@@ -94,6 +94,9 @@ class Layer:
         self.active_since = 0.0  # when it last went alive (monotonic seconds)
         self.spatial_id = 0  # 0 = lowest resolution; set by the track's ordering
         self.subscribers: tuple["DownTrack", ...] = ()
+        # The same viewers as a set, for membership tests: `in` on the tuple compares element by element (~20 µs over
+        # 1,000 viewers), on the set it hashes once (PublishedTrack.lane_changed asks at every lane arm and leave).
+        self.subscriber_set: set["DownTrack"] = set()
 
     # ---- receiving ---------------------------------------------------------------------------------
     def accept(self, packet: RtpPacket, now: float) -> Optional[bool]:
@@ -240,11 +243,14 @@ class Layer:
 
     # ---- who receives it ---------------------------------------------------------------------------
     def subscribe(self, down: "DownTrack") -> None:
-        if down not in self.subscribers:
+        if down not in self.subscriber_set:
+            self.subscriber_set.add(down)
             self.subscribers = self.subscribers + (down,)
 
     def unsubscribe(self, down: "DownTrack") -> None:
-        self.subscribers = tuple(d for d in self.subscribers if d is not down)
+        if down in self.subscriber_set:
+            self.subscriber_set.discard(down)
+            self.subscribers = tuple(d for d in self.subscribers if d is not down)
 
     def as_info(self) -> "LayerInfo":
         from whep.layer_request import LayerInfo

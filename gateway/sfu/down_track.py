@@ -107,7 +107,7 @@ class DownTrack:
         # state is forwarded by a C lane of its layer (see `_arm`); `armed_in` is the LaneGroup it is armed in.
         self._native_sender = native_sender if LaneGroup is not None else None
         self.armed_in: Optional[object] = None
-        self._replaying = False  # `_replay` is forwarding a keyframe run: `forward` leaves the arming to it
+        self._replaying = False  # `_replay` is forwarding a keyframe run, not its last packet: `forward` does not arm
         # Video opens a munger segment at every layer switch and every packet dropped on purpose (a temporal layer
         # above the target, padding), and NACKs map back through them: 256. Audio opens one when its source changes
         # (a publisher replaced, a relay re-pulled) or a packet is dropped while the viewer's socket is congested:
@@ -157,21 +157,19 @@ class DownTrack:
 
     def _replay(self, layer: "Layer", run: list[RtpPacket]) -> None:
         """Forward `layer`'s held packets from its last keyframe (`Layer.keyframe_run`): the viewer starts or switches
-        there now. The C lane is armed once, after the last of them (`_replaying`). Were `forward` to arm it after
-        each packet, as it does for live ones, the next `forward` would settle it again: two lane changes per replayed
-        packet, about half of what a join's replay cost (py-spy, 600 viewers joining; BENCHMARKS.md)."""
+        there now. `forward` arms the C lane only after the last of them (`_replaying` until then). Were it to arm the
+        lane after each packet, as it does for live ones, the next `forward` would settle it again: two lane changes
+        per replayed packet, about half of what a join's replay cost (py-spy, 600 viewers joining; BENCHMARKS.md)."""
         parse = self.source.parse_descriptor
-        sent = 0
-        self._replaying = True
+        last = len(run) - 1
         try:
             for i, packet in enumerate(run):
                 payload = packet.data[packet.payload_offset : packet.payload_end]
                 descriptor = parse(payload) if parse else None
-                sent += self.forward(self.profile.build(packet), packet, layer, i == 0, descriptor, payload)
+                self._replaying = i < last
+                self.forward(self.profile.build(packet), packet, layer, i == 0, descriptor, payload)
         finally:
             self._replaying = False
-        if sent and self._native_sender is not None and layer is self.current and layer is self.target and self.active:
-            self._arm(layer)
 
     def _resume_at_held_keyframe(self, layer: "Layer") -> bool:
         """Switch to `layer` now if it holds a keyframe newer than the last packet of the layer this viewer is on.

@@ -97,9 +97,7 @@ class PublishedTrack:
         # Per layer: (the subscribers tuple it was made from, those subscribers no lane forwards), so the Python loop
         # does not step over hundreds of armed viewers per packet. Layer replaces its subscribers tuple when it
         # changes (rebuilt then); a DownTrack that arms or leaves a lane calls lane_changed, which patches it.
-        # The set holds the same subscribers for lane_changed's membership test: `in` on a tuple compares each element
-        # (~20 µs over 1,000 viewers), on a set it hashes once.
-        self._unarmed: list[tuple[tuple, tuple, frozenset]] = [((), (), frozenset()) for _ in self.layers]
+        self._unarmed: list[tuple[tuple, tuple]] = [((), ()) for _ in self.layers]
         self.on_layers_changed: list["Callable[[PublishedTrack], None]"] = []
 
     # ---- the fan-out -------------------------------------------------------------------------------
@@ -176,11 +174,11 @@ class PublishedTrack:
         """`layer`'s subscribers that no lane forwards (cached until the layer's subscribers change; lane_changed
         keeps it current as viewers arm and leave lanes)."""
         index = layer.offer_index
-        source, unarmed, _ = self._unarmed[index]
+        source, unarmed = self._unarmed[index]
         subscribers = layer.subscribers
         if source is not subscribers:
             unarmed = tuple(down for down in subscribers if down.armed_in is None)
-            self._unarmed[index] = (subscribers, unarmed, frozenset(subscribers))
+            self._unarmed[index] = (subscribers, unarmed)
         return unarmed
 
     def lane_changed(self, down: "DownTrack") -> None:
@@ -188,14 +186,15 @@ class PublishedTrack:
         O(unarmed) rather than rebuilding from every subscriber (each lane leaves every LANE_LEASE packets, so with
         500 viewers a rebuild of 500 came with almost every packet: ~2% of the core in py-spy)."""
         armed = down.armed_in is not None
-        for index, (subscribers, unarmed, members) in enumerate(self._unarmed):
-            if down not in members:
+        for layer, (subscribers, unarmed) in zip(self.layers, self._unarmed):
+            if down not in layer.subscriber_set:  # not subscribed now: a cache made while it was is rebuilt anyway
                 continue
+            index = layer.offer_index
             if armed:
                 if down in unarmed:
-                    self._unarmed[index] = (subscribers, tuple(d for d in unarmed if d is not down), members)
+                    self._unarmed[index] = (subscribers, tuple(d for d in unarmed if d is not down))
             elif down not in unarmed:
-                self._unarmed[index] = (subscribers, unarmed + (down,), members)
+                self._unarmed[index] = (subscribers, unarmed + (down,))
 
     def lane_group(self, layer: Layer, profile: EgressProfile) -> object:
         """The C lane group of `layer`'s viewers with `profile` (made on first use)."""
