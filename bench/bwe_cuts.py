@@ -114,6 +114,8 @@ def main() -> int:
                         print(f"    +{1000 * (t - wall_cut):.0f} ms {line.split(': layer ', 1)[1]}")
                     elif args.trace and ": estimate " in line and (whole or decided is None or t <= decided + 0.05):
                         print(f"    +{1000 * (t - wall_cut):.0f} ms feedback: {line.split(': estimate ', 1)[1]}")
+                    elif args.trace and "early warning" in line and (whole or decided is None or t <= decided + 0.05):
+                        print(f"    +{1000 * (t - wall_cut):.0f} ms {line.split('viewer_bandwidth: ', 1)[-1]}")
                 time.sleep(6)
     print(f"\n{len(rows)} cuts to {CAP_KBIT} kbit/s, tbf queue {args.buffer_ms} ms: mean tbf drops before / after the "
           f"decision {statistics.mean(r['drops_before'] for r in rows):.1f} / "

@@ -640,17 +640,20 @@ typedef struct {
      * the recent rate), kept here instead of in Python; same rules, integer arithmetic. */
     int64_t reset_gap;       /* bwe.RESET_GAP_US */
     int64_t queue_window, queue_jump, queue_run_min_us, queue_run_min_packets, busy_slack;  /* bwe.QUEUE_* ... */
+    int64_t suspect_jump, suspect_run_min_us, suspect_run_min_packets;  /* bwe.SUSPECT_*: the early warning */
     arrival_ring recent;
     int64_t recent_newest;
     rate_window rate, recent_rate;
 } FeedbackMatcher;
 
 /* SendSideEstimator._queue_run_rate (the capacity-drop check up to its guard), line by line: the delivered rate of
- * the run of packets that queued behind a busy bottleneck, or 0. Records are (arrival, one-way delay, size). */
+ * the run of packets that queued behind a busy bottleneck, or 0, and (in *suspect) the same over a shorter run, the
+ * early warning, or 0. Records are (arrival, one-way delay, size). */
 static int64_t
-queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival)
+queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival, int64_t *suspect_out)
 {
     arrival_ring *packets = &f->recent;
+    *suspect_out = 0;
     if (newest_arrival < f->recent_newest - f->reset_gap) {
         /* The receiver clock went backwards: what came before is on the old clock. */
         while (packets->count && ring_at(packets, 0)[0] > newest_arrival)
@@ -663,16 +666,16 @@ queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival)
     while (packets->count && ring_at(packets, 0)[0] < oldest)
         ring_pop_oldest(packets);
     Py_ssize_t count = packets->count;
-    if (count < f->queue_run_min_packets)
+    if (count < f->suspect_run_min_packets)  /* <= queue_run_min_packets */
         return 0;
     int64_t last_arrival = ring_at(packets, count - 1)[0], last_delay = ring_at(packets, count - 1)[1];
     int64_t base = last_delay;
     for (Py_ssize_t k = 0; k < count; k++)
         if (ring_at(packets, k)[1] < base)
             base = ring_at(packets, k)[1];
-    if (last_delay - base < f->queue_jump)
+    if (last_delay - base < f->suspect_jump)
         return 0;
-    int64_t delivered = 0, after_bytes = 0;
+    int64_t delivered = 0, suspect = 0, after_bytes = 0;
     Py_ssize_t start = count - 1;
     int64_t *p = ring_at(packets, start);
     int64_t arrival = p[0], delay = p[1], size = p[2];
@@ -688,20 +691,24 @@ queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival)
         delay = previous_delay;
         size = previous_size;
         int64_t span = last_arrival - arrival;
-        if (span >= f->queue_run_min_us && count - start >= f->queue_run_min_packets) {
+        if (span >= f->suspect_run_min_us && count - start >= f->suspect_run_min_packets) {
             int64_t rate = floor_div(after_bytes * 8000000, span);
-            if (!delivered || rate < delivered)
+            if (!suspect || rate < suspect)
+                suspect = rate;
+            if (span >= f->queue_run_min_us && count - start >= f->queue_run_min_packets
+                && (!delivered || rate < delivered))
                 delivered = rate;
         }
     }
-    if (!delivered)
+    if (!suspect)
         return 0;
     int64_t span = last_arrival - arrival;
     int64_t growth = last_delay - delay;
     /* Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through. */
-    if (growth < f->queue_jump || 2 * growth < span)
+    if (growth < f->suspect_jump || 2 * growth < span)
         return 0;
-    return delivered;
+    *suspect_out = suspect;
+    return growth >= f->queue_jump ? delivered : 0;
 }
 
 static const array_layout fm_layout[FM_VIEWS] = {
@@ -718,18 +725,22 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     double smoothing, gain, max_deltas, threshold, threshold_min, threshold_max, threshold_max_offset;
     double threshold_max_dt, k_up, k_down, overuse_time_th, reset_gap_us;
     long long reset_gap, queue_window, queue_jump, queue_run_min_us, queue_run_min_packets, busy_slack;
-    long long rate_window_us, rate_min_span, recent_window_us, recent_min_span;
+    long long rate_window_us, rate_min_span, recent_window_us, recent_min_span, suspect_jump, suspect_run_min_us;
+    long long suspect_run_min_packets;
     if ((kwds && PyDict_GET_SIZE(kwds))
-        || !PyArg_ParseTuple(args, "OOOOOOLL(idddddddddddd)(LLLLLLLLLL):FeedbackMatcher", &arrays[0], &arrays[1],
+        || !PyArg_ParseTuple(args, "OOOOOOLL(idddddddddddd)(LLLLLLLLLLLLL):FeedbackMatcher", &arrays[0], &arrays[1],
                              &arrays[2], &arrays[3], &arrays[4], &arrays[5], &burst_time, &max_burst, &window,
                              &smoothing, &gain, &max_deltas, &threshold, &threshold_min, &threshold_max,
                              &threshold_max_offset, &threshold_max_dt, &k_up, &k_down, &overuse_time_th,
                              &reset_gap_us, &reset_gap, &queue_window, &queue_jump, &queue_run_min_us,
                              &queue_run_min_packets, &busy_slack, &rate_window_us, &rate_min_span, &recent_window_us,
-                             &recent_min_span))
+                             &recent_min_span, &suspect_jump, &suspect_run_min_us,
+                             &suspect_run_min_packets))
         return NULL;
     if (queue_window < 0 || reset_gap < 0 || rate_window_us < 0 || recent_window_us < 0 || rate_min_span <= 0
-        || recent_min_span <= 0 || queue_run_min_us <= 0) {
+        || recent_min_span <= 0 || queue_run_min_us <= 0 || suspect_run_min_us <= 0
+        || suspect_run_min_us > queue_run_min_us || suspect_jump > queue_jump || suspect_run_min_packets < 2
+        || suspect_run_min_packets > queue_run_min_packets) {
         PyErr_SetString(PyExc_ValueError, "window parameters out of range");
         return NULL;
     }
@@ -773,6 +784,9 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->queue_run_min_us = queue_run_min_us;
     self->queue_run_min_packets = queue_run_min_packets;
     self->busy_slack = busy_slack;
+    self->suspect_jump = suspect_jump;
+    self->suspect_run_min_us = suspect_run_min_us;
+    self->suspect_run_min_packets = suspect_run_min_packets;
     self->recent.width = 3;
     self->rate.entries.width = 4;
     self->rate.window = rate_window_us;
@@ -1177,13 +1191,13 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
         goto done;
     /* _apply_feedback's window part: R_hat and the recent rate, then the capacity-drop check's run (both only
      * with something received). */
-    int64_t run_rate = 0;
+    int64_t run_rate = 0, suspect_rate = 0;
     if (received) {
         if (rate_window_add(&self->rate, self->reset_gap, first_arrival, last_arrival, received_bytes, first_size) < 0
             || rate_window_add(&self->recent_rate, self->reset_gap, first_arrival, last_arrival, received_bytes,
                                first_size) < 0)
             goto done;
-        run_rate = queue_run_rate(self, last_arrival);
+        run_rate = queue_run_rate(self, last_arrival, &suspect_rate);
     }
     PyObject *newest = have_newest ? PyLong_FromLongLong(newest_send) : Py_NewRef(Py_None);
     if (newest == NULL)
@@ -1196,11 +1210,12 @@ FeedbackMatcher_match(FeedbackMatcher *self, PyObject *args)
         Py_XDECREF(recent);
         goto done;
     }
-    /* windows: (run rate, R_hat or None, recent rate or None); groups: () (run through on_group above) */
-    result = Py_BuildValue("(LLLLLLNL(LNN)()OOi)", (long long)received, (long long)lost, (long long)received_bytes,
+    /* windows: (run rate, R_hat or None, recent rate or None, the early warning's run rate); groups: () (run through
+     * on_group above) */
+    result = Py_BuildValue("(LLLLLLNL(LNNL)()OOi)", (long long)received, (long long)lost, (long long)received_bytes,
                            (long long)first_arrival, (long long)first_size, (long long)last_arrival, newest,
-                           (long long)unknown, (long long)run_rate, rate, recent, probes ? probes : Py_None,
-                           overuse ? Py_True : Py_False, self->signal);
+                           (long long)unknown, (long long)run_rate, rate, recent, (long long)suspect_rate,
+                           probes ? probes : Py_None, overuse ? Py_True : Py_False, self->signal);
 done:
     if (symbols != stack_symbols)
         PyMem_Free(symbols);

@@ -85,6 +85,13 @@ What comes from GCC and what does not:
   after a cut holds few packets, the first of them passed by a shaper's token bucket at line rate, and its
   rate can be well above the link's (510 kbit/s on 300; the viewer then sat on a layer the link could not
   carry until the trendline saw over-use 0.25 s later).
+- Early warning (ours): the same check over a shorter run (SUSPECT_*: >= 15 ms of delay grown over >= 15 ms and
+  >= 2 packets), under the same guard, sets `queue_suspected_us` and changes no estimate. Behind a shaper's token
+  bucket the first feedback with a queue often ends at the first packet that waited, one packet time (~28 ms at
+  300 kbit/s) behind the one sent with it that passed on the bucket, and the check then fires one feedback (~60 ms)
+  later. The viewer's pacer holds video on the warning until the next feedback (simulcast/viewer_bandwidth.py
+  `_hold_early`): a single late packet on a link that carries its layer (a Wi-Fi retry) costs that one feedback
+  interval of video delay, never a layer.
 - Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
   ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
 """
@@ -156,6 +163,13 @@ QUEUE_RUN_MIN_US = 30_000  # ...and its rate is measured over at least this much
 QUEUE_RUN_MIN_PACKETS = 3  # ...and this many received packets (the first included)
 BUSY_SLACK_US = 1_000  # timestamp noise allowed for when judging whether the bottleneck stayed busy
 CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R_hat (the guard)
+# Ours (issue #4): the same check with a shorter run (the early warning, `queue_suspected_us`): the delay grown this
+# much over a run of at least this much arrival time and this many packets, under the same guard. Two packets: behind
+# a shaper's token bucket the first sign of a cut is one packet a whole packet time (at the new rate) later than the
+# one sent with it, which passed on the bucket.
+SUSPECT_JUMP_US = 15_000
+SUSPECT_RUN_MIN_US = 15_000
+SUSPECT_RUN_MIN_PACKETS = 2
 # Within one congestion event a further capacity drop counts only when its run delivered less than this share
 # of the last one's rate: the first feedbacks after a cut hold a few packets, and a shaper's token bucket
 # passes the first of them at line rate (seen with tc tbf: 510 kbit/s measured on a 300 kbit/s link).
@@ -467,6 +481,7 @@ class SendSideEstimator:
         "_recent_newest",
         "_capacity_drop_us",
         "_capacity_drop_bps",
+        "_queue_suspected_us",
         "_last_input_us",
         "_k_up",
         "_k_down",
@@ -541,6 +556,7 @@ class SendSideEstimator:
         self._recent_newest = 0
         self._capacity_drop_us: int | None = None
         self._capacity_drop_bps = 0  # the rate the last capacity drop was measured at
+        self._queue_suspected_us: int | None = None
         # The send time of the newest packet a feedback reported received (None before one did).
         self.newest_reported_send_us: int | None = None
         self._last_input_us = 0
@@ -620,6 +636,13 @@ class SendSideEstimator:
         return self._capacity_drop_us
 
     @property
+    def queue_suspected_us(self) -> int | None:
+        """When (the `now_us` of the feedback) the capacity-drop check last passed on a shorter run than it needs
+        (SUSPECT_JUMP_US over SUSPECT_RUN_MIN_US, the same guard) without finding a drop, or None: the early
+        warning the viewer's pacer holds video on until the next feedback (simulcast/viewer_bandwidth.py)."""
+        return self._queue_suspected_us
+
+    @property
     def queuing_delay_us(self) -> int:
         """The smoothed feedback RTT above its minimum over the last 30 s: the queue built on the path."""
         if not self._rtt_mins:
@@ -668,20 +691,20 @@ class SendSideEstimator:
                       THRESHOLD_MIN_MS, THRESHOLD_MAX_MS, THRESHOLD_MAX_OFFSET_MS, THRESHOLD_MAX_DT_MS, self._k_up,
                       self._k_down, OVERUSE_TIME_TH_MS, RESET_GAP_US)
         windows = (RESET_GAP_US, QUEUE_WINDOW_US, QUEUE_JUMP_US, QUEUE_RUN_MIN_US, QUEUE_RUN_MIN_PACKETS, BUSY_SLACK_US,
-                   self._rate._window, self._rate._min_span, self._recent_rate._window, self._recent_rate._min_span)
+                   self._rate._window, self._rate._min_span, self._recent_rate._window, self._recent_rate._min_span,
+                   SUSPECT_JUMP_US, SUSPECT_RUN_MIN_US, SUSPECT_RUN_MIN_PACKETS)
         self._native = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US, parameters, windows)
         self._native_match = self._native.match  # type: ignore[attr-defined]
 
     def _match_feedback(self, feedback: TwccFeedback, oldest_send: int) -> tuple:
-        """Match the feedback's packets with the send log (marking each reported), form the §5.1/§5.2 packet groups
-        and add the received packets to the windows (the capacity-drop check's arrivals, R_hat and the recent
-        rate). Returns (received, lost, received bytes, first arrival, its size, last arrival, newest send time or
-        None, unknown packets, (the check's run rate, R_hat or None, the recent rate or None), [(send delta,
-        arrival delta, arrival)] of the groups completed, [(cluster, send, arrival, size) received / (cluster,)
-        lost] of probe packets, or None; False, None). gateway/_srtp_send.c FeedbackMatcher.match does the same
-        from the FCI's bytes, with windows of its own, and also runs the groups through its filter and detector
-        (`_on_group`): it returns no groups, but whether one signalled over-use and the detector's signal after
-        them."""
+        """Match the feedback's packets with the send log (marking each reported), form the §5.1/§5.2 packet groups and
+        add the received packets to the windows (the capacity-drop check's arrivals, R_hat and the recent rate). Returns
+        (received, lost, received bytes, first arrival, its size, last arrival, newest send time or None, unknown
+        packets, (the check's run rate, R_hat or None, the recent rate or None, the early warning's run rate), [(send
+        delta, arrival delta, arrival)] of the groups completed, [(cluster, send, arrival, size) received / (cluster,)
+        lost] of probe packets, or None; False, None). gateway/_srtp_send.c FeedbackMatcher.match does the same from the
+        FCI's bytes, with windows of its own, and also runs the groups through its filter and detector (`_on_group`): it
+        returns no groups, but whether one signalled over-use and the detector's signal after them."""
         groups_state = self._groups
         # The 24-bit reference time wraps every ~12.4 days (twcc.REFERENCE_TIME_WRAP_US); unwrap it.
         raw = feedback.reference_time_us
@@ -803,13 +826,13 @@ class SendSideEstimator:
         groups_state[G_PREV_ARRIVAL] = prev_arrival
         # The windows: the capacity-drop check's arrivals and the two receive rates (the C matcher keeps its own).
         self._recent_arrivals.extend(arrivals)
-        run_rate = 0
+        run_rate = suspect_rate = 0
         if received:
             self._rate.add(first_arrival, last_arrival, received_bytes, first_size)
             self._recent_rate.add(first_arrival, last_arrival, received_bytes, first_size)
-            run_rate = self._queue_run_rate(last_arrival)
+            run_rate, suspect_rate = self._queue_run_rate(last_arrival)
         return (received, lost, received_bytes, first_arrival, first_size, last_arrival, newest_send, unknown,
-                (run_rate, self._rate.bps, self._recent_rate.bps), groups, probes, False, None)
+                (run_rate, self._rate.bps, self._recent_rate.bps, suspect_rate), groups, probes, False, None)
 
     def _apply_feedback(self, matched: tuple, now_us: int) -> None:
         """The estimator's part of a feedback, from `_match_feedback`'s (or the C matcher's) result."""
@@ -819,7 +842,8 @@ class SendSideEstimator:
         self._last_twcc_us = now_us
         self._last_input_us = now_us
         self.unknown_packets += unknown
-        run_rate, self._rate.bps, self._recent_rate.bps = windows  # the check's run rate, R_hat, the recent rate
+        # The check's run rate, R_hat, the recent rate, the run rate over a shorter run (the early warning).
+        run_rate, self._rate.bps, self._recent_rate.bps, suspect_rate = windows
         prober = self._prober
         padding_received = padding_lost = 0
         if probes:
@@ -865,6 +889,8 @@ class SendSideEstimator:
         capacity = self._capacity_drop(run_rate, now_us) if received else 0
         if capacity:
             overuse_seen = True  # for this feedback only; the detector's own signal is left as it is
+        elif suspect_rate and self._rate.bps and suspect_rate <= CAPACITY_DROP_RATIO * self._rate.bps:
+            self._queue_suspected_us = now_us
         self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us, capacity)
 
         # §6 loss-based controller, over at least LOSS_MIN_PACKETS packets or LOSS_MAX_PERIOD_US.
@@ -1017,9 +1043,10 @@ class SendSideEstimator:
         self._loss_decreased_us = now_us  # the same congestion event for §6 (see the module docstring)
         return delivered
 
-    def _queue_run_rate(self, newest_arrival: int) -> int:
+    def _queue_run_rate(self, newest_arrival: int) -> tuple[int, int]:
         """The delivered rate of the run of recent packets that queued behind a busy bottleneck, or 0 (the
-        capacity-drop check before its guard; gateway/_srtp_send.c queue_run_rate does the same)."""
+        capacity-drop check before its guard), and the same over a shorter run (SUSPECT_*: the early warning), or 0.
+        gateway/_srtp_send.c queue_run_rate does the same."""
         packets = self._recent_arrivals
         if newest_arrival < self._recent_newest - RESET_GAP_US:
             # The receiver clock went backwards: what came before is on the old clock.
@@ -1032,20 +1059,20 @@ class SendSideEstimator:
         while packets and packets[0][0] < oldest:
             packets.popleft()
         count = len(packets)
-        if count < QUEUE_RUN_MIN_PACKETS:
-            return 0
+        if count < SUSPECT_RUN_MIN_PACKETS:  # <= QUEUE_RUN_MIN_PACKETS
+            return 0, 0
         last_arrival, last_delay, _ = packets[-1]
         base = min(map(_DELAY, packets))  # the one-way delays (C-level iteration: ~3x faster than a generator)
-        if last_delay - base < QUEUE_JUMP_US:
-            return 0
+        if last_delay - base < SUSPECT_JUMP_US:  # <= QUEUE_JUMP_US
+            return 0, 0
         # The run: back from the newest packet while the bottleneck stayed busy between consecutive packets,
         # i.e. each packet was sent before its predecessor had left the queue: the predecessor's queuing delay
         # (one-way delay above the window's minimum) exceeds the send gap between the two (+1 ms for timestamp
         # noise), or, at the queue's start, the packet waited longer than its predecessor. Its delivered rate
         # is the bottleneck's: the lowest rate over the run's recent parts (those of >= QUEUE_RUN_MIN_US and
         # >= QUEUE_RUN_MIN_PACKETS), so that a queue already building at the old rate before the drop does not
-        # count.
-        delivered = 0
+        # count. The early warning takes parts of >= SUSPECT_RUN_MIN_US and >= SUSPECT_RUN_MIN_PACKETS.
+        delivered = suspect = 0
         start = count - 1
         after_bytes = 0  # bytes of the packets after `start`
         arrival, delay, size = packets[start]
@@ -1058,18 +1085,21 @@ class SendSideEstimator:
             start -= 1
             arrival, delay, size = previous_arrival, previous_delay, previous_size
             span = last_arrival - arrival
-            if span >= QUEUE_RUN_MIN_US and count - start >= QUEUE_RUN_MIN_PACKETS:
+            if span >= SUSPECT_RUN_MIN_US and count - start >= SUSPECT_RUN_MIN_PACKETS:
                 rate = after_bytes * 8_000_000 // span
-                if not delivered or rate < delivered:
+                if not suspect or rate < suspect:
+                    suspect = rate
+                if (span >= QUEUE_RUN_MIN_US and count - start >= QUEUE_RUN_MIN_PACKETS
+                        and (not delivered or rate < delivered)):
                     delivered = rate
-        if not delivered:
-            return 0
+        if not suspect:
+            return 0, 0
         span = last_arrival - arrival
         growth = last_delay - delay
         # Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through.
-        if growth < QUEUE_JUMP_US or 2 * growth < span:
-            return 0
-        return delivered
+        if growth < SUSPECT_JUMP_US or 2 * growth < span:
+            return 0, 0
+        return (delivered if growth >= QUEUE_JUMP_US else 0), suspect
 
     def _update_delay_based(self, signal: int, now_us: int, capacity_bps: int = 0) -> None:
         """§5.5 rate control, run once per feedback with the detector's signal. `capacity_bps`: the rate a

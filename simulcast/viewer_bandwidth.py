@@ -40,6 +40,10 @@ CONGESTED_LOSS = 0.02
 # Ours (issue #4): after a capacity drop, video waits until the feedback shows that what was sent before it has
 # left the bottleneck's queue (a packet sent after the drop was received), at most this long. See `_drain_queue`.
 DRAIN_HOLD_MAX_US = 300_000
+# Ours (issue #4): on the estimator's early warning (`SendSideEstimator.queue_suspected_us`: a queue building behind
+# a bottleneck that delivers at most half of what it carried, over a run too short for the capacity-drop check), video
+# waits until a feedback finds the drop or shows the queue gone, at most this long. See `_hold_early`.
+EARLY_HOLD_MAX_US = 200_000
 DRAIN_PACING_FACTOR = 1.0  # ... and what waited then leaves at the estimate, not above it...
 # ... until the pacer's queue is empty, or this long after the drop at the latest. When the video still forwarded runs
 # above the estimate (the estimate fell below even the lowest layer) the queue never empties at the estimate, and a
@@ -106,6 +110,9 @@ class ViewerBandwidth:
         self.forwarded_bps: Optional[Callable[[], int]] = None
         self._drain: Optional[asyncio.TimerHandle] = None
         self._draining_since: Optional[int] = None  # the capacity drop whose queue is draining (µs), see `_drain_queue`
+        self._early_hold_since: Optional[int] = None  # the early warning video waits on (µs), see `_hold_early`
+        self.early_holds = 0  # early warnings held on, and those the next feedback did not confirm (stats)
+        self.early_holds_released = 0
         self.drains_ended_at_limit = 0  # see `_end_drain`
         self._switch_paced_until = 0  # µs; see `on_switch`
         self._probe_after = 0  # µs: no probe cluster starts before this (a layer switch's keyframe is on its way)
@@ -211,14 +218,61 @@ class ViewerBandwidth:
         except ValueError:  # malformed: nothing was changed
             metrics.count_drop("twcc_feedback_malformed")
             return
-        released = (self._draining_since is not None or self.estimator.capacity_drop_us == now) and self._drain_queue(now)
+        early = self._early_hold_since  # an early hold this feedback ends, confirmed or not
+        released = self._hold_early(now)
+        if self._draining_since is not None or self.estimator.capacity_drop_us == now:
+            released = self._drain_queue(now, early or now) or released
         self._pace()
         if released and self._drain is not None:  # the pacer's timer waits for the hold's end: send what is due now
             self._drain.cancel()
             self._drain = None
             self._send_due(asyncio.get_running_loop())
 
-    def _drain_queue(self, now: int) -> bool:
+    def _hold_early(self, now: int) -> bool:
+        """Hold video on the estimator's early warning (ours, issue #4); True when an early hold ends now unconfirmed.
+
+        After a cut the capacity-drop check needs a run of >= 30 ms and 3 packets; behind a shaper's token bucket
+        the first feedback after a cut often ends at the first packet that waited (bench/bwe_cuts.py: a frame's
+        first packets passed on the bucket, the next one waited 28 ms), and the check fired one feedback (~60 ms)
+        later. Each further frame the old layer sent meanwhile went into a full queue and was lost: the loss of a
+        downgrade is what is sent between the cut and the decision. The early warning is the same check over a
+        shorter run (SUSPECT_*: down to two packets) with the same guard, so it does not fire on a keyframe burst at
+        a viewer whose link carries its layer, nor on a burst released at once after a stall. One packet 15 ms or
+        more later than the one sent with it can fire it (a Wi-Fi retry looks the same): that costs about one
+        feedback interval of video delay, never a layer.
+
+        On it, video waits in the pacer (audio never does), at most EARLY_HOLD_MAX_US, until a feedback
+        - finds the capacity drop: the drain (`_drain_queue`) goes on from the hold's start, and the switch down
+          drops what waited (`discard_before_switch`): the viewer never sees a gap for it;
+        - or reports a packet sent after the hold's start as received (audio, as the drain's end): the queue in
+          front of it has gone, so it was no drop (or one the queue already absorbed), and what waited leaves at
+          once, at the pacing rate. Released on the next feedback alone, what waited (~13 KB of the top layer)
+          once went into the queue of a cut the check confirmed one feedback later, and was lost.
+        A feedback that ends an early hold does not start another one."""
+        e = self.estimator
+        since = self._early_hold_since
+        if since is not None:
+            if e.capacity_drop_us == now:
+                self._early_hold_since = None
+                return False  # `_drain_queue` goes on from the hold's start
+            newest = e.newest_reported_send_us
+            if (newest is None or newest < since) and now - since < EARLY_HOLD_MAX_US:
+                return False  # the queue in front of the hold is still there (or no feedback showed it gone)
+            self._early_hold_since = None
+            self.early_holds_released += 1
+            log.debug("early warning not confirmed after %d ms: %d bytes of video leave", (now - since) // 1000,
+                      self.pacer.queued_bytes)
+            self.pacer.release(now)
+            return True
+        if (e.queue_suspected_us == now and e.capacity_drop_us != now and self._draining_since is None
+                and not self.pacer.held):
+            self._early_hold_since = now
+            self.early_holds += 1
+            self.pacer.hold(now + EARLY_HOLD_MAX_US)
+            log.debug("early warning of a capacity drop: video held until a feedback confirms it or shows no queue")
+        return False
+
+    def _drain_queue(self, now: int, start: int) -> bool:
         """Hold video after a capacity drop until the path's queue has drained (ours, issue #4); True when the
         hold ends now.
 
@@ -233,7 +287,7 @@ class ViewerBandwidth:
         hold costs the picture about one feedback interval, not the queue's length."""
         pacer = self.pacer
         if self.estimator.capacity_drop_us == now:  # this feedback found the drop
-            self._draining_since = now
+            self._draining_since = start  # now, or the start of the early hold it confirms (`_hold_early`)
             pacer.hold(now + DRAIN_HOLD_MAX_US)
             log.debug("capacity drop: video held until its queue has drained")
             return False
@@ -413,6 +467,8 @@ class ViewerBandwidth:
             "estimator_reason": e.reason,
             "pacer_queue_bytes": self.pacer.queued_bytes,
             "drains_ended_at_pacer_limit": self.drains_ended_at_limit,
+            "early_holds": self.early_holds,
+            "early_holds_released": self.early_holds_released,
             "feedback_unknown": e.unknown_packets,  # feedback about packets not in the send log (should stay 0)
             "transport_cc": self.transport_cc,
         }

@@ -1230,6 +1230,7 @@ def test_keyframe_burst_at_a_700k_viewer_is_not_a_capacity_drop(monkeypatch: pyt
     fired = [t for t, r in sim.estimator_reasons if r.startswith("capacity drop")]
     print(f"\n[keyframes at 700k] switches {[(t / 1e6, r) for t, r in sim.reasons]}; capacity drops {fired}")
     assert not fired
+    assert sim.estimator.queue_suspected_us is None  # nor its early warning (viewer_bandwidth._hold_early)
     assert [layer for _, layer in [(0, sim.layer)]] == [(1, ALL_TEMPORAL)]
     assert sim.switches() == 0
     monkeypatch.setattr(bwe, "CAPACITY_DROP_RATIO", 10.0)  # the guard off
@@ -1299,6 +1300,7 @@ def test_jitter_burst_at_a_viewer_whose_link_is_fine_is_not_a_capacity_drop() ->
     before = est.estimate_bps
     _steady(est, log, seq, t, 1, hold_us=80 * MS)
     assert not est.reason.startswith("capacity drop")
+    assert est.queue_suspected_us is None  # nor its early warning (viewer_bandwidth._hold_early)
     assert est.estimate_bps >= 0.85 * before
 
 
@@ -1523,7 +1525,7 @@ def test_compiled_matcher_refuses_arrays_that_are_not_the_send_log() -> None:
     seqs, sizes, times, clusters, states = estimator._log.buffers
     groups = estimator._groups
     parameters = (20, 0.9, 4.0, 60, 12.5, 6.0, 600.0, 15.0, 100.0, 0.01, 0.00018, 10.0, 3_000_000)
-    windows = (3_000_000, 200_000, 25_000, 30_000, 3, 1_000, 500_000, 100_000, 200_000, 60_000)
+    windows = (3_000_000, 200_000, 25_000, 30_000, 3, 1_000, 500_000, 100_000, 200_000, 60_000, 15_000, 15_000, 2)
     FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters, windows)  # right
     wrong = [
         ((array("d", [0.0]) * 64, sizes, times, clusters, states, groups), TypeError),  # doubles for seqs
@@ -1540,6 +1542,9 @@ def test_compiled_matcher_refuses_arrays_that_are_not_the_send_log() -> None:
     with pytest.raises(ValueError):  # a rate window whose minimum span is 0 would divide by zero
         FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters,
                         windows[:7] + (0,) + windows[8:])
+    with pytest.raises(ValueError):  # the early warning's run longer than the check's own: it would warn after it
+        FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters,
+                        windows[:11] + (40_000, 2))
 
 
 def test_steady_state_keeps_no_container_the_collector_must_track() -> None:
@@ -1743,6 +1748,146 @@ def test_capacity_drop_holds_video_until_its_queue_has_drained(monkeypatch: pyte
     recorder.record(seq, clock.now - base - 1 * MS)
     bw.on_feedback(_fci(recorder))
     assert bw.pacer.factor in (vb.CONGESTED_PACING_FACTOR, vb.PACING_FACTOR)  # drained: pacing as before
+
+
+# Recorded by bench/bwe_cuts.py (Chromium viewer, tbf 300 kbit/s with a 100 ms queue and a 3.2 KB bucket, ~1.5 Mbit/s
+# top layer + Opus): (arrival ms, one-way delay above the minimum ms, bytes) after a cut at 0 ms, per feedback. The
+# frame sent at 43 ms: three packets pass on the bucket, the fourth waits 28 ms; the feedback at 100 ms ends there.
+EARLY_CUT_FIRST = [(6.0, 0.0, 101), (12.0, 0.0, 1106), (13.0, 0.2, 1106), (14.5, 0.6, 1107), (15.3, 1.0, 1107),
+                   (24.0, 0.0, 100)]  # fmt: skip
+EARLY_CUT_WARNING = [(43.2, 0.0, 1037), (43.6, 0.1, 1037), (45.0, 1.2, 1037), (72.0, 28.0, 1037)]
+# Another cut's: the third packet left the bucket as early as the second, so the run is the last two packets only.
+EARLY_CUT_PAIR = [(32.2, 0.0, 1018), (32.5, 0.0, 1018), (32.8, 0.0, 1018), (60.9, 28.0, 1018)]
+EARLY_CUT_DROP = [(102.0, 57.0, 1037), (106.0, 61.0, 121), (110.0, 47.0, 121), (143.0, 67.0, 1172)]
+# Instead of EARLY_CUT_DROP: the delay falls back at once (a short stall upstream, not the link), all of it arrives,
+# audio sent after the warning (at 110 ms) too.
+EARLY_CUT_STALL = [(74.0, 0.5, 1037), (80.0, 0.0, 121), (90.0, 0.3, 1037), (95.0, 0.0, 1037), (115.0, 0.0, 121)]
+# Or: only audio sent before the warning, as late as the packet before it: no drop found, the queue still there.
+EARLY_CUT_QUEUED = [(100.0, 27.0, 121)]
+
+
+def _early_cut(monkeypatch: pytest.MonkeyPatch, compiled: bool, after: list,
+               warning: list = EARLY_CUT_WARNING) -> tuple:  # fmt: skip
+    """A ViewerBandwidth carrying ~1.63 Mbit/s for 2 s (feedbacks of 10 packets of 1020 B sent over 50 ms, 5 ms one
+    way), then EARLY_CUT_FIRST, `warning` and `after`, each reported by one feedback at 40 / 100 / 160 ms.
+    Returns (the ViewerBandwidth, its clock, the warning feedback's time, [estimate after each of the three], the
+    feedback recorder, the next seq)."""
+    import simulcast.viewer_bandwidth as vb
+
+    if compiled and vb.FeedbackMatcher is None:
+        pytest.skip("gateway._srtp_send not built")
+    base = 1_000_000 * SECOND
+    clock = _Clock(base)
+    monkeypatch.setattr(vb, "now_us", clock)
+    monkeypatch.setattr(vb, "FeedbackMatcher", vb.FeedbackMatcher if compiled else None)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.counters[0] = 0
+    recorder = TwccRecorder()
+    seq = 0
+    t = base
+    for _ in range(40):
+        for i in range(10):
+            bw.sent(bw.next_seq(), 1020, t + i * 5 * MS)
+            recorder.record(seq, t + i * 5 * MS + 5 * MS - base)
+            seq += 1
+        clock.now = t + 60 * MS
+        bw.on_feedback(_fci(recorder))
+        t += 50 * MS
+    cut = t
+    estimates = []
+    warned = 0
+    for packets, when in ((EARLY_CUT_FIRST, 40), (warning, 100), (after, 160)):
+        for arrival_ms, delay_ms, size in packets:
+            arrival = cut + int(arrival_ms * MS) + 5 * MS
+            bw.sent(bw.next_seq(), size, arrival - int(delay_ms * MS) - 5 * MS)
+            recorder.record(seq, arrival - base)
+            seq += 1
+        clock.now = cut + when * MS
+        bw.on_feedback(_fci(recorder))
+        estimates.append(bw.estimator.estimate_bps)
+        if packets is warning:
+            warned = clock.now
+            assert bw.estimator.queue_suspected_us == warned and bw.estimator.capacity_drop_us is None
+            assert bw.pacer.held and bw.may_send_now(1000) == 0 and bw.early_holds == 1
+            for index in range(5):  # the next frame, deferred to the pacer
+                bw.pacer.enqueue(index, 1000)
+        elif packets is EARLY_CUT_FIRST:  # 1 ms of queue: nothing to warn of
+            assert bw.estimator.queue_suspected_us is None and not bw.pacer.held
+    return bw, clock, warned, estimates, recorder, seq
+
+
+@pytest.mark.parametrize("warning", [EARLY_CUT_WARNING, EARLY_CUT_PAIR], ids=["three", "two"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
+def test_early_warning_holds_video_one_feedback_before_the_capacity_drop(
+    monkeypatch: pytest.MonkeyPatch, compiled: bool, warning: list
+) -> None:
+    """Recorded cuts whose first queued packet (28 ms) comes last in its feedback: too short a run for the
+    capacity-drop check (30 ms, 3 packets). Before, the decision came at the next feedback, and the frames the top
+    layer sent meanwhile went into the full queue and were lost (bench/bwe_cuts.py: 14-16 in such cuts). Now that run
+    is the early warning: video waits (the estimate and the layer stay), the next feedback finds the capacity drop,
+    and the drain goes on from the warning: the switch down drops what waited (`discard_before_switch`), which never
+    reached the link."""
+    import simulcast.viewer_bandwidth as vb
+
+    bw, clock, warned, estimates, recorder, seq = _early_cut(monkeypatch, compiled, EARLY_CUT_DROP, warning)
+    assert estimates[0] > 1_300_000 and estimates[1] >= estimates[0]  # the warning alone decreases nothing
+    assert bw.estimator.capacity_drop_us == clock.now and bw.estimator.reason.startswith("capacity drop")
+    assert 0.85 * 230_000 <= estimates[2] <= 0.85 * 330_000, estimates  # ~300 kbit/s
+    assert bw._draining_since == warned and bw.pacer.held  # held on, from the warning
+    assert bw.pacer.queued_packets == 5 and bw.early_holds_released == 0
+    stand_in = type("StandIn", (), {"ssrc": 1, "rtx_ssrc": 2})()
+    bw.pacer.discard(lambda packet: True)
+    bw.pacer.enqueue((stand_in, None, 0, 0, 1), 1000)
+    assert len(bw.discard_before_switch(stand_in)) == 1  # draining: the old layer's queue goes at the switch
+    # The hold ends at the first feedback reporting a packet sent after the warning (audio, never held), though
+    # it was sent before the feedback that found the drop: the queue in front of it left too.
+    assert warned + 5 * MS < bw.estimator.capacity_drop_us
+    clock.now += 40 * MS
+    bw.sent(bw.next_seq(), 121, warned + 5 * MS)
+    recorder.record(seq, warned + 50 * MS + 5 * MS - 1_000_000 * SECOND)  # behind the 1172 B packet, 45 ms queued
+    bw.on_feedback(_fci(recorder))
+    assert bw.estimator.capacity_drop_us < clock.now  # the same drop, not a second one
+    assert not bw.pacer.held and bw.pacer.factor == vb.DRAIN_PACING_FACTOR  # what waited leaves at the estimate
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
+def test_an_early_warning_the_next_feedback_does_not_confirm_releases_video(monkeypatch: pytest.MonkeyPatch,
+                                                                             compiled: bool) -> None:  # fmt: skip
+    """The same warning, then a feedback whose delays fell back at once, that lost nothing and that reports audio
+    sent after the warning: no capacity drop, and no queue in front of the hold. What waited leaves at once (the
+    pacer's timer no longer waits for the hold), and the estimate is untouched."""
+    bw, clock, warned, estimates, _, _ = _early_cut(monkeypatch, compiled, EARLY_CUT_STALL)
+    assert bw.estimator.capacity_drop_us is None and not bw.estimator.reason.startswith("capacity drop")
+    assert estimates[2] >= 0.85 * estimates[0]
+    assert not bw.pacer.held and bw._draining_since is None
+    assert bw.early_holds == 1 and bw.early_holds_released == 1
+    assert bw.stats()["early_holds_released"] == 1
+    assert bw.pacer.poll(clock.now)  # what waited may leave now
+    # A hold that no feedback ends expires by itself after EARLY_HOLD_MAX_US.
+    import simulcast.viewer_bandwidth as vb
+
+    bw.pacer.hold(clock.now + vb.EARLY_HOLD_MAX_US)
+    bw.pacer.enqueue("frame", 1000)
+    assert bw.pacer.next_send_us(clock.now) == clock.now + vb.EARLY_HOLD_MAX_US
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
+def test_an_early_hold_stays_while_the_queue_in_front_of_it_does(monkeypatch: pytest.MonkeyPatch,
+                                                                  compiled: bool) -> None:  # fmt: skip
+    """The next feedback neither finds the drop nor reports anything sent after the warning: what waited would go
+    into the queue still in front of it (in bench/bwe_cuts.py, released at such a feedback, ~13 KB of the top layer
+    did, and the check confirmed the cut one feedback later). The hold stays, until EARLY_HOLD_MAX_US at most."""
+    import simulcast.viewer_bandwidth as vb
+
+    bw, clock, warned, estimates, recorder, seq = _early_cut(monkeypatch, compiled, EARLY_CUT_QUEUED)
+    assert bw.estimator.capacity_drop_us is None and bw.estimator.newest_reported_send_us < warned
+    assert bw.pacer.held and bw.early_holds == 1 and bw.early_holds_released == 0
+    clock.now = warned + vb.EARLY_HOLD_MAX_US  # a feedback at the hold's limit, still about packets sent before it
+    bw.sent(bw.next_seq(), 121, warned - 20 * MS)
+    recorder.record(seq, warned + 20 * MS + 5 * MS - 1_000_000 * SECOND)
+    bw.on_feedback(_fci(recorder))
+    assert bw.estimator.capacity_drop_us is None
+    assert not bw.pacer.held and bw.early_holds_released == 1 and bw.pacer.poll(clock.now)
 
 
 def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
