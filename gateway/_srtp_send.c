@@ -647,8 +647,8 @@ typedef struct {
 } FeedbackMatcher;
 
 /* SendSideEstimator._queue_run_rate (the capacity-drop check up to its guard), line by line: the delivered rate of
- * the run of packets that queued behind a busy bottleneck, or 0, and (in *suspect) the same over a shorter run, the
- * early warning, or 0. Records are (arrival, one-way delay, size). */
+ * the run of packets that queued behind a busy bottleneck, or 0, and (in *suspect_out) the early warning's rate over
+ * the run's shorter parts, each judged alone, or 0. Records are (arrival, one-way delay, size). */
 static int64_t
 queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival, int64_t *suspect_out)
 {
@@ -691,24 +691,26 @@ queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival, int64_t *suspect_out)
         delay = previous_delay;
         size = previous_size;
         int64_t span = last_arrival - arrival;
-        if (span >= f->suspect_run_min_us && count - start >= f->suspect_run_min_packets) {
+        if (span >= f->suspect_run_min_us) {
             int64_t rate = floor_div(after_bytes * 8000000, span);
-            if (!suspect || rate < suspect)
+            int64_t grown = last_delay - delay;
+            if (count - start >= f->suspect_run_min_packets && grown >= f->suspect_jump && 2 * grown >= span
+                && (!suspect || rate < suspect))
                 suspect = rate;
             if (span >= f->queue_run_min_us && count - start >= f->queue_run_min_packets
                 && (!delivered || rate < delivered))
                 delivered = rate;
         }
     }
-    if (!suspect)
+    *suspect_out = suspect;
+    if (!delivered)
         return 0;
     int64_t span = last_arrival - arrival;
     int64_t growth = last_delay - delay;
     /* Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through. */
-    if (growth < f->suspect_jump || 2 * growth < span)
+    if (growth < f->queue_jump || 2 * growth < span)
         return 0;
-    *suspect_out = suspect;
-    return growth >= f->queue_jump ? delivered : 0;
+    return delivered;
 }
 
 static const array_layout fm_layout[FM_VIEWS] = {

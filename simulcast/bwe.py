@@ -85,8 +85,9 @@ What comes from GCC and what does not:
   after a cut holds few packets, the first of them passed by a shaper's token bucket at line rate, and its
   rate can be well above the link's (510 kbit/s on 300; the viewer then sat on a layer the link could not
   carry until the trendline saw over-use 0.25 s later).
-- Early warning (ours): the same check over a shorter run (SUSPECT_*: >= 15 ms of delay grown over >= 15 ms and
-  >= 2 packets), under the same guard, sets `queue_suspected_us` and changes no estimate. Behind a shaper's token
+- Early warning (ours): the same check over the run's shorter recent parts, each judged alone (SUSPECT_*: >= 15 ms
+  of delay grown over >= 15 ms and >= 2 packets), under the same guard, sets `queue_suspected_us` and changes no
+  estimate. Behind a shaper's token
   bucket the first feedback with a queue often ends at the first packet that waited, one packet time (~28 ms at
   300 kbit/s) behind the one sent with it that passed on the bucket, and the check then fires one feedback (~60 ms)
   later. The viewer's pacer holds video on the warning until the next feedback (simulcast/viewer_bandwidth.py
@@ -1045,8 +1046,8 @@ class SendSideEstimator:
 
     def _queue_run_rate(self, newest_arrival: int) -> tuple[int, int]:
         """The delivered rate of the run of recent packets that queued behind a busy bottleneck, or 0 (the
-        capacity-drop check before its guard), and the same over a shorter run (SUSPECT_*: the early warning), or 0.
-        gateway/_srtp_send.c queue_run_rate does the same."""
+        capacity-drop check before its guard), and the early warning's rate over the run's shorter parts (SUSPECT_*),
+        or 0. gateway/_srtp_send.c queue_run_rate does the same."""
         packets = self._recent_arrivals
         if newest_arrival < self._recent_newest - RESET_GAP_US:
             # The receiver clock went backwards: what came before is on the old clock.
@@ -1071,7 +1072,10 @@ class SendSideEstimator:
         # noise), or, at the queue's start, the packet waited longer than its predecessor. Its delivered rate
         # is the bottleneck's: the lowest rate over the run's recent parts (those of >= QUEUE_RUN_MIN_US and
         # >= QUEUE_RUN_MIN_PACKETS), so that a queue already building at the old rate before the drop does not
-        # count. The early warning takes parts of >= SUSPECT_RUN_MIN_US and >= SUSPECT_RUN_MIN_PACKETS.
+        # count. The early warning takes the lowest rate of the run's recent parts of >= SUSPECT_RUN_MIN_US and
+        # >= SUSPECT_RUN_MIN_PACKETS over which the delay grew >= SUSPECT_JUMP_US and by at least half the part's arrival
+        # span, each judged alone: a run that reaches back past the queue's start (packets a millisecond apart in
+        # delay read as busy) does not hide a queue that began within it.
         delivered = suspect = 0
         start = count - 1
         after_bytes = 0  # bytes of the packets after `start`
@@ -1085,21 +1089,22 @@ class SendSideEstimator:
             start -= 1
             arrival, delay, size = previous_arrival, previous_delay, previous_size
             span = last_arrival - arrival
-            if span >= SUSPECT_RUN_MIN_US and count - start >= SUSPECT_RUN_MIN_PACKETS:
+            if span >= SUSPECT_RUN_MIN_US:
                 rate = after_bytes * 8_000_000 // span
-                if not suspect or rate < suspect:
+                grown = last_delay - delay
+                if (count - start >= SUSPECT_RUN_MIN_PACKETS and grown >= SUSPECT_JUMP_US and 2 * grown >= span
+                        and (not suspect or rate < suspect)):
                     suspect = rate
                 if (span >= QUEUE_RUN_MIN_US and count - start >= QUEUE_RUN_MIN_PACKETS
                         and (not delivered or rate < delivered)):
                     delivered = rate
-        if not suspect:
-            return 0, 0
-        span = last_arrival - arrival
-        growth = last_delay - delay
-        # Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through.
-        if growth < SUSPECT_JUMP_US or 2 * growth < span:
-            return 0, 0
-        return (delivered if growth >= QUEUE_JUMP_US else 0), suspect
+        if delivered:
+            span = last_arrival - arrival
+            growth = last_delay - delay
+            # Arrival span >= 2 x send span (send span = arrival span - delay growth): at most half got through.
+            if growth < QUEUE_JUMP_US or 2 * growth < span:
+                delivered = 0
+        return delivered, suspect
 
     def _update_delay_based(self, signal: int, now_us: int, capacity_bps: int = 0) -> None:
         """§5.5 rate control, run once per feedback with the detector's signal. `capacity_bps`: the rate a

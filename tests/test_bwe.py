@@ -1758,6 +1758,10 @@ EARLY_CUT_FIRST = [(6.0, 0.0, 101), (12.0, 0.0, 1106), (13.0, 0.2, 1106), (14.5,
 EARLY_CUT_WARNING = [(43.2, 0.0, 1037), (43.6, 0.1, 1037), (45.0, 1.2, 1037), (72.0, 28.0, 1037)]
 # Another cut's: the third packet left the bucket as early as the second, so the run is the last two packets only.
 EARLY_CUT_PAIR = [(32.2, 0.0, 1018), (32.5, 0.0, 1018), (32.8, 0.0, 1018), (60.9, 28.0, 1018)]
+# Another's (as in bench/bwe_cuts.py, with the queue shorter): packets a millisecond or less apart in delay read as
+# busy back to 24 ms, so the whole run (44.5 ms, 22 ms grown) reads as no queue; its last part is one.
+EARLY_CUT_REACHING = [(30.0, 0.5, 114), (45.0, 0.9, 114), (46.0, 1.0, 1037), (46.2, 1.1, 1037), (46.5, 1.3, 1037),
+                      (68.5, 22.0, 1037)]  # fmt: skip
 EARLY_CUT_DROP = [(102.0, 57.0, 1037), (106.0, 61.0, 121), (110.0, 47.0, 121), (143.0, 67.0, 1172)]
 # Instead of EARLY_CUT_DROP: the delay falls back at once (a short stall upstream, not the link), all of it arrives,
 # audio sent after the warning (at 110 ms) too.
@@ -1816,7 +1820,8 @@ def _early_cut(monkeypatch: pytest.MonkeyPatch, compiled: bool, after: list,
     return bw, clock, warned, estimates, recorder, seq
 
 
-@pytest.mark.parametrize("warning", [EARLY_CUT_WARNING, EARLY_CUT_PAIR], ids=["three", "two"])
+@pytest.mark.parametrize("warning", [EARLY_CUT_WARNING, EARLY_CUT_PAIR, EARLY_CUT_REACHING],
+                         ids=["three", "two", "reaching"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
 def test_early_warning_holds_video_one_feedback_before_the_capacity_drop(
     monkeypatch: pytest.MonkeyPatch, compiled: bool, warning: list
