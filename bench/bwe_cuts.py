@@ -6,7 +6,8 @@ from unlimited to 300 kbit/s `--cuts` times (each for ~6 s, then lifted until th
 Per cut it polls the shaper's drop counter (`tc -s qdisc`, every few ms for 1.5 s) and prints: the gateway's
 decision to move the viewer down (its log line choosing layer 0), the tbf drops before and after that decision,
 the time until the viewer decodes the lower layer, the viewer's video packets lost over the ~6 s (its
-`packetsLost`) and what the gateway itself dropped meanwhile (whipgate_dropped_total by reason). Drops after the
+`packetsLost`), what the gateway itself dropped meanwhile (whipgate_dropped_total by reason) and whether the
+viewer's video waited on an early warning (its stats' `early_holds`, `early_holds_released`). Drops after the
 decision are what the gateway itself sent into a full queue (a keyframe, a probe, retransmissions); drops
 before it are what was on its way when the cut came.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import pathlib
 import re
 import statistics
@@ -40,6 +42,13 @@ def log_time(line: str) -> float | None:
 def gateway_drops(gw) -> dict[str, int]:  # noqa: ANN001 (tests/netlab.py LabGateway)
     """The gateway's whipgate_dropped_total by reason (what it dropped on purpose, or refused: pacer, NACK budget)."""
     return {reason: int(count) for reason, count in parse_drops(gw.metrics()).items()}
+
+
+def early_holds(gw) -> tuple[int, int]:  # noqa: ANN001 (tests/netlab.py LabGateway)
+    """The viewer's early holds and those released unconfirmed (its video track's stats, viewer_bandwidth.py)."""
+    status, body = gw.get("/api/streams/bench/viewers")
+    tracks = [t for viewer in (json.loads(body) if status == 200 else []) for t in viewer.get("tracks", [])]
+    return (sum(t.get("early_holds") or 0 for t in tracks), sum(t.get("early_holds_released") or 0 for t in tracks))
 
 
 def main() -> int:
@@ -70,6 +79,7 @@ def main() -> int:
                 time.sleep(4)
                 before = video(page)
                 dropped_before = gateway_drops(gw)
+                holds_before = early_holds(gw)
                 wall_cut, t_cut = time.time(), time.monotonic()
                 viewer_host.shape(CAP_KBIT, latency_ms=args.buffer_ms)
                 drops: list[tuple[float, int]] = []
@@ -83,6 +93,7 @@ def main() -> int:
                         decoded = time.monotonic() - t_cut
                 after = video(page)
                 dropped = {reason: n - dropped_before.get(reason, 0) for reason, n in gateway_drops(gw).items()}
+                holds = [n - m for n, m in zip(early_holds(gw), holds_before)]
                 total = viewer_host.qdisc_stats().get("drops") or 0
                 viewer_host.shape(None)
                 decided = next((t for line in gw.log().splitlines()
@@ -97,12 +108,14 @@ def main() -> int:
                     "lost": lost,
                     "loss": lost / max(1, lost + received),
                     "gateway_drops": {reason: n for reason, n in dropped.items() if n},
+                    "early_holds": holds[0],
+                    "early_holds_released": holds[1],
                 }
                 rows.append(row)
                 print(f"cut {cut}: decision {row['decision_ms']} ms, lower layer decoded after {row['decoded_s']} s, "
                       f"tbf drops before / after the decision {row['drops_before']} / {row['drops_after']}, "
-                      f"video lost {lost} of {lost + received} ({row['loss']:.1%}); the gateway dropped "
-                      f"{row['gateway_drops'] or 'nothing'}", flush=True)
+                      f"video lost {lost} of {lost + received} ({row['loss']:.1%}); early holds {holds[0]} (released "
+                      f"unconfirmed {holds[1]}); the gateway dropped {row['gateway_drops'] or 'nothing'}", flush=True)
                 # The layer choices of the cut's first 1.5 s, with their reasons; with --trace each feedback's estimate
                 # until the decision, or over the whole cut when the pacer dropped video (its queue overflowed).
                 whole = args.trace and row["gateway_drops"].get("pacer_queue_full")
@@ -120,7 +133,8 @@ def main() -> int:
     print(f"\n{len(rows)} cuts to {CAP_KBIT} kbit/s, tbf queue {args.buffer_ms} ms: mean tbf drops before / after the "
           f"decision {statistics.mean(r['drops_before'] for r in rows):.1f} / "
           f"{statistics.mean(r['drops_after'] for r in rows):.1f}, mean video lost "
-          f"{statistics.mean(r['lost'] for r in rows):.1f} packets ({statistics.mean(r['loss'] for r in rows):.1%})")
+          f"{statistics.mean(r['lost'] for r in rows):.1f} packets ({statistics.mean(r['loss'] for r in rows):.1%}); "
+          f"early holds in {sum(1 for r in rows if r['early_holds'])} of them")
     return 0
 
 

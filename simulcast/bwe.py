@@ -87,12 +87,11 @@ What comes from GCC and what does not:
   carry until the trendline saw over-use 0.25 s later).
 - Early warning (ours): the same check over the run's shorter recent parts, each judged alone (SUSPECT_*: >= 15 ms
   of delay grown over >= 15 ms and >= 2 packets), under the same guard, sets `queue_suspected_us` and changes no
-  estimate. Behind a shaper's token
-  bucket the first feedback with a queue often ends at the first packet that waited, one packet time (~28 ms at
-  300 kbit/s) behind the one sent with it that passed on the bucket, and the check then fires one feedback (~60 ms)
-  later. The viewer's pacer holds video on the warning until the next feedback (simulcast/viewer_bandwidth.py
-  `_hold_early`): a single late packet on a link that carries its layer (a Wi-Fi retry) costs that one feedback
-  interval of video delay, never a layer.
+  estimate. Behind a shaper's token bucket the first feedback with a queue often ends at the first packet that
+  waited, one packet time (~28 ms at 300 kbit/s) behind the one sent with it that passed on the bucket, and the
+  check then fires one feedback (~60 ms) later. The viewer's pacer holds video on the warning until a feedback
+  confirms the drop or shows the queue gone (simulcast/viewer_bandwidth.py `_hold_early`): a single late packet on a
+  link that carries its layer (a Wi-Fi retry) costs about one feedback interval of video delay, never a layer.
 - Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
   ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
 """
@@ -164,10 +163,10 @@ QUEUE_RUN_MIN_US = 30_000  # ...and its rate is measured over at least this much
 QUEUE_RUN_MIN_PACKETS = 3  # ...and this many received packets (the first included)
 BUSY_SLACK_US = 1_000  # timestamp noise allowed for when judging whether the bottleneck stayed busy
 CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R_hat (the guard)
-# Ours (issue #4): the same check with a shorter run (the early warning, `queue_suspected_us`): the delay grown this
-# much over a run of at least this much arrival time and this many packets, under the same guard. Two packets: behind
-# a shaper's token bucket the first sign of a cut is one packet a whole packet time (at the new rate) later than the
-# one sent with it, which passed on the bucket.
+# Ours (issue #4): the same check over a shorter part of the run (the early warning, `queue_suspected_us`): the delay
+# grown this much over a part of at least this much arrival time and this many packets, under the same guard. Two
+# packets: behind a shaper's token bucket the first sign of a cut is one packet a whole packet time (at the new rate)
+# later than the one sent with it, which passed on the bucket.
 SUSPECT_JUMP_US = 15_000
 SUSPECT_RUN_MIN_US = 15_000
 SUSPECT_RUN_MIN_PACKETS = 2
@@ -638,9 +637,9 @@ class SendSideEstimator:
 
     @property
     def queue_suspected_us(self) -> int | None:
-        """When (the `now_us` of the feedback) the capacity-drop check last passed on a shorter run than it needs
-        (SUSPECT_JUMP_US over SUSPECT_RUN_MIN_US, the same guard) without finding a drop, or None: the early
-        warning the viewer's pacer holds video on until the next feedback (simulcast/viewer_bandwidth.py)."""
+        """When (the `now_us` of the feedback) the capacity-drop check last passed on a shorter part of its run than it
+        needs (SUSPECT_*, the same guard) without finding a drop, or None: the early warning the viewer's pacer holds
+        video on (simulcast/viewer_bandwidth.py `_hold_early`)."""
         return self._queue_suspected_us
 
     @property
@@ -1073,9 +1072,9 @@ class SendSideEstimator:
         # is the bottleneck's: the lowest rate over the run's recent parts (those of >= QUEUE_RUN_MIN_US and
         # >= QUEUE_RUN_MIN_PACKETS), so that a queue already building at the old rate before the drop does not
         # count. The early warning takes the lowest rate of the run's recent parts of >= SUSPECT_RUN_MIN_US and
-        # >= SUSPECT_RUN_MIN_PACKETS over which the delay grew >= SUSPECT_JUMP_US and by at least half the part's arrival
-        # span, each judged alone: a run that reaches back past the queue's start (packets a millisecond apart in
-        # delay read as busy) does not hide a queue that began within it.
+        # >= SUSPECT_RUN_MIN_PACKETS over which the delay grew >= SUSPECT_JUMP_US and by at least half the part's
+        # arrival span, each judged alone: a run that reaches back past the queue's start (packets a millisecond
+        # apart in delay read as busy) does not hide a queue that began within it.
         delivered = suspect = 0
         start = count - 1
         after_bytes = 0  # bytes of the packets after `start`

@@ -1750,9 +1750,10 @@ def test_capacity_drop_holds_video_until_its_queue_has_drained(monkeypatch: pyte
     assert bw.pacer.factor in (vb.CONGESTED_PACING_FACTOR, vb.PACING_FACTOR)  # drained: pacing as before
 
 
-# Recorded by bench/bwe_cuts.py (Chromium viewer, tbf 300 kbit/s with a 100 ms queue and a 3.2 KB bucket, ~1.5 Mbit/s
-# top layer + Opus): (arrival ms, one-way delay above the minimum ms, bytes) after a cut at 0 ms, per feedback. The
-# frame sent at 43 ms: three packets pass on the bucket, the fourth waits 28 ms; the feedback at 100 ms ends there.
+# Shaped on what bench/bwe_cuts.py printed of the matcher's arrivals (Chromium viewer, tbf 300 kbit/s with a 100 ms
+# queue and a 3.2 KB bucket, ~1.5 Mbit/s top layer + Opus; printed to the ms, filled in to 0.1 ms): (arrival ms, one-way
+# delay above the minimum ms, bytes) after a cut at 0 ms, per feedback. The frame sent at 43 ms: three packets pass on
+# the bucket, the fourth waits 28 ms; the feedback at 100 ms ends there.
 EARLY_CUT_FIRST = [(6.0, 0.0, 101), (12.0, 0.0, 1106), (13.0, 0.2, 1106), (14.5, 0.6, 1107), (15.3, 1.0, 1107),
                    (24.0, 0.0, 100)]  # fmt: skip
 EARLY_CUT_WARNING = [(43.2, 0.0, 1037), (43.6, 0.1, 1037), (45.0, 1.2, 1037), (72.0, 28.0, 1037)]
