@@ -1634,6 +1634,32 @@ def _fci(recorder: TwccRecorder) -> bytes:
     return fci
 
 
+def _viewer_on_a_clock(monkeypatch: pytest.MonkeyPatch, compiled: bool, base: int) -> tuple:
+    """A transport-cc ViewerBandwidth on a clock set to `base` (the test moves `clock.now`), its feedback matched in
+    C or in Python, its transport-wide seqs from 0, and a recorder for its feedback: (viewer, clock, recorder)."""
+    import simulcast.viewer_bandwidth as vb
+
+    if compiled and vb.FeedbackMatcher is None:
+        pytest.skip("gateway._srtp_send not built")
+    clock = _Clock(base)
+    monkeypatch.setattr(vb, "now_us", clock)
+    monkeypatch.setattr(vb, "FeedbackMatcher", vb.FeedbackMatcher if compiled else None)
+    bw = vb.ViewerBandwidth(transport_cc=True)
+    bw.counters[0] = 0
+    return bw, clock, TwccRecorder()
+
+
+def _report_recorded(bw: object, recorder: TwccRecorder, seq: int, packets: list, zero: int, base: int) -> int:
+    """`packets` as (arrival ms after `zero`, one-way delay above the minimum ms, bytes): logged as sent by the
+    viewer (5 ms one way) and recorded as arrived (times relative to `base`). Returns the next seq."""
+    for arrival_ms, delay_ms, size in packets:
+        arrival = zero + int(arrival_ms * MS) + 5 * MS
+        bw.sent(bw.next_seq(), size, arrival - int(delay_ms * MS) - 5 * MS)  # type: ignore[attr-defined]
+        recorder.record(seq, arrival - base)
+        seq += 1
+    return seq
+
+
 def _probe_feedback(compiled: bool, padding: bool, media_lost: int) -> tuple[SendSideEstimator, Prober, int]:
     """30 media packets with a probe cluster's 30 padding packets between them, all sent while the cluster runs;
     every padding packet is lost, `media_lost` media packets from the 11th on too. Returns the estimator after that one
@@ -1695,22 +1721,11 @@ def test_capacity_drop_holds_video_until_its_queue_has_drained(monkeypatch: pyte
     hold, and what waited leaves at the estimate until the pacer's queue is empty."""
     import simulcast.viewer_bandwidth as vb
 
-    if compiled and vb.FeedbackMatcher is None:
-        pytest.skip("gateway._srtp_send not built")
     base = 1_000_000 * SECOND
-    clock = _Clock(base)
-    monkeypatch.setattr(vb, "now_us", clock)
-    monkeypatch.setattr(vb, "FeedbackMatcher", vb.FeedbackMatcher if compiled else None)
-    bw = vb.ViewerBandwidth(transport_cc=True)
-    bw.counters[0] = 0
-    recorder = TwccRecorder()
+    bw, clock, recorder = _viewer_on_a_clock(monkeypatch, compiled, base)
     seq = 0
     for packets, when in ((CHROMIUM_BEFORE_CUT, 210), (CHROMIUM_AFTER_CUT, 330)):
-        for arrival_ms, delay_ms, size in packets:
-            arrival = base + int(arrival_ms * MS) + 5 * MS
-            bw.sent(bw.next_seq(), size, arrival - int(delay_ms * MS) - 5 * MS)
-            recorder.record(seq, arrival - base)
-            seq += 1
+        seq = _report_recorded(bw, recorder, seq, packets, base, base)
         clock.now = base + when * MS
         assert not bw.pacer.held
         bw.on_feedback(_fci(recorder))
@@ -1777,17 +1792,8 @@ def _early_cut(monkeypatch: pytest.MonkeyPatch, compiled: bool, after: list,
     way), then EARLY_CUT_FIRST, `warning` and `after`, each reported by one feedback at 40 / 100 / 160 ms.
     Returns (the ViewerBandwidth, its clock, the warning feedback's time, [estimate after each of the three], the
     feedback recorder, the next seq)."""
-    import simulcast.viewer_bandwidth as vb
-
-    if compiled and vb.FeedbackMatcher is None:
-        pytest.skip("gateway._srtp_send not built")
     base = 1_000_000 * SECOND
-    clock = _Clock(base)
-    monkeypatch.setattr(vb, "now_us", clock)
-    monkeypatch.setattr(vb, "FeedbackMatcher", vb.FeedbackMatcher if compiled else None)
-    bw = vb.ViewerBandwidth(transport_cc=True)
-    bw.counters[0] = 0
-    recorder = TwccRecorder()
+    bw, clock, recorder = _viewer_on_a_clock(monkeypatch, compiled, base)
     seq = 0
     t = base
     for _ in range(40):
@@ -1802,11 +1808,7 @@ def _early_cut(monkeypatch: pytest.MonkeyPatch, compiled: bool, after: list,
     estimates = []
     warned = 0
     for packets, when in ((EARLY_CUT_FIRST, 40), (warning, 100), (after, 160)):
-        for arrival_ms, delay_ms, size in packets:
-            arrival = cut + int(arrival_ms * MS) + 5 * MS
-            bw.sent(bw.next_seq(), size, arrival - int(delay_ms * MS) - 5 * MS)
-            recorder.record(seq, arrival - base)
-            seq += 1
+        seq = _report_recorded(bw, recorder, seq, packets, cut, base)
         clock.now = cut + when * MS
         bw.on_feedback(_fci(recorder))
         estimates.append(bw.estimator.estimate_bps)
