@@ -248,7 +248,9 @@ class ViewerBandwidth:
           front of it has gone, so it was no drop (or one the queue already absorbed), and what waited leaves at
           once, at the pacing rate. Released on the next feedback alone, what waited (~13 KB of the top layer)
           once went into the queue of a cut the check confirmed one feedback later, and was lost.
-        A feedback that ends an early hold does not start another one."""
+        Without audio (or with Opus DTX in a silence) nothing sent after the warning can show the queue gone, and a
+        warning no drop follows costs the whole EARLY_HOLD_MAX_US. A feedback that ends an early hold does not start
+        another one."""
         e = self.estimator
         since = self._early_hold_since
         if since is not None:
