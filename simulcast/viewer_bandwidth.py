@@ -435,7 +435,8 @@ class ViewerBandwidth:
         if self.choice[0] != (before[0] if before is not None else None):
             self._probe_after = t + SWITCH_PACING_US
         target = self.selector.probe_target_bps
-        # No probe while a capacity drop's queue drains (`_drain_queue`): its padding would join that queue. None
+        # No probe while a capacity drop's queue drains (`_drain_queue`), nor while video waits on an early warning
+        # (`_hold_early`): its padding would join that queue. None
         # either from a spatial switch's decision until SWITCH_PACING_US after its keyframe started (`on_switch`):
         # the keyframe, ten or more frames' worth, is the largest burst the path sees, and padding on top of it
         # overflows the queue that the keyframe alone fits (ours, issue #4). Before this rule a probe for the top
@@ -444,6 +445,7 @@ class ViewerBandwidth:
         # 1.2 s after switching up (CI) and 22 of 32 packets lost in one feedback at join. None either on a full path
         # (`_path_full`).
         if (target and estimator.has_transport_cc and estimator.can_probe and self._draining_since is None
+                and self._early_hold_since is None
                 and t >= self._probe_after and not self._path_full()
                 and self.prober.ready(t, target)):
             self.prober.start(target, t)

@@ -1900,7 +1900,8 @@ def test_an_early_hold_stays_while_the_queue_in_front_of_it_does(monkeypatch: py
 
 def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """No feedback reports a packet sent after the drop (a video-only stream, feedback lost): the hold ends
-    after DRAIN_HOLD_MAX_US all the same, and no probe starts while what waited drains."""
+    after DRAIN_HOLD_MAX_US all the same, and no probe starts while what waited drains, nor while video waits on an
+    early warning."""
     import simulcast.viewer_bandwidth as vb
 
     clock = _Clock(5 * SECOND)
@@ -1916,8 +1917,9 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
     layers = [StandInLayer(s, b) for s, b in ((0, 150_000), (1, 1_500_000))]
     bw.pacer.enqueue("delta frame", 1000)
     calm = vb.ViewerBandwidth(transport_cc=True)
+    early = vb.ViewerBandwidth(transport_cc=True)
     clock.now += vb.DRAIN_HOLD_MAX_US
-    for viewer in (bw, calm):  # one feedback each: transport-cc is live, the path shows no queue
+    for viewer in (bw, calm, early):  # one feedback each: transport-cc is live, the path shows no queue
         recorder = TwccRecorder()
         viewer.counters[0] = 0
         for index in range(3):
@@ -1925,15 +1927,16 @@ def test_a_hold_without_feedback_ends_by_itself(monkeypatch: pytest.MonkeyPatch)
             recorder.record(index, 10 * SECOND + index * MS)
         clock.now += 10 * MS
         viewer.on_feedback(_fci(recorder))
-    for viewer in (bw, calm):
+    early._early_hold_since = clock.now  # what `_hold_early` does on a warning
+    for viewer in (bw, calm, early):
         assert viewer.select(layers)[0] == 0
         assert viewer.selector.probe_target_bps
     assert not calm.probing and not bw.probing  # the first choice: its keyframe comes before any probe
     clock.now += vb.SWITCH_PACING_US
-    for viewer in (bw, calm):
+    for viewer in (bw, calm, early):
         assert viewer.select(layers)[0] == 0
         assert viewer.selector.probe_target_bps
-    assert calm.probing and not bw.probing
+    assert calm.probing and not bw.probing and not early.probing
 
 
 def test_a_drain_whose_queue_never_empties_ends_after_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
