@@ -1478,6 +1478,7 @@ def test_compiled_matcher_agrees_on_every_fci_good_or_malformed() -> None:
     assert len(fcis) >= 11
     oldest = 1_000_000 + 20 * 2_000  # the first 20 packets are too old to count
     totals = [0] * 5  # received, lost, unknown, probe entries, groups
+    CHECKED_WARNING_RATES.clear()
     for fci in fcis:
         matched = check_same(python, native, fci, oldest)
         totals = [totals[0] + matched[0], totals[1] + matched[1], totals[2] + matched[7],
@@ -1496,9 +1497,11 @@ def test_compiled_matcher_agrees_on_every_fci_good_or_malformed() -> None:
             assert native.threshold_ms == threshold
             continue
         check_same(python, native, data, oldest, f"iteration {iteration}")
+    assert any(CHECKED_WARNING_RATES)  # the early warning's parts came up too
 
 
 CHECKED_RUN_RATES: list[int] = []  # check_same's capacity-drop run rates, for tests that need a nonzero one
+CHECKED_WARNING_RATES: list[int] = []  # ... and its early warning's rates
 
 
 def check_same(python: SendSideEstimator, native: SendSideEstimator, fci: bytes, oldest: int, note: str = "") -> tuple:
@@ -1507,9 +1510,11 @@ def check_same(python: SendSideEstimator, native: SendSideEstimator, fci: bytes,
     receive rates, and the same send log and group state after. Returns the Python match."""
     want = python._match_feedback(parse_feedback(fci), oldest)
     got = native._native_match(fci, oldest)
-    # Slot 8: the windows (the capacity-drop check's run rate, R_hat, the recent rate), each matcher's own.
+    # Slot 8: the windows (the capacity-drop check's run rate, R_hat, the recent rate, the early warning's rate), each
+    # matcher's own.
     assert got[:9] + got[10:11] == want[:9] + want[10:11], note
     CHECKED_RUN_RATES.append(want[8][0])
+    CHECKED_WARNING_RATES.append(want[8][3])
     overuse = any([python._on_group(*group) for group in want[9]])
     assert (got[11], got[12], native.threshold_ms) == (overuse, python._signal, python.threshold_ms), note
     assert native._native.trend == python._prev_trend, note  # type: ignore[attr-defined]  # the very same doubles
@@ -1578,11 +1583,13 @@ def test_compiled_matcher_windows_grow_past_their_first_allocation() -> None:
             fcis += [parse_compound(packet)[0].raw for packet in recorder.build_feedback(1, 2)]
     largest = 0
     CHECKED_RUN_RATES.clear()
+    CHECKED_WARNING_RATES.clear()
     for fci in fcis:
         check_same(python, native, fci, 0)
         largest = max(largest, len(python._recent_arrivals))
     assert largest >= 256, largest  # the send log (capacity 256) knows no more
     assert any(CHECKED_RUN_RATES), CHECKED_RUN_RATES
+    assert any(CHECKED_WARNING_RATES), CHECKED_WARNING_RATES
 
 
 # ---------------------------------------------------------------------------------------------------------
