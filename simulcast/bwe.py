@@ -635,6 +635,12 @@ class SendSideEstimator:
         """When (the `now_us` of the feedback) a capacity drop was last found, or None."""
         return self._capacity_drop_us
 
+    def reported_since(self, send_us: int) -> bool:
+        """Whether a feedback has reported received a packet sent at or after `send_us`: a first-in, first-out
+        bottleneck then holds nothing sent before it any more."""
+        newest = self.newest_reported_send_us
+        return newest is not None and newest >= send_us
+
     @property
     def queue_suspected_us(self) -> int | None:
         """When (the `now_us` of the feedback) the capacity-drop check last passed on a shorter part of its run than it

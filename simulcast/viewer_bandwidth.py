@@ -257,8 +257,7 @@ class ViewerBandwidth:
             if e.capacity_drop_us == now:
                 self._early_hold_since = None
                 return False  # `_drain_queue` goes on from the hold's start
-            newest = e.newest_reported_send_us
-            if (newest is None or newest < since) and now - since < EARLY_HOLD_MAX_US:
+            if not e.reported_since(since) and now - since < EARLY_HOLD_MAX_US:
                 return False  # the queue in front of the hold is still there (or no feedback showed it gone)
             self._early_hold_since = None
             self.early_holds_released += 1
@@ -294,8 +293,7 @@ class ViewerBandwidth:
             log.debug("capacity drop: video held until its queue has drained")
             return False
         if pacer.held:
-            newest = self.estimator.newest_reported_send_us
-            if newest is None or newest < self._draining_since:  # type: ignore[operator]
+            if not self.estimator.reported_since(self._draining_since):  # type: ignore[arg-type]
                 return False
             log.debug("capacity drop's queue drained after %d ms: %d bytes of video leave at the estimate",
                       (now - self._draining_since) // 1000, pacer.queued_bytes)  # type: ignore[operator]
