@@ -848,7 +848,7 @@ class SendSideEstimator:
         self._last_twcc_us = now_us
         self._last_input_us = now_us
         self.unknown_packets += unknown
-        # The check's run rate, R_hat, the recent rate, the run rate over a shorter run (the early warning).
+        # The check's run rate, R_hat, the recent rate, the early warning's rate (over the run's shorter parts).
         run_rate, self._rate.bps, self._recent_rate.bps, suspect_rate = windows
         prober = self._prober
         padding_received = padding_lost = 0
@@ -895,7 +895,7 @@ class SendSideEstimator:
         capacity = self._capacity_drop(run_rate, now_us) if received else 0
         if capacity:
             overuse_seen = True  # for this feedback only; the detector's own signal is left as it is
-        elif suspect_rate and self._rate.bps and suspect_rate <= CAPACITY_DROP_RATIO * self._rate.bps:
+        elif self._under_guard(suspect_rate):
             self._queue_suspected_us = now_us
         self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us, capacity)
 
@@ -1035,10 +1035,7 @@ class SendSideEstimator:
         """The bottleneck's rate when the latest arrivals show a capacity drop (a queue building behind a busy
         bottleneck that delivers at most CAPACITY_DROP_RATIO x R_hat), else 0. See the module docstring.
         `delivered` is `_queue_run_rate`'s (or the C matcher's) run rate; this is the guard."""
-        if not delivered:
-            return 0
-        carried = self._rate.bps
-        if not carried or delivered > CAPACITY_DROP_RATIO * carried:
+        if not self._under_guard(delivered):
             return 0  # the guard: the path still delivers what it carried (a burst above its rate, not a drop)
         last = self._capacity_drop_us
         if (last is not None and now_us - last < self._rtt_us + LOSS_DECREASE_GAP_US
@@ -1048,6 +1045,12 @@ class SendSideEstimator:
         self._capacity_drop_bps = delivered
         self._loss_decreased_us = now_us  # the same congestion event for §6 (see the module docstring)
         return delivered
+
+    def _under_guard(self, delivered: int) -> bool:
+        """The capacity-drop check's guard, for it and for its early warning: a run rate was measured and it is at
+        most CAPACITY_DROP_RATIO x R_hat (what the path carried over the last 0.5 s)."""
+        carried = self._rate.bps
+        return bool(delivered and carried) and delivered <= CAPACITY_DROP_RATIO * carried
 
     def _queue_run_rate(self, newest_arrival: int) -> tuple[int, int]:
         """The delivered rate of the run of recent packets that queued behind a busy bottleneck, or 0 (the
