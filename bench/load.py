@@ -27,6 +27,9 @@ to core 0, so the viewers' kernel receive work does not run on the gateway's cor
 not pinned; WHEP POSTs go round robin over the workers, the stream is relayed once to each other worker). CPU,
 CPU wait and RSS are then summed over the front and its workers; this process stays on core 0, so on a 2-core
 machine one worker shares its core with the load.
+--server-rt: the gateway's processes run with SCHED_FIFO priority 1 (`chrt -f 1`; workers inherit it), so on a machine
+whose cores it shares with this process it runs whenever it has a packet, as if the load ran on other machines. The
+latency is the viewers' kernel receive time, so this process being held back does not enter it.
 
 The baseline (bench/load_baseline.py: aiortc RTCPeerConnection + MediaRelay, decode + re-encode per viewer,
 because aiortc has no forwarding path) is measured the same way in the same run, printed beside as ratios.
@@ -104,7 +107,7 @@ class Server:
     stop_timeout = 10.0  # seconds a SIGTERM may take before SIGKILL
 
     def __init__(self, kind: str, workdir: pathlib.Path, core: Optional[int], name: str = "", http_config: str = "",
-                 rtc_config: str = "") -> None:
+                 rtc_config: str = "", realtime: bool = False) -> None:
         self.kind = kind
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -128,6 +131,10 @@ class Server:
             # taskset execs the command: same pid. Not pinned = every core: this process may already have pinned
             # itself to core 0, and a child inherits that.
             cmd = ["taskset", "-c", str(core) if core is not None else f"0-{os.cpu_count() - 1}"] + cmd
+        if realtime:
+            # SCHED_FIFO, lowest real-time priority; children (the front's workers) inherit it. The kernel's RT
+            # throttling (sched_rt_runtime_us) still leaves the other tasks 5% of each core.
+            cmd = ["chrt", "-f", "1"] + cmd
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
 
@@ -246,6 +253,7 @@ class Options:
     drain_interval_ms: float = 10.0
     viewer_feedback_ms: float = 0.0
     workers: int = 1  # http.workers of the gateway: 1 = one process pinned to core 1 (what "per core" measures)
+    server_rt: bool = False  # the gateway under SCHED_FIFO (--server-rt)
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     audio: Optional[Clip] = None
 
@@ -280,7 +288,8 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
     rtc_config = f"udp_port = {free_udp_port()}\n" if opts.udp_port and server_kind == "whipgate" else ""
     workers = opts.workers if server_kind == "whipgate" else 1
     server = Server(server_kind, opts.workdir, core=1 if workers == 1 else None, name=profile,
-                    http_config=f"workers = {workers}\n" if workers > 1 else "", rtc_config=rtc_config)
+                    http_config=f"workers = {workers}\n" if workers > 1 else "", rtc_config=rtc_config,
+                    realtime=opts.server_rt and server_kind == "whipgate")
     http = httpx.AsyncClient(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=64))
     viewers: list[Viewer] = []
     publisher: Optional[Publisher] = None
@@ -564,6 +573,8 @@ def print_report(steps: list[Step], opts: Options) -> None:
     print()
     server = ("server pinned to core 1" if opts.workers == 1 else
               f"server a front + {opts.workers} workers on every core (CPU summed over them)")
+    if opts.server_rt:
+        server += " under SCHED_FIFO"
     print(f"Load with real peers: {server}, publisher + viewers on core 0; "
           f"window {opts.duration:.0f} s per step after {opts.warmup:.0f} s warm-up; "
           f"RPS {'on: the loopback of a bench network namespace steers receive processing to core 0' if opts.rps else 'off: receive processing runs on the sender core (the gateway pays its viewers kernel receive side)'}.")
@@ -685,6 +696,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="whipgate with http.workers = N (a front and N worker processes, unpinned: the default "
                         "deployment on an N-core machine); CPU, wait and RSS summed over them; default 1: one "
                         "process pinned to core 1")
+    p.add_argument("--server-rt", action="store_true",
+                   help="run whipgate's processes under SCHED_FIFO priority 1 (chrt; root): on a machine whose cores "
+                        "it shares with this process it then runs whenever it has work, as if the load ran elsewhere")
     p.add_argument("--in-netns", metavar="NAME", help=argparse.SUPPRESS)  # set by --rps for the re-run inside
     return p.parse_args(argv)
 
@@ -710,7 +724,7 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
         first_frame_timeout=args.first_frame_timeout, workdir=workdir, py_spy=args.py_spy,
         rps=bool(args.in_netns), drain_interval_ms=args.drain_interval_ms, udp_port=args.udp_port,
         transport_cc=args.transport_cc, publisher_pacing=args.publisher_pacing, viewer_feedback_ms=args.viewer_feedback,
-        workers=args.workers,
+        workers=args.workers, server_rt=args.server_rt,
     )
     if args.workers < 1:
         raise SystemExit("--workers must be >= 1")
@@ -728,6 +742,10 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
           + (f" (C drain interval {args.drain_interval_ms:g} ms)" if "c" in modes else "")
           + f"; RPS: {rps_description(args.in_netns)}", flush=True)
     server_cores = "server 1" if args.workers == 1 else f"server: a front + {args.workers} workers, not pinned"
+    if args.server_rt:
+        if shutil.which("chrt") is None:
+            raise SystemExit("--server-rt needs util-linux's chrt (and root)")
+        server_cores += " (SCHED_FIFO 1)"
     print(f"# open files limit {fds}; logs in {workdir}; cores: {server_cores}, load 0"
           f"{'' if have_taskset() else ' (taskset unavailable: not pinned)'}", flush=True)
     for name in profiles:
