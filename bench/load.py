@@ -27,9 +27,10 @@ to core 0, so the viewers' kernel receive work does not run on the gateway's cor
 not pinned; WHEP POSTs go round robin over the workers, the stream is relayed once to each other worker). CPU,
 CPU wait and RSS are then summed over the front and its workers; this process stays on core 0, so on a 2-core
 machine one worker shares its core with the load.
---server-rt: the gateway's processes run with SCHED_FIFO priority 1 (`chrt -f 1`; workers inherit it), so on a machine
-whose cores it shares with this process it runs whenever it has a packet, as if the load ran on other machines. The
-latency is the viewers' kernel receive time, so this process being held back does not enter it.
+--server-rt: the server's processes (whipgate's front and workers, or the baseline) run with SCHED_FIFO priority 1
+(`chrt -f 1`; children inherit it), so on a machine whose cores it shares with this process the server runs whenever
+it has a packet, as if the load ran on other machines. The latency is the viewers' kernel receive time, so this
+process being held back does not enter it.
 
 The baseline (bench/load_baseline.py: aiortc RTCPeerConnection + MediaRelay, decode + re-encode per viewer,
 because aiortc has no forwarding path) is measured the same way in the same run, printed beside as ratios.
@@ -253,7 +254,7 @@ class Options:
     drain_interval_ms: float = 10.0
     viewer_feedback_ms: float = 0.0
     workers: int = 1  # http.workers of the gateway: 1 = one process pinned to core 1 (what "per core" measures)
-    server_rt: bool = False  # the gateway under SCHED_FIFO (--server-rt)
+    server_rt: bool = False  # the server under test under SCHED_FIFO (--server-rt)
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     audio: Optional[Clip] = None
 
@@ -289,7 +290,7 @@ async def run_profile(server_kind: str, profile: str, opts: Options) -> list[Ste
     workers = opts.workers if server_kind == "whipgate" else 1
     server = Server(server_kind, opts.workdir, core=1 if workers == 1 else None, name=profile,
                     http_config=f"workers = {workers}\n" if workers > 1 else "", rtc_config=rtc_config,
-                    realtime=opts.server_rt and server_kind == "whipgate")
+                    realtime=opts.server_rt)
     http = httpx.AsyncClient(trust_env=False, timeout=30, limits=httpx.Limits(max_connections=64))
     viewers: list[Viewer] = []
     publisher: Optional[Publisher] = None
@@ -697,8 +698,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         "deployment on an N-core machine); CPU, wait and RSS summed over them; default 1: one "
                         "process pinned to core 1")
     p.add_argument("--server-rt", action="store_true",
-                   help="run whipgate's processes under SCHED_FIFO priority 1 (chrt; root): on a machine whose cores "
-                        "it shares with this process it then runs whenever it has work, as if the load ran elsewhere")
+                   help="run the server's processes (whipgate's, the baseline's) under SCHED_FIFO priority 1 (chrt; "
+                        "root): on a machine whose cores it shares with this process the server then runs whenever "
+                        "it has work, as if the load ran elsewhere")
     p.add_argument("--in-netns", metavar="NAME", help=argparse.SUPPRESS)  # set by --rps for the re-run inside
     return p.parse_args(argv)
 
@@ -743,8 +745,8 @@ async def amain(argv: Optional[list[str]] = None) -> list[Step]:
           + f"; RPS: {rps_description(args.in_netns)}", flush=True)
     server_cores = "server 1" if args.workers == 1 else f"server: a front + {args.workers} workers, not pinned"
     if args.server_rt:
-        if shutil.which("chrt") is None:
-            raise SystemExit("--server-rt needs util-linux's chrt (and root)")
+        if shutil.which("chrt") is None or subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode:
+            raise SystemExit("--server-rt needs util-linux's chrt and the right to use SCHED_FIFO (root)")
         server_cores += " (SCHED_FIFO 1)"
     print(f"# open files limit {fds}; logs in {workdir}; cores: {server_cores}, load 0"
           f"{'' if have_taskset() else ' (taskset unavailable: not pinned)'}", flush=True)
