@@ -482,6 +482,7 @@ class SendSideEstimator:
         "_capacity_drop_us",
         "_capacity_drop_bps",
         "_queue_suspected_us",
+        "_queue_suspected_bps",
         "_last_input_us",
         "_k_up",
         "_k_down",
@@ -557,6 +558,7 @@ class SendSideEstimator:
         self._capacity_drop_us: int | None = None
         self._capacity_drop_bps = 0  # the rate the last capacity drop was measured at
         self._queue_suspected_us: int | None = None
+        self._queue_suspected_bps = 0  # the delivered rate the last early warning measured
         # The send time of the newest packet a feedback reported received (None before one did).
         self.newest_reported_send_us: int | None = None
         self._last_input_us = 0
@@ -647,6 +649,11 @@ class SendSideEstimator:
         needs (SUSPECT_*, the same guard) without finding a drop, or None: the early warning the viewer's pacer holds
         video on (simulcast/viewer_bandwidth.py `_hold_early`)."""
         return self._queue_suspected_us
+
+    @property
+    def queue_suspected_bps(self) -> int:
+        """The delivered rate (bit/s) over the part of the run the last early warning fired on (0 before any)."""
+        return self._queue_suspected_bps
 
     @property
     def queuing_delay_us(self) -> int:
@@ -897,6 +904,7 @@ class SendSideEstimator:
             overuse_seen = True  # for this feedback only; the detector's own signal is left as it is
         elif self._under_guard(suspect_rate):
             self._queue_suspected_us = now_us
+            self._queue_suspected_bps = suspect_rate
         self._update_delay_based(_OVERUSE if overuse_seen else self._signal, now_us, capacity)
 
         # §6 loss-based controller, over at least LOSS_MIN_PACKETS packets or LOSS_MAX_PERIOD_US.

@@ -261,8 +261,12 @@ class ViewerBandwidth:
                 return False  # the queue in front of the hold is still there (or no feedback showed it gone)
             self._early_hold_since = None
             self.early_holds_released += 1
-            log.debug("early warning not confirmed after %d ms: %d bytes of video leave", (now - since) // 1000,
-                      self.pacer.queued_bytes)
+            # INFO: a warning no drop followed delayed this viewer's video for nothing; what fired it, for the log.
+            log.info("early warning not confirmed after %d ms (%s): its run delivered %d kbit/s against %d kbit/s "
+                     "carried, queue %d ms; %d bytes of video leave", (now - since) // 1000,
+                     "a packet sent after it was reported" if e.reported_since(since) else "no feedback showed that",
+                     e.queue_suspected_bps // 1000, e.acknowledged_bps // 1000, e.queuing_delay_us // 1000,
+                     self.pacer.queued_bytes)
             self.pacer.release(now)
             return True
         if (e.queue_suspected_us == now and e.capacity_drop_us != now and self._draining_since is None

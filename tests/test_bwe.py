@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import heapq
 import random
 import timeit
@@ -1867,17 +1868,24 @@ def test_early_warning_holds_video_one_feedback_before_the_capacity_drop(
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
 def test_an_early_warning_the_next_feedback_does_not_confirm_releases_video(monkeypatch: pytest.MonkeyPatch,
+                                                                             caplog: pytest.LogCaptureFixture,
                                                                              compiled: bool) -> None:  # fmt: skip
     """The same warning, then a feedback whose delays fell back at once, that lost nothing and that reports audio
     sent after the warning: no capacity drop, and no queue in front of the hold. What waited leaves at once (the
-    pacer's timer no longer waits for the hold), and the estimate is untouched."""
-    bw, clock, warned, estimates, _, _ = _early_cut(monkeypatch, compiled, EARLY_CUT_STALL)
+    pacer's timer no longer waits for the hold), and the estimate is untouched. The release is logged at INFO with
+    what fired the warning (a warning no drop followed delayed video for nothing)."""
+    with caplog.at_level(logging.INFO, logger="simulcast.viewer_bandwidth"):
+        bw, clock, warned, estimates, _, _ = _early_cut(monkeypatch, compiled, EARLY_CUT_STALL)
     assert bw.estimator.capacity_drop_us is None and not bw.estimator.reason.startswith("capacity drop")
     assert estimates[2] >= 0.85 * estimates[0]
     assert not bw.pacer.held and bw._draining_since is None
     assert bw.early_holds == 1 and bw.early_holds_released == 1
     assert bw.stats()["early_holds_released"] == 1
     assert bw.pacer.poll(clock.now)  # what waited may leave now
+    suspected = bw.estimator.queue_suspected_bps
+    assert suspected > 0  # the delivered rate of the run part the warning fired on
+    [line] = [r.getMessage() for r in caplog.records if "early warning not confirmed" in r.getMessage()]
+    assert "(a packet sent after it was reported)" in line and f"delivered {suspected // 1000} kbit/s" in line
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
