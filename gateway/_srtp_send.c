@@ -640,7 +640,8 @@ typedef struct {
      * the recent rate), kept here instead of in Python; same rules, integer arithmetic. */
     int64_t reset_gap;       /* bwe.RESET_GAP_US */
     int64_t queue_window, queue_jump, queue_run_min_us, queue_run_min_packets, busy_slack;  /* bwe.QUEUE_* ... */
-    int64_t suspect_jump, suspect_run_min_us, suspect_run_min_packets;  /* bwe.SUSPECT_*: the early warning */
+    /* bwe.SUSPECT_*: the early warning */
+    int64_t suspect_jump, suspect_run_min_us, suspect_run_min_packets, suspect_min_bytes;
     arrival_ring recent;
     int64_t recent_newest;
     rate_window rate, recent_rate;
@@ -695,7 +696,7 @@ queue_run_rate(FeedbackMatcher *f, int64_t newest_arrival, int64_t *suspect_out)
             int64_t rate = floor_div(after_bytes * 8000000, span);
             int64_t grown = last_delay - delay;
             if (count - start >= f->suspect_run_min_packets && grown >= f->suspect_jump && 2 * grown >= span
-                && (!suspect || rate < suspect))
+                && after_bytes >= f->suspect_min_bytes && (!suspect || rate < suspect))
                 suspect = rate;
             if (span >= f->queue_run_min_us && count - start >= f->queue_run_min_packets
                 && (!delivered || rate < delivered))
@@ -728,21 +729,21 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     double threshold_max_dt, k_up, k_down, overuse_time_th, reset_gap_us;
     long long reset_gap, queue_window, queue_jump, queue_run_min_us, queue_run_min_packets, busy_slack;
     long long rate_window_us, rate_min_span, recent_window_us, recent_min_span, suspect_jump, suspect_run_min_us;
-    long long suspect_run_min_packets;
+    long long suspect_run_min_packets, suspect_min_bytes;
     if ((kwds && PyDict_GET_SIZE(kwds))
-        || !PyArg_ParseTuple(args, "OOOOOOLL(idddddddddddd)(LLLLLLLLLLLLL):FeedbackMatcher", &arrays[0], &arrays[1],
+        || !PyArg_ParseTuple(args, "OOOOOOLL(idddddddddddd)(LLLLLLLLLLLLLL):FeedbackMatcher", &arrays[0], &arrays[1],
                              &arrays[2], &arrays[3], &arrays[4], &arrays[5], &burst_time, &max_burst, &window,
                              &smoothing, &gain, &max_deltas, &threshold, &threshold_min, &threshold_max,
                              &threshold_max_offset, &threshold_max_dt, &k_up, &k_down, &overuse_time_th,
                              &reset_gap_us, &reset_gap, &queue_window, &queue_jump, &queue_run_min_us,
                              &queue_run_min_packets, &busy_slack, &rate_window_us, &rate_min_span, &recent_window_us,
                              &recent_min_span, &suspect_jump, &suspect_run_min_us,
-                             &suspect_run_min_packets))
+                             &suspect_run_min_packets, &suspect_min_bytes))
         return NULL;
     if (queue_window < 0 || reset_gap < 0 || rate_window_us < 0 || recent_window_us < 0 || rate_min_span <= 0
         || recent_min_span <= 0 || queue_run_min_us <= 0 || suspect_run_min_us <= 0
         || suspect_run_min_us > queue_run_min_us || suspect_jump > queue_jump || suspect_run_min_packets < 2
-        || suspect_run_min_packets > queue_run_min_packets) {
+        || suspect_run_min_packets > queue_run_min_packets || suspect_min_bytes < 0) {
         PyErr_SetString(PyExc_ValueError, "window parameters out of range");
         return NULL;
     }
@@ -789,6 +790,7 @@ FeedbackMatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->suspect_jump = suspect_jump;
     self->suspect_run_min_us = suspect_run_min_us;
     self->suspect_run_min_packets = suspect_run_min_packets;
+    self->suspect_min_bytes = suspect_min_bytes;
     self->recent.width = 3;
     self->rate.entries.width = 4;
     self->rate.window = rate_window_us;

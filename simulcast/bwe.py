@@ -170,6 +170,12 @@ CAPACITY_DROP_RATIO = 0.5  # the run's delivered rate is at most this share of R
 SUSPECT_JUMP_US = 15_000
 SUSPECT_RUN_MIN_US = 15_000
 SUSPECT_RUN_MIN_PACKETS = 2
+# ... and the part delivers at least this many bytes after its first packet: more than an audio packet (Opus in 20 ms
+# frames: ~40-320 B). A part that carried one audio packet measures one arrival gap, not a rate: a receiver that read
+# its socket ~35 ms late (another browser starting on the same host) fired the warning that way in
+# tests/test_bandwidth.py (the INFO line: "its run delivered 23 / 34 kbit/s"), delaying a viewer's video for nothing.
+# A cut's first sign, one video packet a packet time (at the new rate) late, carries ~1 KB.
+SUSPECT_MIN_BYTES = 500
 # Within one congestion event a further capacity drop counts only when its run delivered less than this share
 # of the last one's rate: the first feedbacks after a cut hold a few packets, and a shaper's token bucket
 # passes the first of them at line rate (seen with tc tbf: 510 kbit/s measured on a 300 kbit/s link).
@@ -705,7 +711,7 @@ class SendSideEstimator:
                       self._k_down, OVERUSE_TIME_TH_MS, RESET_GAP_US)
         windows = (RESET_GAP_US, QUEUE_WINDOW_US, QUEUE_JUMP_US, QUEUE_RUN_MIN_US, QUEUE_RUN_MIN_PACKETS, BUSY_SLACK_US,
                    self._rate._window, self._rate._min_span, self._recent_rate._window, self._recent_rate._min_span,
-                   SUSPECT_JUMP_US, SUSPECT_RUN_MIN_US, SUSPECT_RUN_MIN_PACKETS)
+                   SUSPECT_JUMP_US, SUSPECT_RUN_MIN_US, SUSPECT_RUN_MIN_PACKETS, SUSPECT_MIN_BYTES)
         self._native = factory(*self._log.buffers, self._groups, BURST_TIME_US, MAX_BURST_US, parameters, windows)
         self._native_match = self._native.match  # type: ignore[attr-defined]
 
@@ -1090,8 +1096,9 @@ class SendSideEstimator:
         # >= QUEUE_RUN_MIN_PACKETS), so that a queue already building at the old rate before the drop does not
         # count. The early warning takes the lowest rate of the run's recent parts of >= SUSPECT_RUN_MIN_US and
         # >= SUSPECT_RUN_MIN_PACKETS over which the delay grew >= SUSPECT_JUMP_US and by at least half the part's
-        # arrival span, each judged alone: a run that reaches back past the queue's start (packets a millisecond
-        # apart in delay read as busy) does not hide a queue that began within it.
+        # arrival span, and that delivered >= SUSPECT_MIN_BYTES after their first packet, each judged alone: a run
+        # that reaches back past the queue's start (packets a millisecond apart in delay read as busy) does not hide
+        # a queue that began within it.
         delivered = suspect = 0
         start = count - 1
         after_bytes = 0  # bytes of the packets after `start`
@@ -1109,7 +1116,7 @@ class SendSideEstimator:
                 rate = after_bytes * 8_000_000 // span
                 grown = last_delay - delay
                 if (count - start >= SUSPECT_RUN_MIN_PACKETS and grown >= SUSPECT_JUMP_US and 2 * grown >= span
-                        and (not suspect or rate < suspect)):
+                        and after_bytes >= SUSPECT_MIN_BYTES and (not suspect or rate < suspect)):
                     suspect = rate
                 if (span >= QUEUE_RUN_MIN_US and count - start >= QUEUE_RUN_MIN_PACKETS
                         and (not delivered or rate < delivered)):

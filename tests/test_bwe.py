@@ -1531,7 +1531,7 @@ def test_compiled_matcher_refuses_arrays_that_are_not_the_send_log() -> None:
     seqs, sizes, times, clusters, states = estimator._log.buffers
     groups = estimator._groups
     parameters = (20, 0.9, 4.0, 60, 12.5, 6.0, 600.0, 15.0, 100.0, 0.01, 0.00018, 10.0, 3_000_000)
-    windows = (3_000_000, 200_000, 25_000, 30_000, 3, 1_000, 500_000, 100_000, 200_000, 60_000, 15_000, 15_000, 2)
+    windows = (3_000_000, 200_000, 25_000, 30_000, 3, 1_000, 500_000, 100_000, 200_000, 60_000, 15_000, 15_000, 2, 500)
     FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters, windows)  # right
     wrong = [
         ((array("d", [0.0]) * 64, sizes, times, clusters, states, groups), TypeError),  # doubles for seqs
@@ -1550,7 +1550,11 @@ def test_compiled_matcher_refuses_arrays_that_are_not_the_send_log() -> None:
                         windows[:7] + (0,) + windows[8:])
     with pytest.raises(ValueError):  # the early warning's run longer than the check's own: it would warn after it
         FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters,
-                        windows[:11] + (40_000, 2))
+                        windows[:11] + (40_000, 2, 500))
+    with pytest.raises(ValueError):  # a negative byte floor for the early warning's parts
+        FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters, windows[:13] + (-1,))
+    with pytest.raises(TypeError):  # the tuple without that floor (an extension built before it)
+        FeedbackMatcher(seqs, sizes, times, clusters, states, groups, 5_000, 100_000, parameters, windows[:13])
 
 
 def test_steady_state_keeps_no_container_the_collector_must_track() -> None:
@@ -1794,12 +1798,9 @@ EARLY_CUT_STALL = [(74.0, 0.5, 1037), (80.0, 0.0, 121), (90.0, 0.3, 1037), (95.0
 EARLY_CUT_QUEUED = [(100.0, 27.0, 121)]
 
 
-def _early_cut(monkeypatch: pytest.MonkeyPatch, compiled: bool, after: list,
-               warning: list = EARLY_CUT_WARNING) -> tuple:  # fmt: skip
+def _carrying(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> tuple:
     """A ViewerBandwidth carrying ~1.63 Mbit/s for 2 s (feedbacks of 10 packets of 1020 B sent over 50 ms, 5 ms one
-    way), then EARLY_CUT_FIRST, `warning` and `after`, each reported by one feedback at 40 / 100 / 160 ms.
-    Returns (the ViewerBandwidth, its clock, the warning feedback's time, [estimate after each of the three], the
-    feedback recorder, the next seq)."""
+    way). Returns (the ViewerBandwidth, its clock, the feedback recorder, the next seq, the time after it, base)."""
     base = 1_000_000 * SECOND
     bw, clock, recorder = _viewer_on_a_clock(monkeypatch, compiled, base)
     seq = 0
@@ -1812,7 +1813,15 @@ def _early_cut(monkeypatch: pytest.MonkeyPatch, compiled: bool, after: list,
         clock.now = t + 60 * MS
         bw.on_feedback(_fci(recorder))
         t += 50 * MS
-    cut = t
+    return bw, clock, recorder, seq, t, base
+
+
+def _early_cut(monkeypatch: pytest.MonkeyPatch, compiled: bool, after: list,
+               warning: list = EARLY_CUT_WARNING) -> tuple:  # fmt: skip
+    """`_carrying`, then EARLY_CUT_FIRST, `warning` and `after`, each reported by one feedback at 40 / 100 / 160 ms.
+    Returns (the ViewerBandwidth, its clock, the warning feedback's time, [estimate after each of the three], the
+    feedback recorder, the next seq)."""
+    bw, clock, recorder, seq, cut, base = _carrying(monkeypatch, compiled)
     estimates = []
     warned = 0
     for packets, when in ((EARLY_CUT_FIRST, 40), (warning, 100), (after, 160)):
@@ -1864,6 +1873,31 @@ def test_early_warning_holds_video_one_feedback_before_the_capacity_drop(
     bw.on_feedback(_fci(recorder))
     assert bw.estimator.capacity_drop_us < clock.now  # the same drop, not a second one
     assert not bw.pacer.held and bw.pacer.factor == vb.DRAIN_PACING_FACTOR  # what waited leaves at the estimate
+
+
+# A receiver that read its socket late (seen in tests/test_bandwidth.py while another browser started on the host,
+# the INFO line "its run delivered 23 / 34 kbit/s"): a frame through at once, then audio sent 20 ms apart arriving
+# 41 ms apart, the second 21 ms later than the first. The part measures one audio packet's arrival gap.
+LATE_READ_AUDIO = [(43.2, 0.0, 1037), (43.6, 0.1, 1037), (45.0, 1.2, 1037), (52.0, 0.0, 121), (93.0, 21.0, 121)]
+# The same gap carrying a video packet: one packet a packet time late, a cut's first sign (EARLY_CUT_PAIR).
+LATE_VIDEO = LATE_READ_AUDIO[:-1] + [(93.0, 21.0, 1037)]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
+def test_an_audio_packet_read_late_is_no_early_warning(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> None:
+    """The early warning's part must deliver SUSPECT_MIN_BYTES after its first packet: a gap before one audio packet
+    says nothing of what the path delivers. The same gap before a video packet still warns."""
+    for packets, warns in ((LATE_READ_AUDIO, False), (LATE_VIDEO, True)):
+        bw, clock, recorder, seq, cut, base = _carrying(monkeypatch, compiled)
+        seq = _report_recorded(bw, recorder, seq, EARLY_CUT_FIRST, cut, base)
+        clock.now = cut + 40 * MS
+        bw.on_feedback(_fci(recorder))
+        _report_recorded(bw, recorder, seq, packets, cut, base)
+        clock.now = cut + 100 * MS
+        bw.on_feedback(_fci(recorder))
+        assert bw.estimator.capacity_drop_us is None
+        assert (bw.estimator.queue_suspected_us == clock.now) is warns, packets[-1]
+        assert bw.pacer.held is warns and bw.early_holds == int(warns)
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
