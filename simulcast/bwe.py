@@ -171,10 +171,10 @@ SUSPECT_JUMP_US = 15_000
 SUSPECT_RUN_MIN_US = 15_000
 SUSPECT_RUN_MIN_PACKETS = 2
 # ... and the part delivers at least this many bytes after its first packet: more than an audio packet (Opus in 20 ms
-# frames: ~40-320 B). A part that carried one audio packet measures one arrival gap, not a rate: a receiver that read
-# its socket ~35 ms late (another browser starting on the same host) fired the warning that way in
-# tests/test_bandwidth.py (the INFO line: "its run delivered 23 / 34 kbit/s"), delaying a viewer's video for nothing.
-# A cut's first sign, one video packet a packet time (at the new rate) late, carries ~1 KB.
+# frames: ~40-320 B). A part that carried one audio packet measures one arrival gap, not a rate. Such parts fired the
+# warning twice in tests/test_bandwidth.py on links that carried their layers (the INFO line: "its run delivered 23 /
+# 34 kbit/s"), both while another browser started on the same host: most likely a receiver that read its socket late.
+# Each delayed a viewer's video for nothing. A cut's first sign, one video packet a packet time late, carries ~1 KB.
 SUSPECT_MIN_BYTES = 500
 # Within one congestion event a further capacity drop counts only when its run delivered less than this share
 # of the last one's rate: the first feedbacks after a cut hold a few packets, and a shaper's token bucket
