@@ -86,12 +86,13 @@ What comes from GCC and what does not:
   rate can be well above the link's (510 kbit/s on 300; the viewer then sat on a layer the link could not
   carry until the trendline saw over-use 0.25 s later).
 - Early warning (ours): the same check over the run's shorter recent parts, each judged alone (SUSPECT_*: >= 15 ms
-  of delay grown over >= 15 ms and >= 2 packets), under the same guard, sets `queue_suspected_us` and changes no
-  estimate. Behind a shaper's token bucket the first feedback with a queue often ends at the first packet that
-  waited, one packet time (~28 ms at 300 kbit/s) behind the one sent with it that passed on the bucket, and the
-  check then fires one feedback (~60 ms) later. The viewer's pacer holds video on the warning until a feedback
-  confirms the drop or shows the queue gone (simulcast/viewer_bandwidth.py `_hold_early`): a single late packet on a
-  link that carries its layer (a Wi-Fi retry) costs about one feedback interval of video delay, never a layer.
+  of delay grown over >= 15 ms and >= 2 packets delivering >= 500 B after the first: more than one audio packet),
+  under the same guard, sets `queue_suspected_us` and changes no estimate. Behind a shaper's token bucket the first
+  feedback with a queue often ends at the first packet that waited, one packet time (~28 ms at 300 kbit/s) behind
+  the one sent with it that passed on the bucket, and the check then fires one feedback (~60 ms) later. The viewer's
+  pacer holds video on the warning until a feedback confirms the drop or shows the queue gone
+  (simulcast/viewer_bandwidth.py `_hold_early`): a single late packet on a link that carries its layer (a Wi-Fi
+  retry) costs about one feedback interval of video delay, never a layer.
 - Successful probe results (not in GCC) raise the delay-based estimate to the measured probe rate; failed
   ones are ignored (they measure the bottleneck itself; adopting them leaves no headroom).
 """
