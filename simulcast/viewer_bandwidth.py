@@ -257,14 +257,15 @@ class ViewerBandwidth:
             if e.capacity_drop_us == now:
                 self._early_hold_since = None
                 return False  # `_drain_queue` goes on from the hold's start
-            if not e.reported_since(since) and now - since < EARLY_HOLD_MAX_US:
+            reported = e.reported_since(since)
+            if not reported and now - since < EARLY_HOLD_MAX_US:
                 return False  # the queue in front of the hold is still there (or no feedback showed it gone)
             self._early_hold_since = None
             self.early_holds_released += 1
             # INFO: a warning no drop followed delayed this viewer's video for nothing; what fired it, for the log.
             log.info("early warning not confirmed after %d ms (%s): its run delivered %d kbit/s against %d kbit/s "
                      "carried, queue %d ms; %d bytes of video leave", (now - since) // 1000,
-                     "a packet sent after it was reported" if e.reported_since(since) else "no feedback showed that",
+                     "a packet sent after it was reported" if reported else "no feedback showed that",
                      e.queue_suspected_bps // 1000, e.acknowledged_bps // 1000, e.queuing_delay_us // 1000,
                      self.pacer.queued_bytes)
             self.pacer.release(now)

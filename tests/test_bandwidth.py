@@ -72,9 +72,11 @@ def loss_since(page: Any, before: tuple[int, int]) -> tuple[float, int, int]:
 def report(gw: Any, pages: dict[str, Any]) -> str:
     lines = [f"{name}: {json.dumps(video(p))}" for name, p in pages.items()]
     status, streams = gw.get("/api/streams")
+    names = [s["stream"] for s in json.loads(streams)] if status == 200 else []
     log = gw.log()
     warnings = [line for line in log.splitlines() if "early warning" in line][-5:]  # unconfirmed ones log at INFO
-    return "\n".join(lines + [f"streams: {streams}"] + gateway_viewers(gw, "bwe") + warnings + [log[-3000:]])
+    viewers = [line for name in names for line in gateway_viewers(gw, name)]
+    return "\n".join(lines + [f"streams: {streams}"] + viewers + warnings + [log[-3000:]])
 
 
 def gateway_viewers(gw: Any, stream: str) -> list[str]:

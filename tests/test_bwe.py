@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import heapq
+import logging
 import random
 import timeit
 from array import array
@@ -1875,9 +1875,10 @@ def test_early_warning_holds_video_one_feedback_before_the_capacity_drop(
     assert not bw.pacer.held and bw.pacer.factor == vb.DRAIN_PACING_FACTOR  # what waited leaves at the estimate
 
 
-# A receiver that read its socket late (seen in tests/test_bandwidth.py while another browser started on the host,
-# the INFO line "its run delivered 23 / 34 kbit/s"): a frame through at once, then audio sent 20 ms apart arriving
-# 41 ms apart, the second 21 ms later than the first. The part measures one audio packet's arrival gap.
+# Shaped on two unconfirmed warnings in tests/test_bandwidth.py (the INFO line "its run delivered 23 / 34 kbit/s",
+# both while another browser started on the host; most likely a receiver that read its socket late): a frame through
+# at once, then audio sent 20 ms apart arriving 41 ms apart, the second 21 ms later than the first. The part measures
+# one audio packet's arrival gap.
 LATE_READ_AUDIO = [(43.2, 0.0, 1037), (43.6, 0.1, 1037), (45.0, 1.2, 1037), (52.0, 0.0, 121), (93.0, 21.0, 121)]
 # The same gap carrying a video packet: one packet a packet time late, a cut's first sign (EARLY_CUT_PAIR).
 LATE_VIDEO = LATE_READ_AUDIO[:-1] + [(93.0, 21.0, 1037)]
